@@ -1,0 +1,212 @@
+"""Config building blocks: base config, typed `file.py:key=value` arguments, hardware presets.
+
+A config file in configs/ defines `get_config(arg=None)`; it calls `parse_arg` for its typed
+arguments, starts from `base_config(...)`, fills the method's fields, and returns
+`finalize(config)`, which locks it so a misspelt field is an error that names it.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(key: str, text: str, default: Any) -> Any:
+    """Converts `text` to the type of `default` (bool / int / float / str / tuple / list)."""
+    if isinstance(default, bool):
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError(f"config arg {key!r}: expected a bool (true/false), got {text!r}")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"config arg {key!r}: expected an int, got {text!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"config arg {key!r}: expected a float, got {text!r}") from None
+    if isinstance(default, (tuple, list)):
+        value = ast.literal_eval(text)
+        return type(default)(value if isinstance(value, (tuple, list)) else (value,))
+    return text
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits on commas that are not inside (), [] or {} (so tuple values survive)."""
+    items, depth, cur = [], 0, []
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            items.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    items.append("".join(cur))
+    return items
+
+
+def parse_arg(arg: str | None, *, lazy: bool = False, **defaults: Any) -> ConfigDict:
+    """Parses the `key=value,key=value` part of `--config file.py:ARG` into a typed ConfigDict.
+
+    Each keyword gives a known key and its default; a value from `arg` is converted to the type
+    of that default. A bare word `name` means `name=True` (for bool keys). Unknown keys are an
+    error naming the key, unless `lazy=True` (then they are kept as strings).
+    """
+    out = ConfigDict(dict(defaults))
+    if not arg:
+        return out
+    for item in _split_top_level(arg):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            text = "true"
+        if key not in defaults:
+            if lazy:
+                out[key] = text
+                continue
+            raise KeyError(
+                f"config arg {key!r} is not known; known args: {sorted(defaults)}. "
+                f"Check the spelling in --config file.py:{arg}")
+        out[key] = _convert(key, text.strip(), defaults[key])
+    return out
+
+
+# Hardware presets. Sizes with -1 take whatever devices remain on that interconnect level.
+# LIBTPU / XLA flags follow public MaxText recipes for collective/compute overlap.
+_TPU_LIBTPU_FLAGS = " ".join([
+    "--xla_tpu_enable_data_parallel_all_reduce_opt=true",
+    "--xla_tpu_data_parallel_opt_different_sized_ops=true",
+    "--xla_tpu_enable_async_collective_fusion=true",
+    "--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true",
+    "--xla_tpu_enable_async_collective_fusion_multiple_steps=true",
+    "--xla_tpu_overlap_compute_collective_tc=true",
+    "--xla_enable_async_all_gather=true",
+])
+_GPU_XLA_FLAGS = " ".join([
+    "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "--xla_gpu_enable_highest_priority_async_stream=true",
+    "--xla_gpu_all_reduce_combine_threshold_bytes=134217728",
+    "--xla_gpu_all_gather_combine_threshold_bytes=134217728",
+])
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": dict(ici_data=-1, ici_fsdp=1, ici_tensor=1, per_device_batch=0,
+                compute_dtype="float32", remat="none", attention="xla", xla_flags="",
+                libtpu_flags=""),
+    "gpu_h100x8": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=4,
+                       compute_dtype="bfloat16", remat="dots", attention="cudnn",
+                       xla_flags=_GPU_XLA_FLAGS, libtpu_flags=""),
+    "tpu_v5e_64": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=2,
+                       compute_dtype="bfloat16", remat="full", attention="xla", xla_flags="",
+                       libtpu_flags=_TPU_LIBTPU_FLAGS),
+    "tpu_v5p_128": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=4,
+                        compute_dtype="bfloat16", remat="dots", attention="xla", xla_flags="",
+                        libtpu_flags=_TPU_LIBTPU_FLAGS),
+}
+
+
+def hardware_preset(name: str) -> ConfigDict:
+    """The `config.hardware` block for preset `name` (see PRESETS)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown hardware preset {name!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[name]
+    hw = ConfigDict()
+    hw.preset = name  # which preset filled this block (cpu, gpu_h100x8, tpu_v5e_64, tpu_v5p_128)
+    hw.ici_data = p["ici_data"]  # data-parallel size inside a slice/node (-1: the rest)
+    hw.ici_fsdp = p["ici_fsdp"]  # FSDP size inside a slice/node (params sharded, -1: the rest)
+    hw.ici_tensor = p["ici_tensor"]  # tensor-parallel size inside a slice/node
+    hw.dcn_data = -1  # data-parallel size across slices/nodes (-1: number of slices)
+    hw.dcn_fsdp = 1  # FSDP size across slices/nodes
+    hw.dcn_tensor = 1  # tensor-parallel size across slices/nodes
+    hw.per_device_batch = p["per_device_batch"]  # examples per device per micro-batch (0: no limit)
+    hw.compute_dtype = p["compute_dtype"]  # activations/matmul dtype; master weights stay float32
+    hw.param_dtype = "float32"  # dtype of stored (master) parameters
+    hw.remat = p["remat"]  # rematerialisation policy: none | full | dots | dots_no_batch
+    hw.attention = p["attention"]  # attention kernel: xla | cudnn | splash (passed to models)
+    hw.xla_flags = p["xla_flags"]  # appended to XLA_FLAGS before JAX starts
+    hw.libtpu_flags = p["libtpu_flags"]  # appended to LIBTPU_INIT_ARGS before JAX starts
+    hw.peak_flops = 0.0  # peak FLOP/s per device for MFU (0: look up the device kind)
+    return hw
+
+
+def base_config(*, method: str = "toy", job: str = "train", hardware: str = "cpu") -> ConfigDict:
+    """Fields every job shares; config files fill `model`, `data`, `eval` and adjust `train`."""
+    c = ConfigDict()
+    c.job = job  # which entry of exo2ego_jax/jobs.py:JOBS runs
+    c.method = method  # module exo2ego_jax/methods/<method>.py (model, loss, data)
+    c.seed = 0  # seeds parameter init, dropout and data order
+
+    t = c.train = ConfigDict()  # optimisation, schedule, logging and checkpointing
+    t.steps = 100  # optimizer steps (used when epochs == 0)
+    t.epochs = 0.0  # if > 0: steps = epochs * train examples / global_batch
+    t.global_batch = 8  # examples per optimizer step, over all devices and micro-batches
+    t.micro_batches = 0  # gradient accumulation steps per optimizer step (0: from per_device_batch)
+    t.groups = [(".*", 1e-3)]  # (regex over param path, peak LR or None=frozen); first match wins
+    t.warmup_ratio = 0.0  # warmup as a fraction of steps (used when warmup_steps < 0)
+    t.warmup_steps = -1  # linear warmup steps (-1: warmup_ratio * steps)
+    t.schedule = "cosine"  # LR decay after warmup: cosine | constant | linear
+    t.end_lr_ratio = 0.0  # final LR as a fraction of each group's peak LR
+    t.clip = 1.0  # max global gradient norm (0: no clipping)
+    t.weight_decay = 0.0  # AdamW decoupled weight decay
+    t.b1 = 0.9  # Adam beta1
+    t.b2 = 0.999  # Adam beta2
+    t.eps = 1e-8  # Adam epsilon
+    t.init_from = ""  # checkpoint dir (or workdir) of another stage: load its parameters only
+    t.log_every = 10  # steps between metric writes
+    t.ckpt_every = 500  # steps between checkpoints (0: only at the end)
+    t.ckpt_every_secs = 1800.0  # also save when this many seconds passed since the last (0: off)
+    t.keep = 3  # checkpoints kept
+    t.async_ckpt = True  # save in a background thread while training continues
+    t.nan_guard = True  # stop with an error when loss or grad norm is NaN/Inf
+    t.progress = True  # console progress bar with ETA
+
+    c.hardware = hardware_preset(hardware)  # mesh, batch per device, dtypes, kernels, flags
+    c.data = ConfigDict()  # method-specific data fields
+    c.model = ConfigDict()  # method-specific model fields
+    c.eval = ConfigDict()  # method-specific evaluation fields
+    return c
+
+
+def finalize(config: ConfigDict) -> ConfigDict:
+    """Locks `config`: assigning or reading an unknown field is then an error naming it."""
+    config.lock()
+    return config
+
+
+def to_json_dict(config: ConfigDict) -> dict:
+    """A JSON-serialisable dict of `config` (tuples become lists)."""
+    import json
+    return json.loads(config.to_json())
+
+
+def load(path: str, arg: str | None = None) -> ConfigDict:
+    """Loads `get_config(arg)` from a config file path (for notebooks, tests and benchmarks).
+
+    `path` may carry the argument as on the command line: "configs/toy.py:steps=10".
+    """
+    import importlib.util
+    import os
+    if arg is None and ":" in os.path.basename(path):
+        path, arg = path.rsplit(":", 1)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} not found (cwd: {os.getcwd()})")
+    spec = importlib.util.spec_from_file_location(
+        "config_" + os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

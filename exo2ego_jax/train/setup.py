@@ -1,0 +1,170 @@
+"""Everything a run needs before step 1: mesh, sharded parameters, optimizer, compiled step.
+
+Shared by the training loop, bench/train_step.py and tests, so they all run the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import math
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from exo2ego_jax.parallel import mesh as mesh_lib
+from exo2ego_jax.train import checkpoint as ckpt_lib
+from exo2ego_jax.train import metrics as metrics_lib
+from exo2ego_jax.train import optim
+from exo2ego_jax.train import state as state_lib
+from exo2ego_jax.train.step import make_train_step
+
+
+def load_method(name: str):
+    try:
+        return importlib.import_module(f"exo2ego_jax.methods.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"exo2ego_jax.methods.{name}":
+            raise ValueError(f"config.method={name!r}: no module exo2ego_jax/methods/{name}.py") from e
+        raise
+
+
+def total_steps(config, method) -> int:
+    tc = config.train
+    if tc.epochs > 0:
+        if not hasattr(method, "num_train_examples"):
+            raise ValueError(f"config.train.epochs={tc.epochs} needs methods/{config.method}.py to "
+                             "define num_train_examples(config); or set config.train.steps")
+        return max(1, int(math.ceil(tc.epochs * method.num_train_examples(config) / tc.global_batch)))
+    return tc.steps
+
+
+def micro_batches(config, dp_size: int) -> int:
+    """Accumulation steps: explicit, or enough to keep per_device_batch rows per device."""
+    tc, hw = config.train, config.hardware
+    if tc.global_batch % dp_size:
+        raise ValueError(f"config.train.global_batch={tc.global_batch} is not divisible by the "
+                         f"{dp_size} data-parallel devices (mesh axes data x fsdp)")
+    k = tc.micro_batches
+    if k <= 0:
+        rows = tc.global_batch // dp_size
+        k = 1 if hw.per_device_batch <= 0 else max(1, math.ceil(rows / hw.per_device_batch))
+        while (tc.global_batch // dp_size) % k:
+            k += 1
+    if tc.global_batch % (k * dp_size):
+        raise ValueError(f"config.train.global_batch={tc.global_batch} cannot be split into "
+                         f"{k} micro-batches over {dp_size} data-parallel devices")
+    return k
+
+
+@dataclasses.dataclass
+class Setup:
+    config: Any
+    method: Any
+    mesh: jax.sharding.Mesh
+    parts: state_lib.ModelParts
+    frozen: dict
+    other: dict
+    trainable_init: dict | None  # initial trainable params (None once consumed by init_state)
+    tx: optax.GradientTransformation
+    schedules: dict[int, Callable]
+    state_shardings: dict
+    abstract_state: dict
+    batch_sharding: NamedSharding
+    micro_batches: int
+    total_steps: int
+    step_fn: Callable  # jitted step: (state, frozen, other, batch) -> (state, metrics)
+    aux: Any = None
+
+    def init_state(self) -> dict:
+        """A fresh train state (parameters from init / load_pretrained / init_from)."""
+        params, self.trainable_init = self.trainable_init, None
+        init = jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,
+                                  "opt": self.tx.init(p)},
+                       out_shardings=self.state_shardings, donate_argnums=0)
+        return init(params)
+
+    def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Assembles each process's rows into global arrays sharded over the batch axes."""
+        n = jax.process_count()
+        return {k: jax.make_array_from_process_local_data(
+                    self.batch_sharding, np.asarray(v), (v.shape[0] * n, *v.shape[1:]))
+                for k, v in local.items()}
+
+    def compile(self, batch: dict[str, jax.Array]):
+        """Ahead-of-time compile of the step for these batch shapes; logs memory analysis."""
+        t0 = time.time()
+        abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
+                          for k, v in batch.items()}
+        lowered = self.step_fn.lower(self.abstract_state, self.frozen, self.other, abstract_batch)
+        compiled = lowered.compile()
+        seconds = time.time() - t0
+        mem = metrics_lib.memory_report(compiled)
+        logging.info("compiled train step in %.1f s; memory per device: %s", seconds,
+                     {k: f"{v / 2**20:.1f} MiB" for k, v in mem.items()})
+        return compiled, seconds, mem
+
+    def lrs(self, step: int) -> dict[str, float]:
+        return {f"lr/{i}": float(s(step)) for i, s in self.schedules.items()}
+
+
+def build(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
+    """Builds mesh, model parts (sharded at birth), optimizer and the jitted step."""
+    method = load_method(config.method)
+    mesh = mesh or mesh_lib.make_mesh(config.hardware)
+    tc = config.train
+    dp = mesh_lib.data_parallel_size(mesh)
+    k = micro_batches(config, dp)
+    steps = total_steps(config, method)
+
+    build_fn = lambda: method.build_model(config, nnx.Rngs(config.seed))
+    # No mesh context here: the logical names on parameters are not mesh axes; placement
+    # comes from the rule table through out_shardings.
+    parts = state_lib.describe(build_fn, tc.groups, mesh)
+    trainable, frozen, other = state_lib.init_sharded(build_fn, parts)
+    if hasattr(method, "load_pretrained"):
+        model = parts.merge(trainable, frozen, other)
+        method.load_pretrained(model, config)
+        trainable, frozen, other = jax.device_put(
+            parts.split(model), (parts.sharding_tree(parts.trainable),
+                                 parts.sharding_tree(parts.frozen),
+                                 parts.sharding_tree(parts.other)))
+    if tc.init_from:
+        abstract = {p: jax.ShapeDtypeStruct(parts.templates[p][1].get_value().shape,
+                                            parts.templates[p][1].get_value().dtype,
+                                            sharding=parts.shardings[p])
+                    for p in parts.trainable + parts.frozen}
+        loaded, missing = ckpt_lib.load_params(tc.init_from, abstract)
+        if missing:
+            logging.warning("init_from: %d parameters not in the checkpoint keep their "
+                            "initial values: %s", len(missing), missing[:10])
+        t_flat, f_flat = state_lib.flatten(trainable), state_lib.flatten(frozen)
+        for p, v in loaded.items():
+            (t_flat if p in t_flat else f_flat)[p] = v
+        trainable, frozen = state_lib.unflatten(t_flat), state_lib.unflatten(f_flat)
+    aux = method.build_aux(config, mesh) if hasattr(method, "build_aux") else None
+
+    tx, schedules = optim.make_optimizer(tc, parts.labels, steps)
+    p_sh = parts.sharding_tree(parts.trainable)
+    p_abs = state_lib.abstract_like(jax.eval_shape(lambda x: x, trainable), p_sh)
+    opt_sh, opt_abs = state_lib.opt_state_shardings(tx, p_abs, p_sh, mesh)
+    rep = NamedSharding(mesh, P())
+    state_sh = {"step": rep, "params": p_sh, "opt": opt_sh}
+    abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), "params": p_abs,
+                      "opt": state_lib.abstract_like(opt_abs, opt_sh)}
+    batch_sh = NamedSharding(mesh, P(mesh_lib.batch_axes()))
+
+    step = make_train_step(parts, method.loss_fn, tx, micro_batches=k, mesh=mesh, aux=aux,
+                           seed=config.seed, skip_nonfinite=tc.nan_guard)
+    frozen_sh = parts.sharding_tree(parts.frozen)
+    other_sh = parts.sharding_tree(parts.other)
+    step_fn = jax.jit(step, in_shardings=(state_sh, frozen_sh, other_sh, batch_sh),
+                      out_shardings=(state_sh, rep), donate_argnums=0)
+    return Setup(config, method, mesh, parts, frozen, other, trainable, tx, schedules, state_sh,
+                 abstract_state, batch_sh, k, steps, step_fn, aux)

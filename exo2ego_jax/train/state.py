@@ -1,0 +1,127 @@
+"""Functional core of an NNX model: split into trainable / frozen / other by parameter group.
+
+Parameters live as nested dicts of arrays keyed by the `/`-separated nnx path (list indices
+become strings), so optax, Orbax and regexes all see the same names. `ModelParts.merge` turns
+them back into the nnx module inside jitted code.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+from flax import nnx, traverse_util
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from exo2ego_jax.parallel import rules as rules_lib
+from exo2ego_jax.train import optim
+
+Nested = dict[str, Any]
+
+
+def flatten(tree: Nested) -> dict[str, Any]:
+    return traverse_util.flatten_dict(tree, sep="/") if tree else {}
+
+
+def unflatten(flat: dict[str, Any]) -> Nested:
+    return traverse_util.unflatten_dict(flat, sep="/") if flat else {}
+
+
+@dataclasses.dataclass
+class ModelParts:
+    """How to rebuild the module from (trainable, frozen, other) nested dicts."""
+    graphdef: Any
+    templates: dict[str, tuple[tuple, nnx.Variable]]  # path -> (nnx key path, abstract var)
+    trainable: list[str]
+    frozen: list[str]
+    other: list[str]
+    labels: dict[str, int]  # trainable path -> group index
+    shardings: dict[str, NamedSharding]  # every path -> its sharding on the mesh
+
+    def merge(self, trainable: Nested, frozen: Nested, other: Nested) -> nnx.Module:
+        values = {**flatten(trainable), **flatten(frozen), **flatten(other)}
+        flat = [(key, var.replace(values[path])) for path, (key, var) in self.templates.items()]
+        return nnx.merge(self.graphdef, nnx.from_flat_state(flat))
+
+    def split(self, model: nnx.Module) -> tuple[Nested, Nested, Nested]:
+        """Inverse of `merge` for a concrete module."""
+        _, state = nnx.split(model)
+        values = {_path(k): v.get_value() for k, v in nnx.to_flat_state(state)}
+        pick = lambda names: unflatten({p: values[p] for p in names})
+        return pick(self.trainable), pick(self.frozen), pick(self.other)
+
+    def sharding_tree(self, names: list[str]) -> Nested:
+        return unflatten({p: self.shardings[p] for p in names})
+
+
+def _path(key: tuple) -> str:
+    return "/".join(str(k) for k in key)
+
+
+def describe(build: Callable[[], nnx.Module], groups, mesh: jax.sharding.Mesh) -> ModelParts:
+    """Builds `ModelParts` from the abstract model (no memory is allocated)."""
+    abstract = nnx.eval_shape(build)
+    graphdef, state = nnx.split(abstract)
+    templates, params, other, shardings = {}, [], [], {}
+    for key, var in nnx.to_flat_state(state):
+        path = _path(key)
+        templates[path] = (key, var)
+        value = var.get_value()
+        shape = getattr(value, "shape", ())
+        spec = rules_lib.logical_to_spec(rules_lib.variable_axes(var), shape, mesh)
+        shardings[path] = NamedSharding(mesh, spec)
+        (params if isinstance(var, nnx.Param) else other).append(path)
+    group_of = optim.assign_groups(params, groups)
+    trainable = [p for p in params if groups[group_of[p]][1] is not None]
+    frozen = [p for p in params if groups[group_of[p]][1] is None]
+    labels = {p: group_of[p] for p in trainable}
+    return ModelParts(graphdef, templates, trainable, frozen, other, labels, shardings)
+
+
+def init_sharded(build: Callable[[], nnx.Module], parts: ModelParts) -> tuple[Nested, Nested, Nested]:
+    """Runs `build` under jit with out_shardings, so every parameter is born on its devices."""
+    def init():
+        return parts.split(build())
+
+    out = (parts.sharding_tree(parts.trainable), parts.sharding_tree(parts.frozen),
+           parts.sharding_tree(parts.other))
+    return jax.jit(init, out_shardings=out)()
+
+
+def opt_state_shardings(tx, params_abstract: Nested, param_shardings: Nested, mesh) -> Any:
+    """Optimizer state shardings: moments like their parameter, everything else replicated."""
+    abstract = jax.eval_shape(tx.init, params_abstract)
+    replicated = NamedSharding(mesh, P())
+    # Map every state leaf whose tree position mirrors a parameter to that parameter's sharding.
+    flat_sh = flatten(param_shardings)
+
+    def pick(path, leaf):
+        keys = [getattr(k, "key", None) for k in path]
+        names = [str(k) for k in keys if k is not None]
+        for start in range(len(names)):
+            cand = "/".join(names[start:])
+            if cand in flat_sh and flat_sh[cand] is not None:
+                sh = flat_sh[cand]
+                if len(sh.spec) <= len(leaf.shape):
+                    return sh
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract), abstract
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs with the given shardings (restore targets on any mesh)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+
+def param_count(tree: Nested) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+__all__ = ["ModelParts", "describe", "init_sharded", "opt_state_shardings", "abstract_like",
+           "flatten", "unflatten", "param_count", "replicated"]
