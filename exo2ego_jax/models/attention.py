@@ -1,0 +1,65 @@
+"""Grouped-query attention kernels: a plain XLA path (always works) and fused backend paths."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "dot_product", "splash")
+
+
+@functools.cache
+def resolve_impl(impl: str) -> str:
+    """Picks the concrete kernel for this backend, logging once when a fused one is unavailable."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"attention_impl={impl!r}; expected one of {IMPLEMENTATIONS}.")
+    backend = jax.default_backend()
+    if impl == "auto":
+        impl = {"gpu": "cudnn", "tpu": "dot_product"}.get(backend, "xla")
+    if impl == "cudnn" and backend != "gpu":
+        log.warning("attention_impl='cudnn' needs a GPU (backend is %s); using the XLA path.", backend)
+        return "xla"
+    if impl == "splash":
+        # The Pallas splash kernel is not wired in yet; jax.nn.dot_product_attention is the fused
+        # fallback on TPU, the XLA path elsewhere.
+        fallback = "dot_product" if backend == "tpu" else "xla"
+        log.warning("attention_impl='splash' is not implemented; using %r.", fallback)
+        return fallback
+    return impl
+
+
+def xla_attention(q, k, v, mask, scale: float):
+    """q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] bool (True = attend) -> [B,T,H,D].
+
+    Query heads are grouped onto their KV head (H = K * G) rather than repeating K/V, so the KV
+    cache is read once per group. Scores and softmax are float32.
+    """
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+def attention(q, k, v, mask, scale: float, impl: str, *, causal_lengths=None):
+    """Dispatches to a kernel. ``causal_lengths`` [B] (right-padded, no cache) enables fused paths.
+
+    The fused paths take causal masking plus per-row key lengths (right padding, as in training);
+    arbitrary masks (left padding, KV cache) always use the XLA path.
+    """
+    impl = resolve_impl(impl)
+    if impl == "xla" or causal_lengths is None:
+        return xla_attention(q, k, v, mask, scale)
+    kwargs = dict(scale=scale, is_causal=True, query_seq_lengths=causal_lengths,
+                  key_value_seq_lengths=causal_lengths)
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
+    return jax.nn.dot_product_attention(q, k, v, **kwargs)

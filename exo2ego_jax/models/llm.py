@@ -1,0 +1,327 @@
+"""Decoder-only LLM for the Llama / Mistral / Qwen2 families (Flax NNX).
+
+RMSNorm, RoPE (theta + scaling from the config), grouped-query attention, SwiGLU MLP, optional
+q/k/v bias, tied or untied embeddings. Layers are stacked on a leading ``layers`` axis and run with
+``jax.lax.scan`` over the split layer state (remat optional), so compile time does not grow with
+depth. Parameter paths follow HF names (``layers/attn/q_proj/kernel``) so weight mappings stay
+one-liners; kernels are [in, out] (HF stores [out, in]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from exo2ego_jax.models import attention as attn_lib
+from exo2ego_jax.models import rope as rope_lib
+
+Cache = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+    """Architecture hyper-parameters (names follow HF's LlamaConfig, shortened)."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 128
+    rope_theta: float = 10000.0
+    rope_scaling: Mapping[str, Any] | None = None
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v bias (Qwen2: True); o_proj never has one here
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    model_type: str = "llama"
+
+    @classmethod
+    def from_hf(cls, src: str | os.PathLike | Mapping[str, Any]) -> "LLMConfig":
+        """From a HF config.json (dir, file, dict or transformers config) or a .gguf file."""
+        if isinstance(src, (str, os.PathLike)):
+            path = os.fspath(src)
+            if path.endswith(".gguf"):
+                from exo2ego_jax.weights.gguf import config_from_gguf
+
+                return config_from_gguf(path)
+            if os.path.isdir(path):
+                path = os.path.join(path, "config.json")
+            with open(path) as fh:
+                d = json.load(fh)
+        elif hasattr(src, "to_dict"):
+            d = src.to_dict()
+        else:
+            d = dict(src)
+        mt = d.get("model_type", "llama")
+        if mt not in ("llama", "mistral", "qwen2"):
+            raise ValueError(f"model_type={mt!r} is not a supported decoder (llama, mistral, qwen2).")
+        heads = d["num_attention_heads"]
+        rope_scaling = d.get("rope_scaling")
+        theta = d.get("rope_theta")
+        if theta is None:  # transformers 5 moved theta into rope_parameters
+            params = d.get("rope_parameters") or {}
+            theta = params.get("rope_theta", 10000.0)
+            if params.get("rope_type", "default") != "default":
+                rope_scaling = params
+        eos = d.get("eos_token_id")
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=d.get("num_key_value_heads") or heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // heads,
+            rope_theta=float(theta),
+            rope_scaling=dict(rope_scaling) if rope_scaling else None,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            attention_bias=bool(d.get("attention_bias", mt == "qwen2")),
+            max_position_embeddings=d.get("max_position_embeddings", 4096),
+            initializer_range=d.get("initializer_range", 0.02),
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            model_type=mt,
+        )
+
+
+def _init(cfg: LLMConfig):
+    return nnx.initializers.normal(cfg.initializer_range)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias), kernel [in, out] with logical axes; LoRA adds lora_a / lora_b.
+
+    With ``stack`` the params get a leading ``layers`` axis (one slice per scanned layer).
+    """
+
+    def __init__(self, d_in: int, d_out: int, axes: tuple[str | None, str | None], *, cfg: LLMConfig,
+                 use_bias: bool = False, stack: int | None = None, param_dtype=jnp.float32,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        lead = (stack,) if stack else ()
+        lead_ax = ("layers",) if stack else ()
+        self.dtype = dtype
+        self.kernel = nnx.Param(_init(cfg)(rngs.params(), (*lead, d_in, d_out), param_dtype),
+                                sharding=(*lead_ax, *axes))
+        self.bias = nnx.data(nnx.Param(jnp.zeros((*lead, d_out), param_dtype), sharding=(*lead_ax, axes[1]))
+                             if use_bias else None)
+        # Set by models.lora.apply_lora; declared here so the graph structure is explicit.
+        self.lora_a: nnx.Param | None = nnx.data(None)
+        self.lora_b: nnx.Param | None = nnx.data(None)
+        self.lora_scale: float = 0.0
+        self.lora_dropout: float = 0.0
+
+    def __call__(self, x, rng: jax.Array | None = None):
+        """``rng`` enables LoRA dropout (training); without it dropout is off (inference)."""
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.lora_a is not None:
+            h = x.astype(self.dtype)
+            if self.lora_dropout > 0 and rng is not None:
+                keep = jax.random.bernoulli(rng, 1.0 - self.lora_dropout, h.shape)
+                h = jnp.where(keep, h / (1.0 - self.lora_dropout), 0).astype(h.dtype)
+            h = jnp.dot(h, self.lora_a[...].astype(self.dtype))
+            y = y + jnp.dot(h, self.lora_b[...].astype(self.dtype)) * self.lora_scale
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, stack: int | None = None, param_dtype=jnp.float32):
+        lead = (stack,) if stack else ()
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((*lead, dim), param_dtype),
+                               sharding=(("layers",) if stack else ()) + ("norm",))
+
+    def __call__(self, x):
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        # HF casts back to the input dtype before the weight multiply.
+        return self.scale[...].astype(x.dtype) * xf.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LLMConfig, *, stack, dtype, param_dtype, rngs, impl: str):
+        kw = dict(cfg=cfg, stack=stack, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = Linear(d, cfg.num_heads * hd, ("embed", "heads"), use_bias=cfg.attention_bias, **kw)
+        self.k_proj = Linear(d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), use_bias=cfg.attention_bias, **kw)
+        self.v_proj = Linear(d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), use_bias=cfg.attention_bias, **kw)
+        self.o_proj = Linear(cfg.num_heads * hd, d, ("heads", "embed"), **kw)
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
+        self.impl = impl
+        inv, att_scale = rope_lib.inv_frequencies(hd, cfg.rope_theta, cfg.rope_scaling,
+                                                  cfg.max_position_embeddings)
+        self.inv_freq = tuple(float(f) for f in inv)  # static metadata, not a param
+        self.rope_attention_scaling = att_scale
+
+    def __call__(self, x, positions, mask, cache_kv=None, cache_index=None, causal_lengths=None, rng=None):
+        b, t, _ = x.shape
+        r = _split(rng, 4)
+        q = self.q_proj(x, r[0]).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x, r[1]).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x, r[2]).reshape(b, t, self.num_kv_heads, self.head_dim)
+        inv = jnp.asarray(self.inv_freq, jnp.float32)
+        q = rope_lib.apply_rope(q, positions, inv, self.rope_attention_scaling)
+        k = rope_lib.apply_rope(k, positions, inv, self.rope_attention_scaling)
+        new_kv = None
+        if cache_kv is not None:
+            ck, cv = cache_kv
+            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            new_kv = (ck, cv)
+            k, v = ck.astype(q.dtype), cv.astype(q.dtype)
+        out = attn_lib.attention(q, k, v, mask, self.head_dim ** -0.5, self.impl,
+                                 causal_lengths=causal_lengths)
+        return self.o_proj(out.reshape(b, t, -1), r[3]), new_kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LLMConfig, *, stack, dtype, param_dtype, rngs):
+        kw = dict(cfg=cfg, stack=stack, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), **kw)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), **kw)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), **kw)
+
+    def __call__(self, x, rng=None):
+        r = _split(rng, 3)
+        return self.down_proj(jax.nn.silu(self.gate_proj(x, r[0])) * self.up_proj(x, r[1]), r[2])
+
+
+class Block(nnx.Module):
+    """One decoder layer; constructed once with stacked params for all layers."""
+
+    def __init__(self, cfg: LLMConfig, *, stack, dtype, param_dtype, rngs, impl):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, stack=stack, param_dtype=param_dtype)
+        self.attn = Attention(cfg, stack=stack, dtype=dtype, param_dtype=param_dtype, rngs=rngs, impl=impl)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, stack=stack,
+                                      param_dtype=param_dtype)
+        self.mlp = MLP(cfg, stack=stack, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x, positions, mask, cache_kv=None, cache_index=None, causal_lengths=None, rng=None):
+        r = _split(rng, 2)
+        h, new_kv = self.attn(self.input_norm(x), positions, mask, cache_kv, cache_index, causal_lengths, r[0])
+        x = x + h
+        return x + self.mlp(self.post_attn_norm(x), r[1]), new_kv
+
+
+def _split(rng, n):
+    return [None] * n if rng is None else list(jax.random.split(rng, n))
+
+
+_REMAT = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class DecoderLM(nnx.Module):
+    """Llama-family decoder. ``__call__`` returns (float32 logits [B, T, V], updated cache)."""
+
+    def __init__(self, cfg: LLMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs, remat_policy: str = "none", attention_impl: str = "auto"):
+        if remat_policy not in _REMAT:
+            raise ValueError(f"remat_policy={remat_policy!r}; expected one of {sorted(_REMAT)}.")
+        if cfg.num_heads % cfg.num_kv_heads:
+            raise ValueError(f"num_heads={cfg.num_heads} is not a multiple of num_kv_heads={cfg.num_kv_heads}.")
+        self.cfg = cfg
+        self.dtype = dtype
+        self.remat_policy = remat_policy
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
+                               embedding_init=nnx.with_partitioning(_init(cfg), ("vocab", "embed")),
+                               rngs=rngs)
+        self.layers = Block(cfg, stack=cfg.num_layers, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                            impl=attention_impl)
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.lm_head = (None if cfg.tie_word_embeddings else
+                        Linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), cfg=cfg, dtype=dtype,
+                               param_dtype=param_dtype, rngs=rngs))
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> Cache:
+        """Empty KV cache: k/v [L, B, S, KV, D], slot mask [B, S], next slot ``index``, ``pos`` [B]."""
+        c = self.cfg
+        shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+        dtype = dtype or self.dtype
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                "mask": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32),
+                "pos": jnp.zeros((batch,), jnp.int32)}
+
+    def logits(self, h):
+        if self.lm_head is None:
+            return jnp.dot(h, self.embed.embedding[...].astype(self.dtype).T,
+                           preferred_element_type=jnp.float32)
+        return self.lm_head(h).astype(jnp.float32)
+
+    def __call__(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, positions=None,
+                 cache: Cache | None = None, last_only: bool = False, dropout_rng: jax.Array | None = None):
+        """Runs the decoder on T new tokens (ids or embeddings [B, T, D]).
+
+        attention_mask [B, T]: 1 = real token. Without a cache, queries attend causally to real
+        tokens; with a cache the T tokens are written at slot ``cache['index']`` and attend to all
+        earlier real slots, so left-padded prompts and batched decoding share one code path.
+        positions default to the running count of real tokens (so left padding does not shift RoPE).
+        ``last_only`` returns logits for the last position only ([B, 1, V]; for generation).
+        ``dropout_rng`` turns on LoRA dropout (training only).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids [B, T] or inputs_embeds [B, T, D].")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        b, t = x.shape[:2]
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        attention_mask = attention_mask.astype(jnp.int32)
+        start = cache["pos"][:, None] if cache is not None else 0
+        if positions is None:
+            positions = jnp.maximum(start + jnp.cumsum(attention_mask, axis=1) - 1, 0)
+        q_idx = jnp.arange(t)
+        causal_lengths = None
+        if cache is None:
+            mask = (q_idx[None, :, None] >= q_idx[None, None, :]) & (attention_mask[:, None, :] > 0)
+            idx = None
+            # Fused kernels take causal + per-row lengths; only valid for right padding.
+            causal_lengths = attention_mask.sum(-1) if attn_lib.resolve_impl(self.layers.attn.impl) != "xla" else None
+        else:
+            idx = cache["index"]
+            slots = jnp.arange(cache["mask"].shape[1])
+            slot_mask = jax.lax.dynamic_update_slice_in_dim(cache["mask"], attention_mask, idx, axis=1)
+            mask = (slots[None, None, :] <= idx + q_idx[None, :, None]) & (slot_mask[:, None, :] > 0)
+        # Padded queries see nothing; give them their own slot so softmax stays finite.
+        mask = mask | (attention_mask[:, :, None] == 0) & (jnp.arange(mask.shape[2])[None, None, :] == 0)
+
+        # Only params carry the stacked layer axis; anything else is broadcast to every layer.
+        graphdef, layer_state, rest = nnx.split(self.layers, nnx.Param, ...)
+
+        def body(carry, xs):
+            h = carry
+            state, kv, rng = xs
+            layer = nnx.merge(graphdef, state, rest)
+            h, new_kv = layer(h, positions, mask, kv, idx, causal_lengths, rng)
+            return h, new_kv
+
+        policy = _REMAT[self.remat_policy]
+        if self.remat_policy != "none":
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        kv_in = (cache["k"], cache["v"]) if cache is not None else None
+        rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.cfg.num_layers)
+        x, kv_out = jax.lax.scan(body, x, (layer_state, kv_in, rngs))
+        if last_only:
+            x = x[:, -1:]
+        logits = self.logits(self.final_norm(x))
+        if cache is not None:
+            cache = {"k": kv_out[0], "v": kv_out[1], "mask": slot_mask, "index": idx + t,
+                     "pos": cache["pos"] + attention_mask.sum(-1)}
+        return logits, cache
