@@ -1,0 +1,282 @@
+"""HF safetensors <-> our parameter trees for CLIP / SigLIP towers, connectors and full checkpoints.
+
+One table of ``Entry(path, key, kind)`` rows per module drives both directions: loading builds a
+``safetensors_io`` mapping from it (lazy reads into the target sharding, one error listing every
+missing / unexpected / mis-shaped key) and exporting applies the inverse transforms.
+
+Key layouts:
+* CLIP / SigLIP vision models: ``vision_model.embeddings.*``, ``vision_model.encoder.layers.{i}.*``
+  (CLIPModel / SiglipModel checkpoints also hold text keys; they are skipped).
+* LLaVA / VideoLLaMA2 full checkpoints: ``model.vision_tower.vision_tower.vision_model.*``,
+  ``model.mm_projector.*`` (mlp2x_gelu: ``0``, ``2``; STC: ``s1.b{j}.*``, ``sampler.0.*``,
+  ``s2.b{j}.*``, ``readout.{0,2}.*``), and the LLM's ``model.layers.*``, ``model.embed_tokens.*``,
+  ``model.norm.*``, ``lm_head.*`` (mapped by the LLM's own converter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from exo2ego_jax.models.connectors import Connector, ConnectorConfig
+from exo2ego_jax.models.vit import VisionConfig, VisionTower
+from exo2ego_jax.weights import safetensors_io as sio
+
+CLIP_PREFIX = "vision_model."
+LLAVA_VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+LLAVA_PROJECTOR_PREFIX = "model.mm_projector."
+# Keys of CLIPModel / SiglipModel / SiglipVisionModel checkpoints that no VLM tower uses.
+TOWER_IGNORE = (r"^text_model\.", r"^text_projection\.", r"^visual_projection\.", r"^logit_scale$",
+                r"^logit_bias$", r"position_ids$")
+
+
+# Torch layout -> ours (forward) and back (inverse), per kind of tensor.
+def _conv1x1_fwd(x):  # torch Conv2d 1x1 [out, in, 1, 1] used as our Linear [in, out]
+    return x[:, :, 0, 0].T
+
+
+_KINDS: dict[str, tuple[sio.Transform | None, Any]] = {
+    "copy": (None, lambda x: x),
+    "linear": (sio.Transpose(), lambda x: x.T),
+    "conv2d": (sio.Transpose((2, 3, 1, 0)), lambda x: np.transpose(x, (3, 2, 0, 1))),
+    "conv3d": (sio.Transpose((2, 3, 4, 1, 0)), lambda x: np.transpose(x, (4, 3, 0, 1, 2))),
+    "conv1x1_linear": (sio.Fn(_conv1x1_fwd, lambda s: (s[1], s[0])), lambda x: x.T[:, :, None, None]),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """Our param ``path`` <- checkpoint ``key`` (with ``{i}`` = layer index when ``layers`` > 0)."""
+
+    path: str
+    key: str
+    kind: str = "copy"
+    layers: int = 0  # > 0: per-layer HF keys stacked on our leading ``layers`` axis
+
+
+def _ln(path: str, key: str, layers: int = 0) -> list[Entry]:
+    return [Entry(f"{path}/scale", f"{key}.weight", layers=layers),
+            Entry(f"{path}/bias", f"{key}.bias", layers=layers)]
+
+
+def _linear(path: str, key: str, layers: int = 0, kind: str = "linear") -> list[Entry]:
+    return [Entry(f"{path}/kernel", f"{key}.weight", kind, layers),
+            Entry(f"{path}/bias", f"{key}.bias", layers=layers)]
+
+
+def vision_entries(cfg: VisionConfig) -> list[Entry]:
+    """Rows for a ``VisionTower`` against HF ``CLIPVisionModel`` / ``SiglipVisionModel`` keys
+    (without the ``vision_model.`` prefix)."""
+    n = cfg.num_layers
+    rows = [Entry("patch_embed/kernel", "embeddings.patch_embedding.weight", "conv2d"),
+            Entry("position_embedding", "embeddings.position_embedding.weight")]
+    if cfg.has_cls:
+        rows += [Entry("class_embedding", "embeddings.class_embedding")]
+        rows += _ln("pre_norm", "pre_layrnorm")  # sic: HF CLIP's attribute name
+    else:
+        rows += [Entry("patch_embed/bias", "embeddings.patch_embedding.bias")]
+    layer = "encoder.layers.{i}"
+    rows += _ln("layers/norm1", f"{layer}.layer_norm1", n) + _ln("layers/norm2", f"{layer}.layer_norm2", n)
+    for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        rows += _linear(f"layers/attn/{p}", f"{layer}.self_attn.{p}", n)
+    rows += _linear("layers/mlp/fc1", f"{layer}.mlp.fc1", n) + _linear("layers/mlp/fc2", f"{layer}.mlp.fc2", n)
+    rows += _ln("post_norm", "post_layernorm")
+    return rows
+
+
+def _conv_norm(path: str, key: str) -> list[Entry]:
+    return [Entry(f"{path}/conv/kernel", f"{key}.conv.weight", "conv2d")] + _ln(f"{path}/norm", f"{key}.bn")
+
+
+def connector_entries(cfg: ConnectorConfig) -> list[Entry]:
+    """Rows for a ``Connector`` against VideoLLaMA2 / LLaVA ``mm_projector`` keys (no prefix)."""
+    readout = "readout." if cfg.kind == "stc" else ""  # LLaVA mlp2x_gelu is a bare nn.Sequential
+    rows = [e for j in range(cfg.mlp_depth) for e in _linear(f"readout/fc/{j}", f"{readout}{2 * j}")]
+    if cfg.kind != "stc":
+        return rows
+    rows += _linear("sampler", "sampler.0", kind="conv3d")
+    for stage, cin in (("s1", cfg.in_dim), ("s2", cfg.out_dim)):
+        for j in range(cfg.stc_depth):
+            p, k = f"{stage}/blocks/{j}", f"{stage}.b{j + 1}"
+            for c in ("conv1", "conv2", "conv3"):
+                rows += _conv_norm(f"{p}/{c}", f"{k}.{c}")
+            if cfg.stc_se_ratio:
+                rows += _linear(f"{p}/se/fc1", f"{k}.se.fc1", kind="conv1x1_linear")
+                rows += _linear(f"{p}/se/fc2", f"{k}.se.fc2", kind="conv1x1_linear")
+            if j == 0 and cin != cfg.out_dim:
+                rows += _conv_norm(f"{p}/downsample", f"{k}.downsample")
+    return rows
+
+
+def to_mapping(entries: Iterable[Entry], key_prefix: str = "", path_prefix: str = "") -> dict[str, sio.Src]:
+    """``{path_prefix + path: Src(key_prefix + key ...)}`` for ``safetensors_io.load_params``."""
+    out = {}
+    for e in entries:
+        tf = _KINDS[e.kind][0]
+        key = key_prefix + e.key
+        src = sio.stacked(key, e.layers, tf) if e.layers else sio.Src(key, tf)
+        out[path_prefix + e.path] = src
+    return out
+
+
+def export(module: nnx.Module, entries: Iterable[Entry], key_prefix: str = "",
+           path_prefix: str = "", dtype: Any = None) -> dict[str, np.ndarray]:
+    """Our params -> ``{HF key: numpy array}`` in torch layout (the inverse of loading)."""
+    params = sio.param_paths(module)
+    out: dict[str, np.ndarray] = {}
+    missing = [path_prefix + e.path for e in entries if path_prefix + e.path not in params]
+    if missing:
+        raise ValueError(f"export: {type(module).__name__} lacks params {missing[:10]}; "
+                         "the entry table does not match the module's config.")
+    for e in entries:
+        value = np.asarray(jax.device_get(params[path_prefix + e.path].get_value()))
+        if dtype is not None:
+            value = value.astype(dtype)
+        inv = _KINDS[e.kind][1]
+        if e.layers:
+            for i in range(e.layers):
+                out[key_prefix + e.key.format(i=i)] = np.ascontiguousarray(inv(value[i]))
+        else:
+            out[key_prefix + e.key] = np.ascontiguousarray(inv(value))
+    return out
+
+
+# ----------------------------------------------------------------------------- convenience
+
+
+def _reader(path_or_reader):
+    return sio.open_checkpoint(path_or_reader) if isinstance(path_or_reader, (str, bytes)) or hasattr(
+        path_or_reader, "__fspath__") else path_or_reader
+
+
+def detect_vision_prefix(reader) -> str:
+    """The key prefix in front of ``embeddings.patch_embedding.weight`` (one vision tower only)."""
+    suffix = "embeddings.patch_embedding.weight"
+    found = sorted(k[: -len(suffix)] for k in reader.keys() if k.endswith(suffix))
+    if len(found) != 1:
+        raise ValueError(f"{reader.path}: expected one vision tower (a key ending in {suffix!r}), found "
+                         f"{len(found)}: {found[:5]}; pass key_prefix= explicitly.")
+    return found[0]
+
+
+def load_vision_tower(tower: VisionTower, checkpoint, *, key_prefix: str | None = None, mesh=None,
+                      rules: Sequence[tuple[str, Any]] | None = None) -> VisionTower:
+    """Loads a HF CLIP / SigLIP (vision) model checkpoint into ``tower`` in place.
+
+    ``key_prefix`` defaults to the prefix found in the checkpoint (``vision_model.`` in CLIPModel and
+    older CLIPVisionModel files, none in transformers-5 CLIPVisionModel files, LLaVA's
+    ``model.vision_tower.vision_tower.vision_model.``); text-model keys and SigLIP's unused MAP head are skipped, anything else unread is an error.
+    """
+    reader = _reader(checkpoint)
+    prefix = detect_vision_prefix(reader) if key_prefix is None else key_prefix
+    # SigLIP's MAP pooling head (``head.*``) is not built: no VLM here uses the pooled output.
+    ignore = [*TOWER_IGNORE, f"^{re.escape(prefix)}head\\."] + ([f"^(?!{re.escape(prefix)})"] if prefix else [])
+    return sio.load_params(tower, reader, to_mapping(vision_entries(tower.cfg), prefix), mesh=mesh,
+                           rules=rules, ignore_unexpected=ignore)
+
+
+def load_connector(connector: Connector, checkpoint, *, key_prefix: str = LLAVA_PROJECTOR_PREFIX,
+                   mesh=None, rules=None) -> Connector:
+    """Loads ``mm_projector`` weights (e.g. VideoLLaMA2's ``mm_projector.bin`` converted, or a full
+    checkpoint: other keys are skipped) into ``connector`` in place."""
+    reader = _reader(checkpoint)
+    return sio.load_params(connector, reader, to_mapping(connector_entries(connector.cfg), key_prefix),
+                           mesh=mesh, rules=rules, ignore_unexpected=[f"^(?!{re.escape(key_prefix)})"])
+
+
+def export_vision_tower(tower: VisionTower, key_prefix: str = CLIP_PREFIX, dtype=None) -> dict[str, np.ndarray]:
+    """The tower as HF ``CLIPVisionModel`` / ``SiglipVisionModel`` tensors."""
+    return export(tower, vision_entries(tower.cfg), key_prefix, dtype=dtype)
+
+
+def export_connector(connector: Connector, key_prefix: str = LLAVA_PROJECTOR_PREFIX, dtype=None):
+    """The connector as ``mm_projector`` tensors."""
+    return export(connector, connector_entries(connector.cfg), key_prefix, dtype=dtype)
+
+
+def save_hf(tensors: Mapping[str, np.ndarray], directory: str, **kw) -> list[str]:
+    """Writes exported tensors as HF safetensors (sharded past 5 GiB)."""
+    return sio.save_safetensors(tensors, directory, **kw)
+
+
+# ----------------------------------------------------------------------------- full checkpoints
+
+
+def videollm_mappings(model, *, vision_prefix: str = LLAVA_VISION_PREFIX,
+                      projector_prefix: str = LLAVA_PROJECTOR_PREFIX, llm_prefix: str = "model."):
+    """``{module prefix: mapping}`` for a LLaVA / VideoLLaMA2-style checkpoint of a ``VideoLLM``."""
+    from exo2ego_jax.weights import llm_weights
+
+    return {
+        "vision/": to_mapping(vision_entries(model.cfg.vision), vision_prefix),
+        "connector/": to_mapping(connector_entries(model.cfg.connector), projector_prefix),
+        "llm/": llm_weights.hf_mapping(model.cfg.llm, llm_prefix),
+    }
+
+
+def load_videollm(model, checkpoint, *, vision_checkpoint=None, vision_prefix: str | None = None,
+                  projector_prefix: str = LLAVA_PROJECTOR_PREFIX, llm_prefix: str = "model.",
+                  mesh=None, rules=None, ignore_unexpected: Sequence[str] = ()):
+    """Loads a full LLaVA / VideoLLaMA2-style checkpoint (tower + mm_projector + LLM) in place.
+
+    Args:
+      model: a ``VideoLLM`` (may be abstract, from ``nnx.eval_shape``).
+      checkpoint: directory / file / index.json with ``model.vision_tower.vision_tower.vision_model.*``,
+        ``model.mm_projector.*``, ``model.layers.*``, ``model.embed_tokens.*``, ``model.norm.*``,
+        ``lm_head.*``.
+      vision_checkpoint: a separate CLIP / SigLIP checkpoint for the tower (VideoLLaMA2 releases do not
+        store it; it is ``mm_vision_tower``). Its prefix is detected unless ``vision_prefix`` is given.
+      ignore_unexpected: regexes of checkpoint keys to skip on purpose.
+
+    Raises:
+      ValueError: one error listing every missing, mis-shaped and unexpected key of all parts.
+    """
+    from exo2ego_jax.weights import llm_weights
+
+    reader = _reader(checkpoint)
+    vreader = reader if vision_checkpoint is None else _reader(vision_checkpoint)
+    if vision_prefix is None:
+        vision_prefix = LLAVA_VISION_PREFIX if vision_checkpoint is None else detect_vision_prefix(vreader)
+    maps = videollm_mappings(model, vision_prefix=vision_prefix, projector_prefix=projector_prefix,
+                             llm_prefix=llm_prefix)
+    errors, used = [], set()
+    for prefix, mapping in maps.items():
+        r = vreader if prefix == "vision/" else reader
+        if r is reader:
+            used |= {k for src in mapping.values() for k in src.keys}
+        try:
+            sio.load_params(model, r, mapping, prefix=prefix, strict=False, mesh=mesh, rules=rules)
+        except ValueError as e:
+            errors.append(str(e))
+    ignore = [re.compile(p) for p in (*llm_weights.IGNORED_HF_KEYS, *ignore_unexpected,
+                                      rf"^{re.escape(vision_prefix)}head\.", r"position_ids$")]
+    if model.cfg.llm.tie_word_embeddings:
+        ignore.append(re.compile(r"^lm_head\.weight$"))
+    unexpected = sorted(k for k in set(reader.keys()) - used if not any(p.search(k) for p in ignore))
+    if errors or unexpected:
+        lines = [f"Cannot load {reader.path} into VideoLLM:"] + errors
+        if unexpected:
+            lines.append(f"  unexpected checkpoint keys ({len(unexpected)}): " + ", ".join(unexpected[:30])
+                         + (" ..." if len(unexpected) > 30 else ""))
+            lines.append("  (pass ignore_unexpected=[regex] for keys you mean to skip)")
+        raise ValueError("\n".join(lines))
+    return model
+
+
+def export_videollm(model, *, include_vision: bool = True, dtype=None,
+                    vision_prefix: str = LLAVA_VISION_PREFIX,
+                    projector_prefix: str = LLAVA_PROJECTOR_PREFIX) -> dict[str, np.ndarray]:
+    """A ``VideoLLM`` as one LLaVA / VideoLLaMA2-style state dict (LoRA merged into the LLM)."""
+    from exo2ego_jax.weights import llm_weights
+
+    out = export(model.connector, connector_entries(model.cfg.connector), projector_prefix, dtype=dtype)
+    if include_vision:
+        out.update(export(model.vision, vision_entries(model.cfg.vision), vision_prefix, dtype=dtype))
+    out.update(llm_weights.to_hf_tensors(model.llm, "model.", dtype=dtype))
+    return out
