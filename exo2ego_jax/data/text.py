@@ -1,0 +1,190 @@
+"""Chat-template tokenisation with answer-only labels, placeholder expansion and static padding.
+
+Conversations use the LLaVA/VideoLLaMA2 roles (``human``/``gpt``, FORMATS.md section 3) or chat
+roles (``user``/``assistant``/``system``); they are rendered with the tokenizer's own
+``apply_chat_template``. Answer spans are found by rendering the conversation prefix by prefix:
+the characters that turn ``render(messages[:i], add_generation_prompt=True)`` into
+``render(messages[:i+1])`` are assistant turn ``i`` (its answer and end-of-turn markup, so the
+model learns to stop). Tokens whose character offsets start inside such a span carry their id as
+label; every other position is ``IGNORE_INDEX``. This works for any template whose renders are
+prefixes of each other, which holds for the usual ChatML / Llama / Mistral / Zephyr templates; a
+template for which it fails raises an error naming it instead of silently mislabelling.
+
+Each ``<video>`` placeholder token is then expanded to ``num_visual_tokens`` copies (the model
+replaces them with visual tokens), and ``<probe>`` to ``num_probes`` copies; with
+``num_probes > 0`` and no explicit ``<probe>`` in the text, probes go right after each video's
+tokens (Ego2ExoVLM EAVT places them after the visual tokens, before the question). Sequences
+longer than ``max_len`` raise :class:`TextTooLong` (the pipeline skips and counts them): cutting
+text could cut placeholders or the whole answer, so nothing is truncated.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+IGNORE_INDEX = -100  # LLaVA / VideoLLaMA2 IGNORE_INDEX (FORMATS.md section 3)
+ROLE_MAP = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant",
+            "system": "system"}
+
+
+class TextError(ValueError):
+    """A conversation that cannot become a training example (the pipeline skips it)."""
+
+    reason = "bad_text"
+
+
+class TextTooLong(TextError):
+    reason = "text_too_long"
+
+
+class NoAnswer(TextError):
+    reason = "no_answer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """One tokenised conversation, padded to a static length."""
+
+    input_ids: np.ndarray       # [max_len] int32
+    labels: np.ndarray          # [max_len] int32, IGNORE_INDEX off answers and on padding
+    attention_mask: np.ndarray  # [max_len] int32, 1 = real token
+    num_videos: int             # number of <video> placeholders found (before expansion)
+    length: int                 # real tokens after expansion
+
+
+def to_messages(conversations: Sequence[Mapping[str, Any]], system_prompt: str | None = None,
+                *, source: str = "<conversation>") -> list[dict[str, str]]:
+    """LLaVA turns (``{"from", "value"}``) or chat turns (``{"role", "content"}``) -> chat messages."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, Mapping):
+            raise TextError(f"{source}: turn {i} is {type(turn).__name__}, expected a dict with "
+                            "'from'/'value' (LLaVA) or 'role'/'content'")
+        role = turn.get("from", turn.get("role"))
+        content = turn.get("value", turn.get("content"))
+        if role not in ROLE_MAP:
+            raise TextError(f"{source}: turn {i} has role {role!r}; expected one of {sorted(ROLE_MAP)}")
+        if not isinstance(content, str):
+            raise TextError(f"{source}: turn {i} has {type(content).__name__} content, expected str")
+        messages.append({"role": ROLE_MAP[role], "content": content})
+    return messages
+
+
+def special_id(tokenizer, token: str) -> int:
+    """Id of a placeholder token that must be a single special token of ``tokenizer``."""
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        raise ValueError(
+            f"token {token!r} is not a single token of tokenizer {tokenizer.name_or_path!r} (got ids "
+            f"{ids}); load it with exo2ego_jax.tokenizer.load_tokenizer(path, extra_special_tokens="
+            f"('<video>', '<probe>')) or add it with tokenizer.add_special_tokens")
+    return ids[0]
+
+
+def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def answer_spans(tokenizer, messages: Sequence[Mapping[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """Renders ``messages`` and returns (text, [(start, end) character span of each assistant turn])."""
+    full = _render(tokenizer, messages, False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = _render(tokenizer, messages[:i], True)
+        upto = _render(tokenizer, messages[: i + 1], False)
+        if not (upto.startswith(prefix) and full.startswith(upto)):
+            raise ValueError(
+                f"chat template of {tokenizer.name_or_path!r} does not render conversation prefixes as "
+                f"prefixes of the whole (turn {i}), so answer spans cannot be located; use a template "
+                "whose renders extend each other")
+        end = len(upto.rstrip())  # keep end-of-turn markup, drop trailing newlines
+        if end > len(prefix):
+            spans.append((len(prefix), end))
+    return full, spans
+
+
+def _expand(ids: Sequence[int], labels: Sequence[int], video_id: int, probe_id: int | None,
+            num_visual_tokens: int, num_probes: int) -> tuple[list[int], list[int], int]:
+    auto_probes = num_probes > 0 and probe_id is not None and probe_id not in ids
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    num_videos = 0
+    for tok, lab in zip(ids, labels):
+        if tok == video_id:
+            num_videos += 1
+            n_probe = num_probes if auto_probes else 0
+            out_ids += [video_id] * num_visual_tokens + [probe_id] * n_probe
+            out_labels += [IGNORE_INDEX] * (num_visual_tokens + n_probe)
+        elif probe_id is not None and tok == probe_id:
+            out_ids += [probe_id] * num_probes
+            out_labels += [IGNORE_INDEX] * num_probes
+        else:
+            out_ids.append(tok)
+            out_labels.append(lab)
+    return out_ids, out_labels, num_videos
+
+
+def pad(seq: Sequence[int], max_len: int, value: int, side: str = "right") -> np.ndarray:
+    """``seq`` padded with ``value`` to ``max_len`` on ``side`` ("right" train, "left" generation)."""
+    if len(seq) > max_len:
+        raise TextTooLong(f"sequence of {len(seq)} tokens does not fit max_len={max_len}")
+    fill = [value] * (max_len - len(seq))
+    out = list(seq) + fill if side == "right" else fill + list(seq)
+    return np.asarray(out, np.int32)
+
+
+def tokenize_conversation(tokenizer, messages: Sequence[Mapping[str, str]], *, max_len: int,
+                          num_visual_tokens: int, num_probes: int = 0,
+                          video_token: str = "<video>", probe_token: str = "<probe>") -> Encoded:
+    """Training example: right-padded ids, answer-only labels and attention mask of ``max_len``."""
+    text, spans = answer_spans(tokenizer, messages)
+    if not spans:
+        raise NoAnswer("conversation has no non-empty assistant turn to train on")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    for tok, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
+        inside = any(a <= s < b or (s == e and a < s <= b) for a, b in spans)
+        labels.append(tok if inside else IGNORE_INDEX)
+    video_id = special_id(tokenizer, video_token)
+    probe_id = special_id(tokenizer, probe_token) if num_probes else None
+    ids, labels, num_videos = _expand(enc["input_ids"], labels, video_id, probe_id,
+                                      num_visual_tokens, num_probes)
+    if len(ids) > max_len:
+        raise TextTooLong(f"{len(ids)} tokens after expanding {num_videos} <video> placeholder(s) to "
+                          f"{num_visual_tokens} tokens exceed max_len={max_len}")
+    if all(l == IGNORE_INDEX for l in labels):
+        raise NoAnswer("no answer token survived tokenisation")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Encoded(
+        input_ids=pad(ids, max_len, pad_id), labels=pad(labels, max_len, IGNORE_INDEX),
+        attention_mask=pad([1] * len(ids), max_len, 0), num_videos=num_videos, length=len(ids))
+
+
+def encode_prompt(tokenizer, messages: Sequence[Mapping[str, str]], *, max_len: int,
+                  num_visual_tokens: int, num_probes: int = 0, video_token: str = "<video>",
+                  probe_token: str = "<probe>") -> Encoded:
+    """Generation prompt (ends with the assistant header), LEFT-padded to ``max_len``; no labels."""
+    text = _render(tokenizer, list(messages), True)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    video_id = special_id(tokenizer, video_token)
+    probe_id = special_id(tokenizer, probe_token) if num_probes else None
+    ids, _, num_videos = _expand(ids, [IGNORE_INDEX] * len(ids), video_id, probe_id,
+                                 num_visual_tokens, num_probes)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Encoded(input_ids=pad(ids, max_len, pad_id, "left"),
+                   labels=np.full((max_len,), IGNORE_INDEX, np.int32),
+                   attention_mask=pad([1] * len(ids), max_len, 0, "left"),
+                   num_videos=num_videos, length=len(ids))
+
+
+def stack(encoded: Iterable[Encoded]) -> dict[str, np.ndarray]:
+    """[B, T] batch dict from encoded examples."""
+    encoded = list(encoded)
+    return {"input_ids": np.stack([e.input_ids for e in encoded]),
+            "labels": np.stack([e.labels for e in encoded]),
+            "attention_mask": np.stack([e.attention_mask for e in encoded])}

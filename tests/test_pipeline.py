@@ -1,0 +1,242 @@
+"""Grain pipelines: determinism, exact resume, per-process shards, bad input, batch contents."""
+import json
+import os
+
+import grain
+import numpy as np
+import pytest
+from array_record.python.array_record_module import ArrayRecordWriter, ArrayRecordReader
+
+from exo2ego_jax.data import pipeline, records
+from exo2ego_jax.data.pipeline_ops import state_to_json
+from exo2ego_jax.data.skips import TooManySkipped
+from test_pipeline_fixtures import make_tokenizer, make_world, records_config
+
+SHAPES = dict(num_frames=4, image_size=32, max_len=48, num_visual_tokens=8, batch_size=4, read_threads=1,
+              min_seen_for_check=1, max_skip_fraction=0.9)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = make_world(str(tmp_path_factory.mktemp("world")))
+    out = os.path.join(root, "records")
+    records.run(records_config(root), out)
+    return root, out, make_tokenizer(root)
+
+
+def cfg(**kw):
+    return pipeline.pipeline_config(**{**SHAPES, **kw})
+
+
+def batches(it, n=None):
+    out = []
+    for b in it:
+        out.append(b)
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def rows(bs):
+    """Identity of each real example: (answer tokens, exo camera green level); prompts vary by seed."""
+    out = []
+    for b in bs:
+        for i in np.flatnonzero(b["example_mask"]):
+            green = b["exo_pixels"][i, 0, 0, 16, 16, 1]
+            answer = tuple(int(t) for t in b["labels"][i] if t != -100)
+            out.append((answer, round(float(green), 1)))
+    return out
+
+
+def test_pair_batches_have_the_contract_shapes_and_answer_only_labels(world):
+    root, out, tok = world
+    bs = batches(pipeline.pair_dataset(cfg(num_epochs=1), out, "train", tok))
+    assert len(bs) == 3 and [int(b["example_mask"].sum()) for b in bs] == [4, 4, 1]
+    b = bs[0]
+    assert b["ego_pixels"].shape == b["exo_pixels"].shape == (4, 1, 4, 32, 32, 3)
+    assert b["ego_pixels"].dtype == np.float32 and b["input_ids"].shape == (4, 48)
+    assert b["video_mask"].shape == (4, 1) and b["input_ids"].dtype == np.int32
+    video_id = tok.convert_tokens_to_ids("<video>")
+    assistant = tok.convert_tokens_to_ids("<|assistant|>")
+    for ids, labels in zip(b["input_ids"], b["labels"]):
+        assert (ids == video_id).sum() == 8
+        start = list(ids).index(assistant)
+        assert (labels[: start + 1] == -100).all() and (labels[start + 1:] != -100).any()
+        kept = labels != -100
+        np.testing.assert_array_equal(labels[kept], ids[kept])
+        assert tok.convert_ids_to_tokens([int(labels[kept][-1])]) == ["<|end|>"]
+    assert len(set(rows(bs))) == 9  # every record exactly once
+    assert (bs[-1]["input_ids"][1:] == 0).all() and (bs[-1]["labels"][1:] == -100).all()  # padding rows
+
+
+def test_same_seed_same_batches_other_seed_other_order(world):
+    _, out, tok = world
+    a = batches(pipeline.pair_dataset(cfg(num_epochs=2, seed=1), out, "train", tok))
+    b = batches(pipeline.pair_dataset(cfg(num_epochs=2, seed=1), out, "train", tok))
+    same(a, b)
+    c = batches(pipeline.pair_dataset(cfg(num_epochs=2, seed=2), out, "train", tok))
+    assert rows(a) != rows(c) and sorted(rows(a)) == sorted(rows(c))
+    assert rows(a)[:9] != rows(a)[9:]  # each epoch is reshuffled
+
+
+def test_exact_resume_mid_epoch(world):
+    _, out, tok = world
+    ds = pipeline.pair_dataset(cfg(num_epochs=2), out, "train", tok)
+    it = iter(ds)
+    head = batches(it, 2)
+    state = json.loads(state_to_json(it.get_state()))  # as a checkpoint would store it
+    rest = batches(it)
+    resumed = iter(ds)
+    resumed.set_state(state)
+    same(batches(resumed), rest)
+    full = batches(iter(ds))
+    same(full, head + rest)
+
+
+def test_per_process_shards_partition_the_data(world):
+    _, out, tok = world
+    per = [rows(batches(pipeline.pair_dataset(cfg(num_epochs=1), out, "train", tok, process_index=i,
+                                              process_count=2))) for i in range(2)]
+    assert len(per[0]) == len(per[1]) == 4  # 9 records: equal shards, the odd one out dropped
+    assert not set(per[0]) & set(per[1])
+    order = pipeline._order(grain.MapDataset.range(10), cfg(num_epochs=2), 0, 1)
+    shards = [list(pipeline._order(grain.MapDataset.range(10), cfg(num_epochs=2), i, 3)) for i in range(3)]
+    assert [len(s) for s in shards] == [6, 6, 6]
+    assert [x for trio in zip(*shards) for x in trio] == list(order)[:18]
+
+
+def test_single_view_datasets(world):
+    _, out, tok = world
+    ego = batches(pipeline.single_view_dataset(cfg(num_epochs=1), out, "train", tok, view="ego"))
+    exo = batches(pipeline.single_view_dataset(cfg(num_epochs=1), out, "train", tok, view="exo"))
+    assert sum(int(b["example_mask"].sum()) for b in ego) == 5  # each ego clip once
+    assert sum(int(b["example_mask"].sum()) for b in exo) == 9
+    assert ego[0]["pixels"].shape == (4, 1, 4, 32, 32, 3) and "ego_pixels" not in ego[0]
+    green = ego[0]["pixels"][0, 0, 0, 16, 16, 1]
+    assert abs(green - (0 - 0.4578275) / 0.26130258) < 0.2  # the ego camera has green 0
+
+
+@pytest.fixture(scope="module")
+def bad_records(world, tmp_path_factory):
+    """A split 'bad' with 3 good records and one of each bad kind."""
+    _, out, _ = world
+    reader = ArrayRecordReader(records.split_files(out, "train")[0])
+    good = reader.read([0, 1, 2])
+    reader.close()
+    rec = records.decode_record(good[0])
+    bad_text = dict(rec, text=b"caf\xe9 au lait")
+    garbage = dict(rec, ego={"mp4": b"\x00\x00\x00\x18ftypisom" + b"\x13" * 500, "fps": 30.0})
+    empty = dict(rec, exo={"mp4": b"", "fps": 30.0})
+    cut = dict(rec, ego={"mp4": rec["ego"]["mp4"][: len(rec["ego"]["mp4"]) // 3], "fps": 30.0})
+    items = list(good) + [b"\xc1 not a record", records.encode_record(bad_text), records.encode_record(garbage),
+                          records.encode_record(empty), records.encode_record(cut)]
+    d = str(tmp_path_factory.mktemp("bad"))
+    w = ArrayRecordWriter(os.path.join(d, "bad.array_record-00000"), "group_size:1")
+    for it in items:
+        w.write(it)
+    w.close()
+    with open(os.path.join(d, records.RECORDS_JSON), "w") as f:
+        json.dump({"format": 1, "splits": {"bad": {"files": ["bad.array_record-00000"], "num_records": len(items),
+                                                   "ego_first": [0]}}}, f)
+    return d
+
+
+def test_bad_records_are_skipped_counted_and_survive_resume(world, bad_records):
+    _, _, tok = world
+    ds = pipeline.pair_dataset(cfg(num_epochs=1, shuffle=False, batch_size=2), bad_records, "bad", tok)
+    it = iter(ds)
+    first = batches(it, 1)
+    state = it.get_state()
+    bs = first + batches(it)
+    assert sum(int(b["example_mask"].sum()) for b in bs) == 3
+    for b in bs:  # skipped slots: no pixels, no tokens, nothing to train on
+        dead = b["example_mask"] == 0
+        assert (b["labels"][dead] == -100).all() and not b["ego_pixels"][dead].any()
+    counts = it.skips.counts
+    assert counts["corrupt_record"] == 1 and counts["non_utf8_text"] == 1
+    assert counts.get("corrupt_video", 0) + counts.get("truncated_video", 0) + counts.get("empty_video", 0) == 3
+    assert it.skips.num_seen == 8
+    assert any("bad#3" in p for p in it.skips.examples["corrupt_record"])
+    metrics = pipeline.skip_metrics(it)
+    assert metrics["skipped/total"] == 5 and metrics["skipped/seen"] == 8
+    mapped = iter(ds.map(lambda b: b))  # a method's later stage keeps the counter reachable
+    batches(mapped)
+    assert pipeline.skip_metrics(mapped) == metrics
+    resumed = iter(ds)
+    resumed.set_state(state)
+    batches(resumed)
+    assert resumed.skips == it.skips  # counts before the checkpoint come back with the state
+
+
+def test_too_many_skips_stops_with_a_clear_message(world, bad_records):
+    _, _, tok = world
+    ds = pipeline.pair_dataset(cfg(num_epochs=1, shuffle=False, batch_size=2, max_skip_fraction=0.2),
+                               bad_records, "bad", tok)
+    with pytest.raises(TooManySkipped, match="max_skip_fraction"):
+        batches(iter(ds))
+
+
+def test_instruction_dataset(world, tmp_path):
+    root, _, tok = world
+    video = "takes/synth_t1/frame_aligned_videos/aria01_214-1.mp4"
+    conv = [{"from": "human", "value": "<video>\nWhat am I doing?"}, {"from": "gpt", "value": "C picks up the kettle."}]
+    samples = [{"id": "a", "video": video, "conversations": conv, "start": 0.5, "end": 1.0},
+               {"id": "b", "conversations": [{"from": "human", "value": "What is tea?"},
+                                             {"from": "gpt", "value": "C pours water."}]},
+               {"id": "c", "video": "takes/none.mp4", "conversations": conv},
+               {"id": "d", "conversations": [{"from": "human", "value": "odd"}]}]
+    path = tmp_path / "sft.json"
+    path.write_text(json.dumps(samples))
+    (tmp_path / "bad.json").write_text("{oops")
+    ds = pipeline.instruction_dataset(cfg(num_epochs=1, shuffle=False, data_folder=root, sampling="fps",
+                                          sample_fps=10.0), tok, files=[str(path), str(tmp_path / "bad.json")])
+    it = iter(ds)
+    (b,) = batches(it)
+    assert b["pixels"].shape == (4, 1, 4, 32, 32, 3) and b["frame_mask"].shape == (4, 1, 4)
+    np.testing.assert_array_equal(b["example_mask"], [1, 1, 0, 0])
+    np.testing.assert_array_equal(b["video_mask"][:, 0], [1, 0, 0, 0])
+    assert b["frame_mask"][0, 0].sum() == 4  # 0.5 s at 10 fps = 5 frames, capped at 4
+    assert it.skips.counts == {"malformed_json": 2, "missing_video": 1}
+    assert it.skips.num_seen == 5  # 3 samples read by the pipeline + 2 rejected at load time
+    # The clip starts at 0.5 s: frame 15 has red 8 * 15 = 120.
+    red = b["pixels"][0, 0, 0, 16, 16, 0] * 0.26862954 + 0.48145466
+    assert abs(red * 255 - 120) < 8
+
+
+@pytest.mark.slow
+def test_worker_processes_are_deterministic_and_resumable(world):
+    """Workers batch their own slices, so the order differs from in-process, but is fixed."""
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()
+    _, out, tok = world
+    inproc = batches(pipeline.pair_dataset(cfg(num_epochs=1), out, "train", tok))
+    ds = pipeline.pair_dataset(cfg(num_epochs=1, worker_count=2), out, "train", tok)
+    a, b = batches(iter(ds)), batches(iter(ds))
+    same(a, b)
+    assert sorted(rows(a)) == sorted(rows(inproc))
+    it = iter(ds)
+    head = batches(it, 1)
+    state = it.get_state()
+    resumed = iter(ds)
+    resumed.set_state(state)
+    same(head + batches(resumed), a)
+
+
+@pytest.mark.parametrize("mode,shape", [("center_crop", (3, 40, 70, 3)), ("resize", (3, 40, 40, 3)),
+                                        ("pad", (3, 50, 70, 3)), ("center_crop", (3, 50, 70, 3))])
+def test_fast_crop_normalise_matches_video_module(mode, shape):
+    from exo2ego_jax.data import video
+    from exo2ego_jax.data.pipeline_ops import crop_normalise
+
+    frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    np.testing.assert_allclose(crop_normalise(frames, 40, mean, std, mode),
+                               video.resize_crop_normalise(frames, 40, mean, std, mode), atol=1e-5)
