@@ -75,6 +75,10 @@ def test_frames_storage_and_clip_rules(tmp_path, built):
     assert len(recs) == 2 and all(r["kind"] == "keystep" for r in recs)
     frames = recs[0]["ego"]["frames"]
     assert frames.dtype == np.uint8 and frames.shape[1:] == (64, 64, 3) and frames.shape[0] == 8  # 1.6 s x 5 fps
+    assert (recs[0]["ego"]["num_frames"], recs[0]["ego"]["height"], recs[0]["ego"]["width"]) == (8, 64, 64)
+    source = records.open_records(str(tmp_path), "train")  # random access, decoded dicts
+    assert len(source) == 2 and source[1]["exo_cam"] == recs[1]["exo_cam"]
+    np.testing.assert_array_equal(source[0]["ego"]["frames"], frames)
     assert recs[0]["text"] == "Fill the kettle and switch it on" and recs[0]["step_name"] == "Boil water"
 
     c = records_config(root).data
@@ -89,6 +93,8 @@ def test_frames_storage_and_clip_rules(tmp_path, built):
 def test_missing_records_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs/data/records.py"):
         records.load_meta(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="configs/data/records.py"):
+        records.open_records(str(tmp_path), "train")
 
 
 def test_build_stops_past_the_skip_fraction(tmp_path, built):

@@ -1,14 +1,19 @@
 """Job build_records: Ego-Exo4D (real or synthetic) -> Ego-ExoClip pair records (ArrayRecord shards).
 
 python -m exo2ego_jax.main --config configs/data/records.py --config.data.root=DIR --workdir OUT
-Args (`records.py:key=value`): storage=mp4|frames, kinds=atomic|keystep|both.
+Args (`records.py:key=value`): storage=mp4|frames, kinds=atomic|keystep|both, writer=array_record|tfds.
+With writer=tfds, --workdir (or data.out_dir) is the tfds data_dir and each kind becomes the dataset
+`ego_exo_clip/<kind>[_frames]`; point the pipeline's data.records_dir at its version directory
+(printed as dataset_dir/...) or at "ego_exo_clip/<config>" with $TFDS_DATA_DIR set.
 """
 from exo2ego_jax import config_lib
 
 
-def data_config(storage: str = "mp4", kinds: tuple[str, ...] = ("atomic", "keystep")):
+def data_config(storage: str = "mp4", kinds: tuple[str, ...] = ("atomic", "keystep"),
+                writer: str = "array_record"):
     """The `config.data` block of build_records (also used by tests and the benchmark)."""
     d = config_lib.ConfigDict()
+    d.writer = writer  # "array_record": msgpack shards + records.json; "tfds": ego_exo_clip tfds builder
     d.root = ""  # Ego-Exo4D download (or synthetic world) directory: takes.json, annotations/, takes/
     d.out_dir = ""  # where shards + records.json go ('' = --workdir)
     d.video_variant = "auto"  # "448" (downscaled/448), "full", or "auto" (448 where present)
@@ -25,15 +30,15 @@ def data_config(storage: str = "mp4", kinds: tuple[str, ...] = ("atomic", "keyst
     d.storage = storage  # "mp4": re-encoded H.264 bytes (small); "frames": uint8 arrays (no decode)
     d.crf = 23  # x264 quality of re-encoded clips (Ego-Exo4D itself uses 24)
     d.gop = 16  # keyframe interval of re-encoded clips (short: cheap seeks)
-    d.records_per_shard = 4096  # records per ArrayRecord shard
+    d.records_per_shard = 4096  # records per ArrayRecord shard (writer="array_record"; tfds sizes its own)
     d.num_workers = 0  # processes decoding/encoding takes in parallel (0 = in-process)
     d.max_skip_fraction = 0.05  # stop with an error when more than this fraction was skipped
     return d
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, storage="mp4", kinds="both")
+    args = config_lib.parse_arg(arg, storage="mp4", kinds="both", writer="array_record")
     kinds = ("atomic", "keystep") if args.kinds == "both" else (args.kinds,)
     config = config_lib.base_config(method="none", job="build_records")
-    config.data = data_config(args.storage, kinds)
+    config.data = data_config(args.storage, kinds, args.writer)
     return config_lib.finalize(config)

@@ -18,9 +18,16 @@ pre-decoded uint8 frames (``storage="frames"``: no decoding, large disk). Record
 the records that start a new ego clip (``ego_first``), so ego-only single-view datasets see each
 ego clip once. Bad input (missing/corrupt videos, takes without exo views, narrations outside their
 video) is skipped and counted per reason; ``max_skip_fraction`` stops the job.
+
+``config.data.writer="tfds"`` writes the same records (same generator, :func:`iter_records`, same
+order) through the tensorflow-datasets builder ``ego_exo_clip`` (``data/tfds_egoexoclip``) instead.
+Readers accept both formats: :func:`load_meta` / :func:`split_files` take a tfds dataset directory
+too, :func:`decode_record` decodes both serialisations to the same dict, and :func:`open_records`
+is a random-access source of decoded records (``tfds.data_source`` for tfds datasets).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -39,6 +46,9 @@ from exo2ego_jax.data.skips import SkipCounter
 RECORDS_JSON = "records.json"
 FORMAT_VERSION = 1
 _ND = 1  # msgpack ext type code of a numpy array
+# A serialised tf.Example starts with field 1 (features), wire type 2: byte 0x0a. A msgpack record
+# starts with a map header (0x80-0x8f, 0xde, 0xdf); 0x0a would be the integer 10, never a record.
+_TF_EXAMPLE_TAG = b"\x0a"
 
 
 # --- serialisation ------------------------------------------------------------------------------
@@ -66,7 +76,17 @@ def encode_record(record: dict[str, Any]) -> bytes:
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
-    """Inverse of :func:`encode_record`. Raises ValueError on bytes that are not a record."""
+    """Inverse of :func:`encode_record`; also decodes the raw shard records of the tfds builder
+    (serialised tf.Example, see ``tfds_egoexoclip``) into the same dict. Raises ValueError on
+    bytes that are neither (UnicodeDecodeError on a text that is not UTF-8)."""
+    if bytes(data[:1]) == _TF_EXAMPLE_TAG:
+        from exo2ego_jax.data.tfds_egoexoclip.reader import decode_example
+        try:
+            return decode_example(data)
+        except UnicodeDecodeError:
+            raise
+        except Exception as e:  # protobuf / tfds raise several unrelated types on garbage
+            raise ValueError(f"not an ego_exo_clip tf.Example ({type(e).__name__}: {e})") from e
     try:
         out = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except UnicodeDecodeError:
@@ -150,9 +170,9 @@ def _read_view(path: str, clip: _Clip, cfg) -> dict[str, Any]:
         max_frames=cfg.store_max_frames or None, video_fps=info.fps)
     frames = video_lib.decode_frames(path, idx, size=_store_size(info, cfg.store_short_side))
     fps = info.fps * len(idx) / max(1, last - first)
-    if cfg.storage == "frames":
-        return {"frames": frames, "fps": fps}
     n, height, width, _ = frames.shape
+    if cfg.storage == "frames":
+        return {"frames": frames, "fps": fps, "num_frames": n, "height": height, "width": width}
     if cfg.storage != "mp4":
         raise ValueError(f"config.data.storage must be 'mp4' or 'frames', got {cfg.storage!r}")
     buf = io.BytesIO()
@@ -163,11 +183,11 @@ def _read_view(path: str, clip: _Clip, cfg) -> dict[str, Any]:
             "width": width}
 
 
-def _take_records(args) -> tuple[list[bytes], list[bool], dict]:
-    """Worker: the serialised records of one take's clips, which of them start an ego clip, skips."""
+def _take_records(args) -> tuple[list[dict[str, Any]], list[bool], dict]:
+    """Worker: the records of one take's clips, which of them start an ego clip, skips."""
     clips, cfg, attributes, variant = args
     skips = SkipCounter()
-    out: list[bytes] = []
+    out: list[dict[str, Any]] = []
     first_flags: list[bool] = []
     for clip in clips:
         take = clip.take
@@ -194,15 +214,15 @@ def _take_records(args) -> tuple[list[bytes], list[bool], dict]:
                 "ego_cam": take.ego_cam, "exo_cam": cam, "ego": ego, "exo": exo,
                 "attributes": _clip_attributes(attributes.get(take.take_uid, {}), clip), **clip.extra,
             }
-            out.append(encode_record(rec))
+            out.append(rec)
             first_flags.append(pair_index == 0)
     return out, first_flags, skips.state_dict()
 
 
-def _clips(reader, split: str, cfg) -> Iterator[list[_Clip]]:
-    """Per take (takes.json order), the clips of ``split`` for the configured kinds."""
+def _clips(reader, split: str, cfg, kinds: tuple[str, ...]) -> Iterator[list[_Clip]]:
+    """Per take (takes.json order), the clips of ``split`` for ``kinds``."""
     by_take: dict[str, list[_Clip]] = {}
-    if "atomic" in cfg.kinds:
+    if "atomic" in kinds:
         narrations = reader.narrations(split)
         stamps: dict[str, list[float]] = {}
         for n in narrations:
@@ -215,7 +235,7 @@ def _clips(reader, split: str, cfg) -> Iterator[list[_Clip]]:
             by_take.setdefault(n.take_uid, []).append(_Clip(
                 reader.takes[n.take_uid], "atomic", n.index, start, end, n.text,
                 {"timestamp": n.timestamp, "subject": n.subject, "best_exo_cam": n.best_exo_cam or ""}))
-    if "keystep" in cfg.kinds:
+    if "keystep" in kinds:
         for s in reader.keysteps(split):
             by_take.setdefault(s.take_uid, []).append(_Clip(
                 reader.takes[s.take_uid], "keystep", s.index, s.start, s.end,
@@ -258,9 +278,18 @@ def _clip_attributes(take_meta: dict, clip: "_Clip") -> dict[str, Any]:
     return out
 
 
-def build(cfg, out_dir: str) -> dict[str, Any]:
-    """Writes the records of ``cfg.splits`` under ``out_dir``; returns the records.json dict."""
-    from array_record.python.array_record_module import ArrayRecordWriter
+# --- the example generator both writers share ------------------------------------------------------
+@dataclasses.dataclass
+class Source:
+    """An opened Ego-Exo4D download: reader, video variant in use, synthetic ground truth, skips."""
+    reader: Any
+    variant: str
+    attributes: dict[str, dict]
+    skips: SkipCounter
+
+
+def open_source(cfg) -> Source:
+    """Opens ``cfg.root`` (real Ego-Exo4D or a synthetic world) for :func:`iter_records`."""
     from exo2ego_jax.data.egoexo4d import EgoExo4D
 
     skips = SkipCounter(config_field="config.data.max_skip_fraction")
@@ -269,73 +298,159 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
         probe_reader = EgoExo4D(cfg.root, video_variant="full", skips=SkipCounter())
         variant = "448" if any(t.videos_448 for t in probe_reader.takes.values()) else "full"
     reader = EgoExo4D(cfg.root, video_variant=variant, skips=skips)
-    attributes = _attributes(cfg.root)
-    os.makedirs(out_dir, exist_ok=True)
-    meta: dict[str, Any] = {"format": FORMAT_VERSION, "storage": cfg.storage, "video_variant": variant,
-                            "config": cfg.to_dict(),
-                            "splits": {}}
-    pool = multiprocessing.get_context("spawn").Pool(cfg.num_workers) if cfg.num_workers > 0 else None
+    return Source(reader, variant, _attributes(cfg.root), skips)
+
+
+def split_clips(source: Source, split: str, cfg, kinds: tuple[str, ...] | None = None) -> list[list[_Clip]]:
+    """The clips of ``split`` grouped per take. Call once per split: reading the annotations
+    counts their skips (e.g. narrations outside their video) into ``source.skips``."""
+    return list(_clips(source.reader, split, cfg, tuple(cfg.kinds if kinds is None else kinds)))
+
+
+def iter_records(source: Source, clips: list[list[_Clip]], cfg,
+                 pool=None) -> Iterator[tuple[dict[str, Any], bool]]:
+    """(record dict, starts a new ego clip) in write order; skipped clips/views go to ``source.skips``.
+
+    The one example generator of both writers: :func:`build` msgpack-encodes the records,
+    the tfds builder (``tfds_egoexoclip``) turns them into its features.
+    """
+    tasks = ((take_clips, cfg, source.attributes, source.variant) for take_clips in clips)
+    results = pool.imap(_take_records, tasks) if pool is not None else map(_take_records, tasks)
+    for recs, flags, skip_state in results:
+        source.skips.merge(SkipCounter.from_state_dict(skip_state))
+        yield from zip(recs, flags)
+
+
+@contextlib.contextmanager
+def worker_pool(num_workers: int):
+    """A spawn pool of ``num_workers`` decoding/encoding processes, or None for in-process."""
+    pool = multiprocessing.get_context("spawn").Pool(num_workers) if num_workers > 0 else None
     try:
-        for split in cfg.splits:
-            files, counts, ego_first, n = [], {}, [], 0
-            writer = None
-            tasks = ((clips, cfg, attributes, variant) for clips in _clips(reader, split, cfg))
-            results = pool.imap(_take_records, tasks) if pool else map(_take_records, tasks)
-            for recs, flags, skip_state in results:
-                skips.merge(SkipCounter.from_state_dict(skip_state))
-                for rec, first in zip(recs, flags):
-                    if writer is None or n % cfg.records_per_shard == 0:
-                        if writer is not None:
-                            writer.close()
-                        name = f"{split}.array_record-{len(files):05d}"
-                        files.append(name)
-                        writer = ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
-                    writer.write(rec)
-                    if first:
-                        ego_first.append(n)
-                    n += 1
-            if writer is not None:
-                writer.close()
-            meta["splits"][split] = {"files": files, "num_records": n, "ego_first": ego_first}
-            logging.info("build_records: %s: %d records in %d shards", split, n, len(files))
+        yield pool
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-    meta["skips"] = skips.state_dict()
+
+
+# --- the plain ArrayRecord writer -----------------------------------------------------------------
+def build(cfg, out_dir: str) -> dict[str, Any]:
+    """Writes the records of ``cfg.splits`` under ``out_dir``; returns the records.json dict."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    source = open_source(cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    meta: dict[str, Any] = {"format": FORMAT_VERSION, "storage": cfg.storage, "video_variant": source.variant,
+                            "config": cfg.to_dict(), "splits": {}}
+    with worker_pool(cfg.num_workers) as pool:
+        for split in cfg.splits:
+            files, ego_first, n = [], [], 0
+            writer = None
+            for rec, first in iter_records(source, split_clips(source, split, cfg), cfg, pool):
+                if writer is None or n % cfg.records_per_shard == 0:
+                    if writer is not None:
+                        writer.close()
+                    name = f"{split}.array_record-{len(files):05d}"
+                    files.append(name)
+                    writer = ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
+                writer.write(encode_record(rec))
+                if first:
+                    ego_first.append(n)
+                n += 1
+            if writer is not None:
+                writer.close()
+            meta["splits"][split] = {"files": files, "num_records": n, "ego_first": ego_first}
+            logging.info("build_records: %s: %d records in %d shards", split, n, len(files))
+    meta["skips"] = source.skips.state_dict()
     with open(os.path.join(out_dir, RECORDS_JSON), "w") as f:
         json.dump(meta, f, indent=1)
-    logging.info("build_records: %s", skips.report())
-    skips.check(cfg.max_skip_fraction)
+    logging.info("build_records: %s", source.skips.report())
+    source.skips.check(cfg.max_skip_fraction)
     return meta
 
 
+# --- reading either format ------------------------------------------------------------------------
+def _tfds_dir(path: str, data_dir: str | None = None) -> str | None:
+    """The tfds dataset directory ``path`` names (a dir, or "ego_exo_clip/<config>[:version]"), else None."""
+    if os.path.exists(os.path.join(path, RECORDS_JSON)):
+        return None
+    from exo2ego_jax.data.tfds_egoexoclip import reader as tfds_reader
+    return tfds_reader.dataset_dir(path, data_dir)
+
+
 def load_meta(records_dir: str) -> dict[str, Any]:
-    """records.json of a records directory, with a clear error if it is not one."""
+    """records.json of a records directory (or the same dict for a tfds ``ego_exo_clip`` dataset),
+    with a clear error if it is neither."""
+    tdir = _tfds_dir(records_dir)
+    if tdir is not None:
+        from exo2ego_jax.data.tfds_egoexoclip import reader as tfds_reader
+        return tfds_reader.load_meta(tdir)
     path = os.path.join(records_dir, RECORDS_JSON)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {records_dir} is not a records directory; build one with "
-                                "`python -m exo2ego_jax.main --config configs/data/records.py "
-                                "--config.data.root=DIR --workdir OUT`")
+        raise FileNotFoundError(f"{path} not found: {records_dir} is neither a records directory nor a tfds "
+                                "ego_exo_clip dataset; build one with `python -m exo2ego_jax.main --config "
+                                "configs/data/records.py --config.data.root=DIR --workdir OUT`")
     with open(path) as f:
         return json.load(f)
 
 
 def split_files(records_dir: str, split: str) -> list[str]:
-    """Absolute shard paths of ``split`` in a records directory."""
+    """Absolute ArrayRecord shard paths of ``split`` (records directory or tfds dataset)."""
     meta = load_meta(records_dir)
     if split not in meta["splits"]:
-        raise KeyError(f"{records_dir}/{RECORDS_JSON}: no split {split!r}; have {sorted(meta['splits'])}")
-    return [os.path.join(records_dir, f) for f in meta["splits"][split]["files"]]
+        raise KeyError(f"{records_dir}: no split {split!r}; have {sorted(meta['splits'])}")
+    base = meta.get("dataset_dir", records_dir)
+    return [os.path.join(base, f) for f in meta["splits"][split]["files"]]
+
+
+def open_records(path: str, split: str, *, data_dir: str | None = None):
+    """Random-access source of decoded record dicts of ``split``, whichever writer made ``path``.
+
+    ``path``: a records directory (records.json + msgpack shards), a tfds ``ego_exo_clip`` dataset
+    directory, or a tfds name "ego_exo_clip/<config>[:version]" under ``data_dir`` (read with
+    ``tfds.data_source``). Both give the dicts :func:`build` writes; ``len`` and ``source[i]`` work,
+    so ``grain.MapDataset.source(open_records(...)).shuffle(seed)`` is a true global shuffle.
+    """
+    tdir = _tfds_dir(path, data_dir)
+    if tdir is not None:
+        from exo2ego_jax.data.tfds_egoexoclip import reader as tfds_reader
+        return tfds_reader.TfdsRecords(tdir, split)
+    return PlainRecords(split_files(path, split))
+
+
+class PlainRecords:
+    """Decoded records of msgpack ArrayRecord shards (grain RandomAccessDataSource protocol)."""
+
+    def __init__(self, files: list[str]):
+        import grain
+        self.files = list(files)
+        self._source = grain.sources.ArrayRecordDataSource(self.files)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return decode_record(self._source[index])
+
+    def __repr__(self) -> str:
+        return f"PlainRecords({len(self.files)} shards, {len(self)} records)"
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-    """Job ``build_records``: writes records of ``config.data`` into ``workdir`` (or data.out_dir)."""
+    """Job ``build_records``: writes records of ``config.data`` into ``workdir`` (or data.out_dir)
+    with the writer ``config.data.writer`` ("array_record": msgpack shards; "tfds": the
+    ``ego_exo_clip`` tensorflow-datasets builder, one dataset per kind)."""
     out_dir = config.data.out_dir or workdir
     t0 = time.time()
-    meta = build(config.data, out_dir)
-    summary = {f"records/{s}": v["num_records"] for s, v in meta["splits"].items()}
-    summary.update(SkipCounter.from_state_dict(meta["skips"]).metrics())
+    if config.data.writer == "tfds":
+        from exo2ego_jax.data.tfds_egoexoclip import builder as tfds_builder
+        summary = tfds_builder.build(config.data, out_dir)
+    elif config.data.writer == "array_record":
+        meta = build(config.data, out_dir)
+        summary = {f"records/{s}": v["num_records"] for s, v in meta["splits"].items()}
+        summary.update(SkipCounter.from_state_dict(meta["skips"]).metrics())
+    else:
+        raise ValueError(f"config.data.writer must be 'array_record' or 'tfds', got {config.data.writer!r}")
     summary["records/seconds"] = time.time() - t0
     print(f"build_records: wrote {summary} to {out_dir}")
     return summary
