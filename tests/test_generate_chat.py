@@ -14,6 +14,8 @@ from configs import chat as chat_config  # noqa: E402
 def test_chat_config_fields():
     c = chat_config.get_config("prompt=Hi there")
     assert c.job == "chat" and c.prompt == "Hi there" and c.checkpoint == "" and c.chat.temperature == 0.0
+    v = chat_config.get_config("video=clip.mp4,checkpoint=/ckpt")
+    assert v.video == "clip.mp4" and v.chat.vision_tower == "" and v.chat.num_frames == 0 and v.chat.frame_mode == ""
     with pytest.raises(AttributeError):
         c.chat.unknown_field = 1  # locked
 

@@ -110,3 +110,25 @@ def test_permute_qk_inverts_llama_cpp():
     # llama.cpp convert_hf_to_gguf.py: permute(weights, n_head)
     permuted = w.reshape(heads, 2, hd // 2, d).swapaxes(1, 2).reshape(w.shape)
     np.testing.assert_array_equal(sio.PermuteQK(heads)(permuted), w)
+
+
+def test_partly_misshaped_stacked_key_joins_the_combined_error(tmp_path):
+    """One bad layer of a stacked key is listed with the other problems instead of raising alone."""
+    t = _tensors()
+    t["layers.1.w"] = np.zeros((4, 7), np.float32)  # layer 1 only: layer 0 keeps (4, 8)
+    t["extra.bias"] = np.zeros(3, np.float32)
+    del t["b.weight"]
+    sio.save_safetensors(t, str(tmp_path))
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(_Tiny)
+    mapping = {**_mapping(), "b": sio.Src("b.weight")}
+    with pytest.raises(ValueError) as e:
+        sio.load_params(model, sio.open_checkpoint(str(tmp_path)), mapping)
+    msg = str(e.value)
+    assert "mis-shaped (1)" in msg and "w: expected (2, 8, 4)" in msg
+    assert "1 of 2 stacked layers differ from (8, 4)" in msg and "layers.1.w -> (7, 4)" in msg
+    assert "b: checkpoint lacks ['b.weight']" in msg and "extra.bias" in msg
+    # A transform that does not fit the tensor's rank is reported the same way.
+    bad = {**mapping, "a": sio.Src("a.weight", sio.Transpose((0, 2, 1)))}
+    with pytest.raises(ValueError, match=r"a: expected \(4, 8\); IndexError"):
+        sio.load_params(model, sio.open_checkpoint(str(tmp_path)), bad, strict=False)

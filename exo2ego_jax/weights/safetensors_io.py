@@ -35,7 +35,7 @@ from flax import nnx
 
 # Sources and transforms live in sources.py; re-exported so mappings only import this module.
 from exo2ego_jax.weights.sources import (  # noqa: F401
-    Chain, Fn, PermuteQK, Reader, Reshape, Source, Src, Transform, Transpose, stacked)
+    Chain, Fn, PermuteQK, Reader, Reshape, Source, Src, StackedShapeError, Transform, Transpose, stacked)
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,15 @@ def load_params(
                 missing.append(f"{prefix}{path}: checkpoint lacks {absent[:3]}"
                                + (f" (+{len(absent) - 3} more)" if len(absent) > 3 else ""))
                 continue
-            got = src.shape(reader)
+            try:
+                got = src.shape(reader)
+            except StackedShapeError as e:
+                bad_shape.append(f"{prefix}{path}: expected {want}; {e.describe(want[1:])}")
+                continue
+            except (ValueError, IndexError) as e:  # layers disagree, or a transform does not fit the rank
+                bad_shape.append(f"{prefix}{path}: expected {want}; {type(e).__name__}: {e} "
+                                 f"(from {_describe(src)})")
+                continue
         else:
             try:
                 arr = np.asarray(src(tracker))

@@ -125,6 +125,25 @@ class Chain(Transform):
         return x
 
 
+class StackedShapeError(ValueError):
+    """Per-layer tensors of one stacked ``Src`` have different shapes (some layers mis-shaped).
+
+    ``shapes`` maps each per-layer key to its (transformed) shape; ``describe(want)`` names the
+    layers that differ from the wanted per-layer shape (default: the most common one).
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self.shapes = shapes
+        super().__init__(self.describe())
+
+    def describe(self, want: tuple[int, ...] | None = None) -> str:
+        values = list(self.shapes.values())
+        ref = tuple(want) if want is not None else max(values, key=values.count)
+        odd = [f"{k} -> {s}" for k, s in self.shapes.items() if s != ref]
+        return (f"{len(odd)} of {len(values)} stacked layers differ from {ref}: " + ", ".join(odd[:5])
+                + (f" (+{len(odd) - 5} more)" if len(odd) > 5 else ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class Src:
     """A checkpoint source: one key, or a list of per-layer keys stacked on a new axis 0."""
@@ -147,10 +166,11 @@ class Src:
     def shape(self, reader: Reader) -> tuple[int, ...]:
         if isinstance(self.key, str):
             return self._one_shape(reader, self.key)
-        shapes = {self._one_shape(reader, k) for k in self.key}
-        if len(shapes) != 1:
-            raise ValueError(f"{reader.path}: stacked keys {self.key[0]}... have different shapes {shapes}")
-        return (len(self.key), *shapes.pop())
+        shapes = [self._one_shape(reader, k) for k in self.key]
+        if len(set(shapes)) != 1:
+            # load_params names the odd layers against the wanted shape, so one bad layer is easy to find.
+            raise StackedShapeError(dict(zip(self.key, shapes)))
+        return (len(self.key), *shapes[0])
 
     def _one(self, reader: Reader, key: str, index: tuple) -> np.ndarray:
         if self.transform is None:

@@ -16,6 +16,8 @@ Key layouts:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -280,3 +282,124 @@ def export_videollm(model, *, include_vision: bool = True, dtype=None,
         out.update(export(model.vision, vision_entries(model.cfg.vision), vision_prefix, dtype=dtype))
     out.update(llm_weights.to_hf_tensors(model.llm, "model.", dtype=dtype))
     return out
+
+
+# ----------------------------------------------------------------------------- checkpoint directories
+
+# Towers that VideoLLaMA2 / LLaVA config.json files name in ``mm_vision_tower`` (HF hub ids), for
+# checkpoints that hold the tower's weights but no local copy of its config: their published
+# config.json / preprocessor_config.json values.
+KNOWN_TOWERS: dict[str, tuple[dict, dict]] = {
+    # VideoLLaMA2-7B(-16F), LLaVA-1.5: CLIP ViT-L/14 at 336 px.
+    "openai/clip-vit-large-patch14-336": (
+        dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+             num_attention_heads=16, image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5),
+        dict(size={"shortest_edge": 336}, do_center_crop=True, crop_size=336, resample=3)),
+    # VideoLLaMA2.1 / Qwen2-based releases: SigLIP so400m at 384 px.
+    "google/siglip-so400m-patch14-384": (
+        dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+             num_attention_heads=16, image_size=384, patch_size=14, hidden_act="gelu_pytorch_tanh",
+             layer_norm_eps=1e-6),
+        dict(size={"height": 384, "width": 384}, do_center_crop=False, resample=3,
+             image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerSpec:
+    """Where a full checkpoint's vision tower comes from."""
+
+    vision: VisionConfig
+    preprocess: Any  # data.preprocess_config.PreprocessConfig
+    weights: str | None  # separate CLIP / SigLIP checkpoint dir, None = the tower is in the checkpoint
+    source: str  # what was used, for logs and errors
+
+
+def _has_safetensors(d: str) -> bool:
+    return os.path.isdir(d) and any(f.endswith(".safetensors") for f in os.listdir(d))
+
+
+def resolve_tower(checkpoint: str, hf_config: Mapping[str, Any], vision_tower: str = "", *,
+                  reader=None) -> TowerSpec:
+    """The tower config, preprocessing and weights of a LLaVA / VideoLLaMA2 checkpoint directory.
+
+    Looks, in order, at ``vision_tower`` (a local CLIP / SigLIP dir, e.g. ``--config.chat.vision_tower``),
+    the config's ``mm_vision_tower`` when it is a local dir (absolute or relative to ``checkpoint``),
+    then the published configs of the towers in ``KNOWN_TOWERS``. The tower's weights come from the
+    checkpoint when it holds ``model.vision_tower.vision_tower.vision_model.*`` keys (the fine-tuned
+    copy), else from the tower dir. Preprocessing comes from the tower dir's
+    ``preprocessor_config.json``, else the checkpoint's, else ``KNOWN_TOWERS``.
+    """
+    from exo2ego_jax.data.preprocess_config import PreprocessConfig
+
+    reader = reader if reader is not None else _reader(checkpoint)
+    embedded = any(k.startswith(LLAVA_VISION_PREFIX) for k in reader.keys())
+    name = str(hf_config.get("mm_vision_tower") or hf_config.get("vision_tower") or "")
+    tower_dir = None
+    for cand in (vision_tower, name, os.path.join(checkpoint, name) if name else ""):
+        if cand and os.path.isfile(os.path.join(cand, "config.json")):
+            tower_dir = cand
+            break
+    if vision_tower and tower_dir != vision_tower:
+        raise FileNotFoundError(f"vision tower dir {vision_tower!r} has no config.json; pass a HF CLIP / SigLIP "
+                                "directory (config.json, preprocessor_config.json, model.safetensors).")
+    if tower_dir is not None:
+        vision, source = VisionConfig.from_hf(tower_dir), tower_dir
+    elif name in KNOWN_TOWERS:
+        vision, source = VisionConfig.from_hf(KNOWN_TOWERS[name][0]), f"known tower {name}"
+    else:
+        raise FileNotFoundError(
+            f"{checkpoint}: cannot find the vision tower's config: mm_vision_tower={name!r} is neither a local "
+            f"directory nor one of {sorted(KNOWN_TOWERS)}; pass --config.chat.vision_tower=<CLIP/SigLIP dir>.")
+    pre_dirs = [d for d in (tower_dir, checkpoint) if d and os.path.isfile(os.path.join(d, "preprocessor_config.json"))]
+    if pre_dirs:
+        preprocess = PreprocessConfig.from_hf(pre_dirs[0])
+    elif name in KNOWN_TOWERS:
+        preprocess = PreprocessConfig.from_hf(KNOWN_TOWERS[name][1])
+    else:
+        raise FileNotFoundError(f"{source}: no preprocessor_config.json (nor in {checkpoint}); the frames' "
+                                "resize / crop / normalisation would be unknown.")
+    weights = None
+    if not embedded:
+        if tower_dir is None or not _has_safetensors(tower_dir):
+            raise FileNotFoundError(
+                f"{checkpoint} holds no {LLAVA_VISION_PREFIX}* keys and the tower ({source}) has no local "
+                "safetensors; pass --config.chat.vision_tower=<dir with the CLIP/SigLIP model.safetensors>.")
+        weights = tower_dir
+    return TowerSpec(vision, preprocess, weights, source)
+
+
+def load_videollm_dir(checkpoint: str, *, vision_tower: str = "", num_frames: int = 0,
+                      video_token_id: int = 32000, dtype=None, param_dtype=None, mesh=None, rules=None,
+                      attention_impl: str = "auto"):
+    """Builds and loads a ``VideoLLM`` from a LLaVA / VideoLLaMA2-style checkpoint directory.
+
+    The directory holds ``config.json`` (the LLM config plus ``mm_projector_type``, ``mm_hidden_size``,
+    ``mm_vision_select_layer``, ``mm_vision_tower``, ``num_frames`` as VideoLLaMA2 writes them) and
+    ``model.safetensors`` / ``*.safetensors.index.json``; the tower comes from ``resolve_tower``.
+    ``num_frames`` 0 = the config's (VideoLLaMA2 constants.py NUM_FRAMES=8 when it has none).
+
+    Returns ``(model, tower_spec)``; the model is built abstractly and each parameter is read once.
+    """
+    import jax.numpy as jnp
+
+    from exo2ego_jax.models.mllm import VideoLLM, VideoLLMConfig
+
+    cfg_path = os.path.join(checkpoint, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{checkpoint}: no config.json; a video chat checkpoint is a LLaVA / VideoLLaMA2 "
+                                "directory (config.json with mm_* fields, model.safetensors, tokenizer files).")
+    with open(cfg_path) as fh:
+        hf = json.load(fh)
+    if "mm_projector_type" not in hf and "mm_hidden_size" not in hf:
+        raise ValueError(f"{cfg_path}: no mm_projector_type / mm_hidden_size fields, so this is not a LLaVA / "
+                         "VideoLLaMA2 checkpoint; leave --config.video empty for text-only chat.")
+    reader = _reader(checkpoint)
+    tower = resolve_tower(checkpoint, hf, vision_tower, reader=reader)
+    frames = num_frames or int(hf.get("num_frames") or 8)  # VideoLLaMA2 constants.py NUM_FRAMES = 8
+    cfg = VideoLLMConfig.from_videollama2(hf, tower.vision, num_frames=frames, video_token_id=video_token_id)
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: VideoLLM(cfg, dtype=dtype or jnp.float32, param_dtype=param_dtype or jnp.float32,
+                                                rngs=nnx.Rngs(0), attention_impl=attention_impl))
+    load_videollm(model, reader, vision_checkpoint=tower.weights, mesh=mesh, rules=rules)
+    return model, tower
