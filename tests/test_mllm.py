@@ -145,3 +145,41 @@ def test_from_videollama2_config():
         VideoLLMConfig.from_videollama2({**hf, "mm_projector_type": "qformer"}, VisionConfig())
     with pytest.raises(ValueError, match="tower width"):
         dataclasses.replace(CFG, connector=ConnectorConfig(kind="stc", in_dim=8, out_dim=32))
+
+
+def test_uint8_pixels_are_normalised_on_device_like_float_input(model):
+    """The pipeline's uint8 batches give the same visual tokens as host-normalised float32 frames."""
+    from exo2ego_jax.data.preprocess_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from exo2ego_jax.data.video import resize_crop_normalise
+
+    frames = np.random.default_rng(3).integers(0, 256, (B, V, 4, 20, 20, 3), dtype=np.uint8)
+    normalised = resize_crop_normalise(frames.reshape(-1, 20, 20, 3), 20, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    encode = nnx.jit(lambda m, p: m.encode_video(p))
+    from_uint8 = encode(model, jnp.asarray(frames))
+    from_float = encode(model, jnp.asarray(normalised.reshape(frames.shape)))
+    np.testing.assert_allclose(from_uint8, from_float, atol=2e-5)
+    with pytest.raises(ValueError, match="must be uint8"):
+        model.encode_video(jnp.asarray(frames, jnp.int32))
+
+
+def test_pixel_mean_std_come_from_the_tower_config(tmp_path):
+    from exo2ego_jax.data.preprocess_config import OPENAI_CLIP_MEAN, PreprocessConfig
+    from exo2ego_jax.models.vit import normalise_pixels
+
+    assert VIT.pixel_mean == OPENAI_CLIP_MEAN  # CLIP family default
+    siglip = VisionConfig(model_type="siglip", hidden_size=16, num_heads=2, image_size=20, patch_size=5)
+    assert siglip.pixel_mean == siglip.pixel_std == (0.5, 0.5, 0.5)
+    own = VIT.with_preprocess(PreprocessConfig(resize=20, crop=(20, 20), image_mean=(0.1, 0.2, 0.3),
+                                               image_std=(0.5, 0.5, 0.25)))
+    assert own.pixel_mean == (0.1, 0.2, 0.3) and hash(own)
+    x = normalise_pixels(jnp.asarray([[0, 255, 51]], jnp.uint8), own.pixel_mean, own.pixel_std)
+    np.testing.assert_allclose(x, [[-0.2, 1.6, -0.4]], atol=1e-6)
+    with pytest.raises(ValueError, match="gives 24x24 frames"):
+        VIT.with_preprocess(PreprocessConfig(resize=24, crop=(24, 24)))
+    # from_hf picks up the preprocessor_config.json of an HF model dir.
+    (tmp_path / "config.json").write_text('{"model_type": "siglip_vision_model", "image_size": 20, '
+                                          '"patch_size": 5, "hidden_size": 16, "num_attention_heads": 2}')
+    assert VisionConfig.from_hf(tmp_path).pixel_mean == (0.5, 0.5, 0.5)
+    (tmp_path / "preprocessor_config.json").write_text('{"size": {"height": 20, "width": 20}, '
+                                                       '"image_mean": [0.4, 0.4, 0.4], "image_std": [0.2, 0.2, 0.2]}')
+    assert VisionConfig.from_hf(tmp_path).pixel_std == (0.2, 0.2, 0.2)

@@ -62,7 +62,7 @@ def test_pair_batches_have_the_contract_shapes_and_answer_only_labels(world):
     assert len(bs) == 3 and [int(b["example_mask"].sum()) for b in bs] == [4, 4, 1]
     b = bs[0]
     assert b["ego_pixels"].shape == b["exo_pixels"].shape == (4, 1, 4, 32, 32, 3)
-    assert b["ego_pixels"].dtype == np.float32 and b["input_ids"].shape == (4, 48)
+    assert b["ego_pixels"].dtype == np.uint8 and b["input_ids"].shape == (4, 48)  # normalised on device
     assert b["video_mask"].shape == (4, 1) and b["input_ids"].dtype == np.int32
     video_id = tok.convert_tokens_to_ids("<video>")
     assistant = tok.convert_tokens_to_ids("<|assistant|>")
@@ -120,8 +120,17 @@ def test_single_view_datasets(world):
     assert sum(int(b["example_mask"].sum()) for b in ego) == 5  # each ego clip once
     assert sum(int(b["example_mask"].sum()) for b in exo) == 9
     assert ego[0]["pixels"].shape == (4, 1, 4, 32, 32, 3) and "ego_pixels" not in ego[0]
-    green = ego[0]["pixels"][0, 0, 0, 16, 16, 1]
-    assert abs(green - (0 - 0.4578275) / 0.26130258) < 0.2  # the ego camera has green 0
+    assert ego[0]["pixels"][0, 0, 0, 16, 16, 1] < 8  # the ego camera has green 0
+    exo_f = batches(pipeline.single_view_dataset(cfg(num_epochs=1, pixel_dtype="float32"), out, "train", tok,
+                                                 view="exo"))
+    # The float32 path normalises on the host; normalising the uint8 batch gives the same numbers.
+    assert exo_f[0]["pixels"].dtype == np.float32
+    mean, std = np.asarray(pipeline.pipeline_config().image_mean), np.asarray(pipeline.pipeline_config().image_std)
+    for bu, bf in zip(exo, exo_f):
+        real = bu["example_mask"] == 1  # padding rows are zeros in both formats
+        np.testing.assert_allclose((bu["pixels"][real] / 255.0 - mean) / std, bf["pixels"][real], atol=1e-4)
+    with pytest.raises(ValueError, match="pixel_dtype='float16'"):
+        pipeline.single_view_dataset(cfg(pixel_dtype="float16"), out, "train", tok, view="exo")
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +216,7 @@ def test_instruction_dataset(world, tmp_path):
     assert it.skips.counts == {"malformed_json": 2, "missing_video": 1}
     assert it.skips.num_seen == 5  # 3 samples read by the pipeline + 2 rejected at load time
     # The clip starts at 0.5 s: frame 15 has red 8 * 15 = 120.
-    red = b["pixels"][0, 0, 0, 16, 16, 0] * 0.26862954 + 0.48145466
-    assert abs(red * 255 - 120) < 8
+    assert abs(int(b["pixels"][0, 0, 0, 16, 16, 0]) - 120) < 8
 
 
 @pytest.mark.slow
@@ -240,3 +248,18 @@ def test_fast_crop_normalise_matches_video_module(mode, shape):
     mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
     np.testing.assert_allclose(crop_normalise(frames, 40, mean, std, mode),
                                video.resize_crop_normalise(frames, 40, mean, std, mode), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,shape", [("center_crop", (3, 40, 70, 3)), ("resize", (3, 50, 40, 3)),
+                                        ("pad", (3, 50, 70, 3)), ("center_crop", (3, 50, 70, 3))])
+def test_uint8_crop_normalised_on_device_matches_video_module(mode, shape):
+    """uint8 batches + device normalisation = resize_crop_normalise, up to rounding to grey levels."""
+    from exo2ego_jax.data import video
+    from exo2ego_jax.data.pipeline_ops import resize_crop_uint8
+
+    frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    mean, std = np.asarray((0.48, 0.46, 0.41)), np.asarray((0.27, 0.26, 0.28))
+    got = resize_crop_uint8(frames, 40, mean, mode)
+    assert got.dtype == np.uint8 and got.shape == (3, 40, 40, 3)
+    np.testing.assert_allclose((got / 255.0 - mean) / std, video.resize_crop_normalise(frames, 40, mean, std, mode),
+                               atol=0.51 / 255 / std.min())

@@ -40,6 +40,27 @@ def test_decode_seek_order_repeats_size_bytes(mp4):
     np.testing.assert_allclose(small[:, 16, 24, 0], [40, 44], atol=3)
 
 
+def test_decode_into_crops_before_scaling(tmp_path):
+    """crop + scale in one FFmpeg pass = decode, scale, then crop (the pipeline's centre crop)."""
+    x = np.arange(96)
+    f = np.zeros((4, 64, 96, 3), np.uint8)
+    f[..., 0] = (x * 2 + 30)[None, None, :]  # a horizontal ramp shows where the crop window sits
+    f[..., 1] = (np.arange(4) * 40 + 20)[:, None, None]
+    path = str(tmp_path / "wide.mp4")
+    video.encode_mp4(f, path, fps=30, crf=10, gop=2)
+    got = np.zeros((3, 32, 32, 3), np.uint8)
+
+    def write(pos, rgb):
+        got[pos] = rgb
+
+    video.decode_into(path, [3, 1, 1], write, size=(32, 32), crop=(0, 16, 64, 64))
+    ref = video.resize(video.decode_frames(path, [3, 1, 1]), 32, 48)[:, :, 8:40]
+    np.testing.assert_allclose(got, ref, atol=6)
+    assert abs(int(got[0, 16, 0, 0]) - (16 * 2 + 30)) < 6  # left edge of the window is source column 16
+    with pytest.raises(video.VideoError, match="does not fit"):
+        video.decode_into(path, [0], write, size=(32, 32), crop=(0, 40, 64, 64))
+
+
 def test_encode_to_file_object_is_deterministic():
     a, b = io.BytesIO(), io.BytesIO()
     video.encode_mp4(_frames()[:8], a)

@@ -3,8 +3,9 @@
 Every builder has the same shape (big_vision / kauldron style, one pipeline per process):
 
     MapDataset source -> seeded global shuffle (reshuffled per epoch) -> repeat -> per-process shard
-    -> batch of inputs -> one map that decodes, samples frames, resizes/crops/normalises straight
-    into the batch arrays and tokenises with the chat template (skipped inputs: example_mask 0)
+    -> batch of inputs -> one map that decodes, samples frames and resizes/crops straight
+    into the batch arrays (uint8; the tower normalises on the device, or float32 normalised here with
+    ``pixel_dtype="float32"``) and tokenises with the chat template (skipped inputs: example_mask 0)
     -> IterDataset (thread prefetch) -> optional multiprocess prefetch -> skip tally (main process)
 
 and returns a ``grain.IterDataset``; its iterator has ``get_state``/``set_state`` (the trainer
@@ -24,7 +25,8 @@ import ml_collections
 import numpy as np
 
 from exo2ego_jax.data import instructions, records, text as text_lib, video as video_lib
-from exo2ego_jax.data.pipeline_ops import BatchTransform, SkipTallyDataset, load_clip, skip, skip_metrics
+from exo2ego_jax.data.pipeline_ops import (BatchTransform, SkipTallyDataset, load_clip, pixel_dtype, skip,
+                                           skip_metrics)
 from exo2ego_jax.data.preprocess_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from exo2ego_jax.data.skips import SkipCounter
 
@@ -46,6 +48,8 @@ def pipeline_config(**overrides) -> ml_collections.ConfigDict:
     d.image_mean = OPENAI_CLIP_MEAN  # tower normalisation mean (from its preprocessor_config.json)
     d.image_std = OPENAI_CLIP_STD  # tower normalisation std
     d.resize_mode = "center_crop"  # CLIP: shorter side + centre crop; SigLIP: "resize" (squash)
+    # Not normalised on the host: the tower normalises uint8 on the device (4x fewer bytes to build and copy).
+    d.pixel_dtype = "uint8"  # "uint8" (resized/cropped RGB) or "float32" (normalised here with image_mean/std)
     d.max_len = 2048  # tokens per example after placeholder expansion (longer ones are skipped)
     d.num_visual_tokens = 1152  # Exo2Ego STC: 16 frames -> 8x12x12 visual tokens per <video>
     d.num_probes = 0  # Ego2ExoVLM EAVT: 16 <probe> tokens (0: no probes)
@@ -114,7 +118,7 @@ def _spec(cfg, pixel_keys: Sequence[str]) -> dict[str, tuple[tuple[int, ...], An
     spec = {"input_ids": ((t,), np.int32), "labels": ((t,), np.int32), "attention_mask": ((t,), np.int32),
             "video_mask": ((1,), np.int32), "example_mask": ((), np.int32)}
     for key in pixel_keys:
-        spec[key] = ((1, f, s, s, 3), np.float32)
+        spec[key] = ((1, f, s, s, 3), pixel_dtype(cfg))
     if cfg.sampling == "fps":
         spec["frame_mask"] = ((1, f), np.int32)
     return spec

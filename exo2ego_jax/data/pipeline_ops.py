@@ -35,6 +35,18 @@ def is_skip(item: Any) -> bool:
 
 
 # --- video --------------------------------------------------------------------------------------
+def _source_crop(h: int, w: int, mode: str) -> tuple[int, int, int, int] | None:
+    """(top, left, height, width) of the centred square a "center_crop" keeps, None = no crop.
+
+    Cropping before FFmpeg scales skips scaling the discarded sides; it matches scaling first and
+    cropping after up to a sub-pixel shift of the crop window.
+    """
+    if mode != "center_crop" or h == w:
+        return None
+    side = min(h, w)
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
 def _swscale_size(h: int, w: int, size: int, mode: str) -> tuple[int, int]:
     """(h, w) to let FFmpeg scale to, so the numpy resize in resize_crop_normalise is a no-op."""
     if mode == "resize":
@@ -42,6 +54,11 @@ def _swscale_size(h: int, w: int, size: int, mode: str) -> tuple[int, int]:
     s = size / (min(h, w) if mode == "center_crop" else max(h, w))
     out = max(1, round(h * s)), max(1, round(w * s))
     return (max(size, out[0]), max(size, out[1])) if mode == "center_crop" else out
+
+
+def _fits(h: int, w: int, size: int, mode: str) -> bool:
+    """Whether [h, w] frames only need a centre crop (FFmpeg already scaled them)."""
+    return (mode == "center_crop" and min(h, w) == size) or (mode == "resize" and (h, w) == (size, size))
 
 
 def crop_normalise(frames: np.ndarray, size: int, mean, std, mode: str,
@@ -53,10 +70,9 @@ def crop_normalise(frames: np.ndarray, size: int, mean, std, mode: str,
     ``resize_crop_normalise`` up to float rounding (x * 1/(255 std) - mean/std).
     """
     n, h, w, _ = frames.shape
-    fits = (mode == "center_crop" and min(h, w) == size) or (mode == "resize" and (h, w) == (size, size))
     if out is None:
         out = np.empty((n, size, size, 3), np.float32)
-    if not fits:
+    if not _fits(h, w, size, mode):
         out[...] = video_lib.resize_crop_normalise(frames, size, mean, std, mode)
         return out
     top, left = (h - size) // 2, (w - size) // 2
@@ -73,6 +89,38 @@ def crop_normalise(frames: np.ndarray, size: int, mean, std, mode: str,
     return out
 
 
+def resize_crop_uint8(frames: np.ndarray, size: int, mean, mode: str,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> uint8 [N, size, size, 3]: video.resize_crop_normalise's geometry, not normalised.
+
+    Normalising the result on the device with (mean, std) equals ``resize_crop_normalise`` up to
+    rounding to whole grey levels (|error| <= 0.5 / 255 / std). "pad" fills with the mean colour, which
+    normalises to 0 as in the float path. Frames FFmpeg already scaled are only cropped (one copy).
+    """
+    n, h, w, _ = frames.shape
+    if out is None:
+        out = np.empty((n, size, size, 3), np.uint8)
+    if _fits(h, w, size, mode):
+        top, left = (h - size) // 2, (w - size) // 2
+        out[...] = frames[:, top:top + size, left:left + size]
+        return out
+    # With std = 1/255 the float path yields x - 255 * mean (pad: 0); adding 255 * mean back gives
+    # resized grey levels with the pad at the mean colour.
+    mean255 = 255.0 * np.asarray(mean, np.float32)
+    x = video_lib.resize_crop_normalise(frames, size, mean, (1.0 / 255.0,) * 3, mode) + mean255
+    np.clip(np.rint(x), 0, 255, out=x)
+    out[...] = x
+    return out
+
+
+def fill_frames(frames: np.ndarray, cfg, out: np.ndarray) -> None:
+    """Writes frames into ``out`` in the batch's pixel format (uint8 cropped, or float32 normalised)."""
+    if out.dtype == np.uint8:
+        resize_crop_uint8(frames, cfg.image_size, cfg.image_mean, cfg.resize_mode, out=out)
+    else:
+        crop_normalise(frames, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.resize_mode, out=out)
+
+
 def frame_indices(num_frames_in_clip: int, fps: float, cfg, first: int = 0,
                   last: int | None = None) -> np.ndarray:
     """Indices to decode: ``cfg.num_frames`` uniform ones, or every 1/``sample_fps`` s capped."""
@@ -85,24 +133,40 @@ def frame_indices(num_frames_in_clip: int, fps: float, cfg, first: int = 0,
     raise ValueError(f"config.data.sampling must be 'uniform' or 'fps', got {cfg.sampling!r}")
 
 
+PIXEL_DTYPES = {"uint8": np.uint8, "float32": np.float32}
+
+
+def pixel_dtype(cfg) -> type:
+    """numpy dtype of batch pixels from ``cfg.pixel_dtype`` (uint8: normalised on the device)."""
+    name = cfg.get("pixel_dtype", "uint8") if hasattr(cfg, "get") else getattr(cfg, "pixel_dtype", "uint8")
+    if name not in PIXEL_DTYPES:
+        raise ValueError(f"config.data.pixel_dtype={name!r}: expected 'uint8' (the tower normalises on the "
+                         f"device) or 'float32' (normalised on the host)")
+    return PIXEL_DTYPES[name]
+
+
 def load_clip(src, cfg, *, start: float | None = None, end: float | None = None,
               stored: dict | None = None, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Frames of a clip, tower-ready: float32 [F, S, S, 3] and frame mask int32 [F].
+    """Frames of a clip, tower-ready: [F, S, S, 3] and frame mask int32 [F].
 
+    Pixels are uint8 resized/cropped to the tower's size (``cfg.pixel_dtype="uint8"``, the default:
+    the model normalises on the device) or float32 normalised with ``cfg.image_mean/std``.
     src: a path or mp4 bytes; or ``stored`` = a record view ``{"frames": uint8 [n,H,W,3]}``.
     start/end: seconds within the video (None: the whole video). Frames beyond a short fps-sampled
-    clip are zero with frame_mask 0, so shapes stay static. ``out``: [F, S, S, 3] float32 to write
-    into (a batch slot; saves a copy of ~20 MB per clip). Raises VideoError.
+    clip are zero with frame_mask 0, so shapes stay static. ``out``: [F, S, S, 3] to write into (a
+    batch slot; its dtype picks the format): decoded frames are cropped straight into it, with no
+    intermediate clip array. Raises VideoError.
     """
     size, mode = cfg.image_size, cfg.resize_mode
+    if out is None:
+        out = np.empty((cfg.num_frames, size, size, 3), pixel_dtype(cfg))
     if stored is not None and "frames" in stored:
         frames_all = np.asarray(stored["frames"])
         fps = float(stored.get("fps", 30.0))
-        n = frames_all.shape[0]
-        if n == 0:
+        if frames_all.shape[0] == 0:
             raise video_lib.VideoError(str(src), "empty_video", "record holds no frames")
-        idx = frame_indices(n, fps, cfg)
-        frames = frames_all[idx]
+        idx = frame_indices(frames_all.shape[0], fps, cfg)[: cfg.num_frames]
+        fill_frames(frames_all[idx], cfg, out[:len(idx)])
     else:
         known = stored or {}
         if "num_frames" in known and "height" in known:  # written by build_records: no probe needed
@@ -117,12 +181,17 @@ def load_clip(src, cfg, *, start: float | None = None, end: float | None = None,
         if first >= info.num_frames:
             raise video_lib.VideoError(str(src), "narration_outside_video",
                                        f"clip start {start} s is past the video end ({info.duration:.2f} s)")
-        idx = frame_indices(info.num_frames, info.fps, cfg, first, max(last, first + 1))
-        frames = video_lib.decode_frames(src, idx, size=_swscale_size(info.height, info.width, size, mode))
-    if out is None:
-        out = np.empty((cfg.num_frames, size, size, 3), np.float32)
-    n = min(len(frames), cfg.num_frames)
-    crop_normalise(frames[:n], size, cfg.image_mean, cfg.image_std, mode, out=out[:n])
+        idx = frame_indices(info.num_frames, info.fps, cfg, first, max(last, first + 1))[: cfg.num_frames]
+
+        def write(pos: np.ndarray, rgb: np.ndarray) -> None:
+            # The first position gets the frame (crop/normalise once); repeats are plain copies.
+            fill_frames(rgb[None], cfg, out[pos[0]:pos[0] + 1])
+            out[pos[1:]] = out[pos[0]]
+
+        crop = _source_crop(info.height, info.width, mode)
+        scaled = (size, size) if crop is not None else _swscale_size(info.height, info.width, size, mode)
+        video_lib.decode_into(src, idx, write, size=scaled, crop=crop)
+    n = len(idx)
     out[n:] = 0
     mask = np.zeros((cfg.num_frames,), np.int32)
     mask[:n] = 1

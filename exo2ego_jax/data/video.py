@@ -2,7 +2,9 @@
 
 transformers' video processors need torchvision (not installable here), so everything a video tower
 needs before its first matmul lives here, in numpy. Decoding seeks to the keyframe before the first
-wanted frame and decodes forward only as far as the last wanted frame.
+wanted frame and decodes forward only as far as the last wanted frame; ``decode_into`` lets FFmpeg
+crop, scale and convert to RGB in one swscale pass and hands each frame to the caller without copies
+(the input pipeline writes it straight into its batch).
 """
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import dataclasses
 import io
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 PathOrBytes = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
@@ -126,13 +129,35 @@ def probe(src: PathOrBytes) -> VideoInfo:
         container.close()
 
 
-def decode_frames(src: PathOrBytes, frame_indices: Sequence[int], *,
-                  size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decodes the given frames (any order, repeats allowed) as uint8 [N, H, W, 3] RGB.
+def _crop_scale_graph(stream, crop: tuple[int, int, int, int], size: tuple[int, int]):
+    """FFmpeg filter graph: crop (top, left, height, width) -> one swscale call to rgb24 at ``size``."""
+    top, left, height, width = crop
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(template=stream), graph.add("crop", f"{width}:{height}:{left}:{top}"),
+             graph.add("scale", f"{int(size[1])}:{int(size[0])}:flags=bilinear"), graph.add("format", "rgb24"),
+             graph.add("buffersink")]
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    return graph
 
-    size: optional (height, width) to scale to inside FFmpeg's swscale (cheaper than numpy).
+
+def decode_into(src: PathOrBytes, frame_indices: Sequence[int],
+                write: Callable[[np.ndarray, np.ndarray], None], *,
+                size: tuple[int, int] | None = None,
+                crop: tuple[int, int, int, int] | None = None) -> VideoInfo:
+    """Decodes the given frames and hands each one to ``write(positions, rgb)``, no copies made.
+
+    ``rgb`` is uint8 [H, W, 3] (scaled to ``size`` = (height, width) by the same swscale call that
+    converts YUV to RGB), a view of FFmpeg's frame buffer; ``positions`` are the places in
+    ``frame_indices`` that want this frame (repeats allowed). ``crop`` = (top, left, height, width) of
+    the decoded frame to keep before scaling (needs ``size``): scaling only the centre crop of a wide
+    frame saves a third of the scaling work. Decoding seeks to the keyframe before the first wanted
+    frame and stops at the last one; the codec decodes with frame + slice threads.
     Raises VideoError (missing/empty/corrupt/truncated_video) when the frames cannot be produced.
     """
+    if crop is not None and size is None:
+        raise ValueError(f"decode_into({_name(src)}): crop={crop} needs an output size")
     name = _name(src)
     indices = np.asarray(frame_indices, dtype=np.int64).reshape(-1)
     if indices.size == 0:
@@ -140,44 +165,85 @@ def decode_frames(src: PathOrBytes, frame_indices: Sequence[int], *,
     if indices.min() < 0:
         raise ValueError(f"decode_frames({name}): negative frame index {int(indices.min())}")
     wanted = np.unique(indices)
+    positions = {int(i): np.flatnonzero(indices == i) for i in wanted}
     container = _open(src)
     try:
         info = _info(container, name)
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_type = "AUTO"
         time_base = float(stream.time_base)
         start_pts = stream.start_time or 0
         first, last = int(wanted[0]), int(wanted[-1])
         if first > 0:
             # Seek to the keyframe at or before `first`; the decode loop skips forward from there.
             container.seek(start_pts + int(first / info.fps / time_base), stream=stream, backward=True)
-        got: dict[int, np.ndarray] = {}
-        kwargs = {"format": "rgb24"}
-        if size is not None:
-            kwargs.update(height=int(size[0]), width=int(size[1]))
-        want_set = set(wanted.tolist())
+        # One reformatter (or graph) for the whole clip: its swscale context is built once, not per frame.
+        if crop is not None:
+            top, left, height, width = crop
+            if top < 0 or left < 0 or top + height > info.height or left + width > info.width:
+                # Crops come from stored metadata (records.json sizes): a mismatch is bad input.
+                raise VideoError(name, "corrupt_video", f"crop {crop} (top, left, height, width) does not fit "
+                                 f"in the {info.height}x{info.width} frames")
+            try:
+                graph = _crop_scale_graph(stream, crop, size)
+            except (av.error.FFmpegError, ValueError) as e:
+                raise VideoError(name, "corrupt_video", f"cannot crop/scale this stream: {e}") from e
+
+            def to_rgb(frame):
+                graph.push(frame)
+                return graph.pull().to_ndarray()
+        else:
+            reformatter = VideoReformatter()
+            kwargs = {"format": "rgb24"}
+            if size is not None:
+                kwargs.update(height=int(size[0]), width=int(size[1]))
+
+            def to_rgb(frame):
+                return reformatter.reformat(frame, **kwargs).to_ndarray()
+        done = 0
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
                 idx = int(round((frame.pts - start_pts) * time_base * info.fps))
-                if idx in want_set:
-                    got[idx] = frame.to_ndarray(**kwargs)
+                pos = positions.pop(idx, None)
+                if pos is not None:
+                    write(pos, to_rgb(frame))
+                    done += 1
                 if idx >= last:
                     break
         except (av.error.FFmpegError, OSError) as e:
             # Fewer readable packets than the index promises means the file was cut off.
             packets = _count_packets(src)
             reason = "truncated_video" if packets < info.num_frames else "corrupt_video"
-            raise VideoError(name, reason, f"decoding failed after {len(got)} wanted frames "
+            raise VideoError(name, reason, f"decoding failed after {done} wanted frames "
                              f"({packets}/{info.num_frames} packets readable): {e}") from e
-        missing = [i for i in wanted.tolist() if i not in got]
-        if missing:
+        if positions:
+            missing = sorted(positions)
             raise VideoError(name, "truncated_video", f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} not "
                              f"decodable; header says {info.num_frames} frames")
     finally:
         container.close()
-    return np.stack([got[int(i)] for i in indices])
+    return info
+
+
+def decode_frames(src: PathOrBytes, frame_indices: Sequence[int], *,
+                  size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decodes the given frames (any order, repeats allowed) as uint8 [N, H, W, 3] RGB.
+
+    size: optional (height, width) to scale to inside FFmpeg's swscale (cheaper than numpy).
+    Raises VideoError (missing/empty/corrupt/truncated_video) when the frames cannot be produced.
+    """
+    n = int(np.asarray(frame_indices).size)
+    out: list[np.ndarray] = []
+
+    def write(pos: np.ndarray, rgb: np.ndarray) -> None:
+        if not out:
+            out.append(np.empty((n, *rgb.shape), np.uint8))
+        out[0][pos] = rgb
+
+    decode_into(src, frame_indices, write, size=size)
+    return out[0]
 
 
 def sample_frame_indices(start_frame: int, end_frame: int, *, num_frames: int | None = None,

@@ -39,7 +39,11 @@ _VIDEOLLAMA2_PROJECTORS = {
 
 @dataclasses.dataclass(frozen=True)
 class VideoLLMConfig:
-    """A VideoLLaMA2-style MLLM. Defaults: CLIP ViT-L/14-336 + STC + Mistral-7B, 16 frames."""
+    """A VideoLLaMA2-style MLLM. Defaults: CLIP ViT-L/14-336 + STC + Mistral-7B, 16 frames.
+
+    The pixel mean/std for uint8 input live in ``vision`` (``VisionConfig.image_mean/image_std``,
+    default: the tower family's standard; ``vision.with_preprocess(PreprocessConfig)`` sets them).
+    """
 
     vision: VisionConfig = VisionConfig()
     connector: ConnectorConfig = ConnectorConfig()
@@ -140,7 +144,11 @@ class VideoLLM(nnx.Module):
         return num_visual_tokens(self.cfg)
 
     def encode_features(self, pixels: Array, **hook) -> Any:
-        """Tower features [B, V, F, P, D_vit] (``hook``: layer_hook / hook_carry, see vit.LayerHook)."""
+        """Tower features [B, V, F, P, D_vit] (``hook``: layer_hook / hook_carry, see vit.LayerHook).
+
+        ``pixels`` are uint8 (the data pipeline's default: the tower normalises them on the device with
+        ``cfg.vision.pixel_mean/pixel_std``, fused into its patch conv) or float32 already normalised.
+        """
         if pixels.ndim != 6:
             raise ValueError(f"VideoLLM: pixels must be [B, V, F, H, W, 3], got shape {pixels.shape}.")
         return self.vision.features(pixels, **hook)
@@ -152,7 +160,7 @@ class VideoLLM(nnx.Module):
         return out.reshape(b, v, *out.shape[1:])
 
     def encode_video(self, pixels: Array) -> Array:
-        """pixels [B, V, F, H, W, 3] -> visual tokens [B, V, N, D_llm]."""
+        """pixels [B, V, F, H, W, 3] (uint8, or float32 normalised) -> visual tokens [B, V, N, D_llm]."""
         if pixels.shape[2] != self.cfg.num_frames:
             raise ValueError(f"VideoLLM: pixels have {pixels.shape[2]} frames, the config says "
                              f"num_frames={self.cfg.num_frames}.")

@@ -96,7 +96,10 @@ class EAVT(nnx.Module):
         nnx.update(self.projector, jax.tree.map(jnp.array, nnx.state(model.connector.readout, nnx.Param)))
 
     def encode(self, model: VideoLLM, pixels: Array) -> tuple[Array, Array]:
-        """pixels [B, V, F, H, W, 3] -> (visual tokens [B, V, N, D_llm], probe tokens [B, V, P, D_llm])."""
+        """pixels [B, V, F, H, W, 3] -> (visual tokens [B, V, N, D_llm], probe tokens [B, V, P, D_llm]).
+
+        uint8 pixels are normalised by the tower (``model.encode_features``); float32 ones must be
+        normalised already."""
         b, v = pixels.shape[:2]
         p0 = jnp.broadcast_to(self.probes.value, (b, v, *self.probes.value.shape))
         feats, probes = model.encode_features(pixels, layer_hook=self.cross_attn, hook_carry=p0)

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from exo2ego_jax.data.preprocess_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessConfig
+
 Array = jax.Array
 
 # HF defaults per model type, used for fields a config.json leaves out.
@@ -36,6 +38,12 @@ _HF_DEFAULTS = {
     "siglip": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                    image_size=224, patch_size=16, num_channels=3, layer_norm_eps=1e-6,
                    hidden_act="gelu_pytorch_tanh"),
+}
+
+# (mean, std) of each family's HF image processor (CLIPImageProcessor / SiglipImageProcessor).
+_FAMILY_MEAN_STD = {
+    "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # google/siglip-* preprocessor_config.json
 }
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -68,8 +76,21 @@ class VisionConfig:
     feature_select: str = "patch"
     feature_post_norm: bool = False  # apply post-LayerNorm to the features (off in LLaVA-style VLMs)
     remat: bool = False  # rematerialise each layer in the backward pass (saves activation memory)
+    # Normalisation applied on the device to uint8 pixels (float pixels arrive normalised already).
+    # None = the family's standard: CLIP -> OpenAI CLIP mean/std, SigLIP -> 0.5 / 0.5 (their HF
+    # preprocessor_config.json); from_hf reads a preprocessor_config.json found beside config.json.
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
 
     def __post_init__(self):
+        for name in ("image_mean", "image_std"):  # lists (from a ConfigDict) would make the config unhashable
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(v) for v in value)
+                if len(value) != self.num_channels:
+                    raise ValueError(f"VisionConfig.{name}={value}: expected {self.num_channels} values "
+                                     "(one per channel).")
+                object.__setattr__(self, name, value)
         if self.model_type not in _HF_DEFAULTS:
             raise ValueError(f"VisionConfig.model_type={self.model_type!r}; expected one of {sorted(_HF_DEFAULTS)}.")
         if self.hidden_act not in ACTIVATIONS:
@@ -80,6 +101,24 @@ class VisionConfig:
         if self.feature_select not in ("patch", "cls_patch"):
             raise ValueError(f"VisionConfig.feature_select={self.feature_select!r}; expected 'patch' or 'cls_patch'.")
         self.feature_num_layers  # validates feature_layer
+
+    @property
+    def pixel_mean(self) -> tuple[float, ...]:
+        """Mean used to normalise uint8 input (``image_mean`` or the family's standard)."""
+        return self.image_mean if self.image_mean is not None else _FAMILY_MEAN_STD[self.model_type][0]
+
+    @property
+    def pixel_std(self) -> tuple[float, ...]:
+        return self.image_std if self.image_std is not None else _FAMILY_MEAN_STD[self.model_type][1]
+
+    def with_preprocess(self, preprocess: PreprocessConfig) -> "VisionConfig":
+        """This config with a ``data.preprocess_config.PreprocessConfig``'s mean/std (checks the size)."""
+        h, w = preprocess.output_size
+        if (h, w) != (self.image_size, self.image_size):
+            raise ValueError(f"VisionConfig.with_preprocess: preprocessing gives {h}x{w} frames, the tower "
+                             f"takes {self.image_size}x{self.image_size}.")
+        return dataclasses.replace(self, image_mean=tuple(preprocess.image_mean),
+                                   image_std=tuple(preprocess.image_std))
 
     @property
     def has_cls(self) -> bool:
@@ -140,6 +179,10 @@ class VisionConfig:
                   image_size=get("image_size"), patch_size=get("patch_size"),
                   num_channels=get("num_channels"), layer_norm_eps=get("layer_norm_eps"),
                   hidden_act=get("hidden_act"))
+        pre = os.path.join(os.path.dirname(where), "preprocessor_config.json") if where != "<dict>" else ""
+        if pre and os.path.exists(pre) and "image_mean" not in overrides:
+            pp = PreprocessConfig.from_hf(pre)
+            kw.update(image_mean=pp.image_mean, image_std=pp.image_std)
         kw.update(overrides)
         return cls(**kw)
 
@@ -269,8 +312,26 @@ def scan_layers(layers: nnx.Module, x: Array, n: int, *, lead: tuple[int, ...] =
     return x, carry
 
 
+def normalise_pixels(pixels: Array, mean, std, dtype=jnp.float32) -> Array:
+    """uint8 pixels -> ``(x / 255 - mean) / std`` in ``dtype``; float pixels (already normalised) pass through.
+
+    Keeping pixels uint8 on the host and normalising here moves a quarter of the bytes through the
+    input pipeline and the host->device copy; XLA fuses this elementwise op into the patch conv's
+    input, so it costs no extra pass over memory. Computed in float32, then cast.
+    """
+    if not jnp.issubdtype(pixels.dtype, jnp.integer):
+        return pixels.astype(dtype)
+    if pixels.dtype != jnp.uint8:
+        raise ValueError(f"VisionTower: integer pixels must be uint8 (0..255), got {pixels.dtype}; pass uint8 "
+                         "frames or float32 frames already normalised with the tower's mean/std.")
+    std = jnp.asarray(std, jnp.float32)
+    scale = 1.0 / (255.0 * std)
+    bias = -jnp.asarray(mean, jnp.float32) / std
+    return (pixels.astype(jnp.float32) * scale + bias).astype(dtype)
+
+
 class VisionTower(nnx.Module):
-    """CLIP / SigLIP vision encoder. Pixels [..., H, W, C] (normalised) -> tokens [..., T, D]."""
+    """CLIP / SigLIP vision encoder. Pixels [..., H, W, C] (uint8, or float normalised) -> tokens [..., T, D]."""
 
     def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -301,7 +362,7 @@ class VisionTower(nnx.Module):
             raise ValueError(f"VisionTower: pixels have trailing shape {tuple(pixels.shape[-3:])}, expected "
                              f"{want} (H, W, C) for image_size={cfg.image_size}; resize/crop frames to the "
                              "tower's size (data.preprocess_config).")
-        x = self.patch_embed(pixels.astype(self.dtype))
+        x = self.patch_embed(normalise_pixels(pixels, cfg.pixel_mean, cfg.pixel_std, self.dtype))
         x = x.reshape(x.shape[0], -1, x.shape[-1])
         pos = self.position_embedding.value.astype(self.dtype)
         if cfg.has_cls:
@@ -317,7 +378,8 @@ class VisionTower(nnx.Module):
         """Hidden state after ``num_layers`` layers (default all), frames folded into the batch.
 
         Args:
-          pixels: [..., H, W, C], normalised with the tower's mean/std.
+          pixels: [..., H, W, C]: uint8 (normalised here with ``cfg.pixel_mean/pixel_std``) or float
+            already normalised with the tower's mean/std.
           num_layers: 0 gives the embeddings (HF ``hidden_states[0]``), k the output of layer k.
           post_norm: apply the final LayerNorm (HF SigLIP ``last_hidden_state``; CLIP's pooler LN).
           layer_hook / hook_carry: see ``LayerHook``; if given, returns ``(tokens, hook_carry)``.
