@@ -1,0 +1,61 @@
+"""Ego2ExoVLM demo on the synthetic world (job "ego2exo_demo"): teacher -> labels -> students -> eval.
+
+    python -m exo2ego_jax.main --config configs/ego2exo/demo.py --workdir /tmp/ego2exo_demo
+    python -m exo2ego_jax.main --config configs/ego2exo/demo.py:small --workdir /tmp/ego2exo_small
+
+Tiny towers / LLM and a word-level tokenizer: ~10 CPU-minutes in all (14 min wall on a shared, loaded
+2-core machine); `small` is the minutes-long version of the slow test. docs/ego2exo.md has what it
+printed. Args: small, takes, teacher_steps, student_steps, image, patch.
+"""
+from exo2ego_jax import config_lib
+from exo2ego_jax.data import synthetic
+from exo2ego_jax.methods import ego2exo_config
+
+
+def get_config(arg: str | None = None):
+    a = config_lib.parse_arg(arg, small=False, hardware="cpu", takes=0, teacher_steps=0, student_steps=0,
+                             image=32, patch=8)
+    c = ego2exo_config.student_config(hardware=a.hardware, job="ego2exo_demo")
+    c.model = ego2exo_config.tiny_model(vocab_size=256, width=64, vit_width=32, image_size=a.image,
+                                        patch_size=a.patch, num_probes=4)
+    c.ego2exo.lora_rank = 0  # the demo's tiny LLM is trained fully (LoRA is exercised by the tests)
+    c.data = ego2exo_config.data_block(image_size=a.image, num_frames=8)
+    c.data.sampling = "uniform"  # 8 evenly spaced frames per clip (segments are 1-6 s)
+    side = -(-a.image // a.patch // 2)  # tokens per frame side after the 2x merge
+    c.data.max_len = 176 + 8 * side * side  # visual + probes (4) + system + question + answer (<= ~110)
+    c.data.read_threads = 2  # 2-core machine
+    c.train.global_batch = 16  # examples per step
+    c.train.warmup_steps = 10  # short warmup
+    c.train.log_every = 25  # steps between metric lines
+    c.train.ckpt_every = 0  # save at the end only
+    c.train.async_ckpt = False  # phases read each other's checkpoints right away
+    c.train.progress = False  # one line per phase instead of bars
+    c.label.sampling = "uniform"  # the teacher sees clips as it was trained (8 uniform frames)
+    c.label.max_frames = 8  # = data.num_frames of the tiny teacher
+    c.label.max_new_tokens = 96  # synthetic answers are <= ~80 words
+    c.label.batch_size = 48  # prompts per generate call (16 segments)
+    c.eval.mcq_mode = "loglik"  # tiny models are scored by option log-likelihood, not free text
+    c.eval.batch_size = 16  # questions per adapter call
+
+    d = c.demo = config_lib.ConfigDict()
+    d.world = synthetic.world_config()  # the synthetic world (data/synthetic.py)
+    d.world.num_takes = a.takes or (8 if a.small else 48)  # takes (val_fraction of them held out)
+    d.world.val_fraction = 0.25  # held-out takes for the Ego-in-Exo questions
+    d.world.action_seconds = (0.5, 0.8)  # short actions: short clips, fast rendering
+    d.world.pause_seconds = (0.05, 0.2)  # short pauses
+    d.world.lead_seconds = 0.2  # short lead-in/out
+    d.world.num_workers = 2  # rendering processes
+    d.world.colours = ("red", "green", "blue", "yellow")  # fewer colours: a tiny teacher learns them fast
+    d.world.min_objects = 3  # objects per take (min)
+    d.world.max_objects = 4  # objects per take (max)
+    d.world_dir = ""  # reuse an existing world ('' = <workdir>/world)
+    d.teacher_steps = a.teacher_steps or (20 if a.small else 400)  # teacher training steps
+    d.student_steps = a.student_steps or (10 if a.small else 150)  # steps of each student / baseline
+    d.lr = 3e-3  # demo LR for every trained group (the paper's 1e-5 / 2e-6 are for a pretrained 7B)
+    d.num_probes = 4  # EAVT probes of the demo student (paper: 16)
+    d.eval_segments = 0 if not a.small else 4  # held-out segments to ask about (0: all)
+    if a.small:
+        c.train.global_batch = 8
+        c.label.max_new_tokens = 24
+        c.label.max_segments = 12
+    return config_lib.finalize(c)

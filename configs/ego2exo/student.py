@@ -1,0 +1,24 @@
+"""Ego2ExoVLM student (METHODS.md part B): exo video + teacher question -> teacher answer.
+
+SigLIP-so400m/14-384 (frozen) -> 2x merge + mlp2x_gelu -> Qwen2.5-7B with LoRA r64/alpha16/dropout 0.05
+at 1e-5; projector, EAVT modules, probe vectors and probe projector at 2e-6; AdamW, cosine, 3% warmup,
+weight decay 0, global batch 128, 3 epochs (all defaults are the paper's; see ego2exo_config.py).
+
+    python -m exo2ego_jax.main --config configs/ego2exo/student.py:hardware=tpu_v5p_128 --workdir gs://... \
+        --config.data.instructions="('/data/labels/labels.json',)" --config.data.data_folder=/data/egoexo4d \
+        --config.data.tokenizer=/ckpt/qwen2.5-7b-instruct --config.model.llm_hf=/ckpt/qwen2.5-7b-instruct \
+        --config.model.vision_hf=/ckpt/siglip-so400m-patch14-384 --config.model.connector_hf=/ckpt/projector
+
+Args: hardware=<preset>, probes=<N> (0 = the no-EAVT ablation), frames=<cap of 1 fps sampling>.
+"""
+from exo2ego_jax import config_lib
+from exo2ego_jax.methods import ego2exo, ego2exo_config
+
+
+def get_config(arg: str | None = None):
+    a = config_lib.parse_arg(arg, hardware="cpu", probes=16, frames=16)
+    c = ego2exo_config.student_config(hardware=a.hardware)
+    c.model.num_probes = a.probes  # Ego2ExoVLM [C]: 16 probes; 0 = without EAVT
+    c.data.num_frames = a.frames  # [I] cap of the 1 fps sampling for the student
+    ego2exo.sync_data_fields(c)
+    return config_lib.finalize(c)

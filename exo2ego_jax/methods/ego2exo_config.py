@@ -1,0 +1,177 @@
+"""Config builders for Ego2ExoVLM (configs/ego2exo/*.py call these).
+
+Every number from the paper is a field whose default is the paper's value, with a comment citing
+METHODS.md part B ([C] = the authors' public code). [I] marks choices the paper leaves open.
+"""
+from __future__ import annotations
+
+from exo2ego_jax import config_lib
+from exo2ego_jax.data.pipeline import pipeline_config
+from exo2ego_jax.eval.config import eval_config
+
+ConfigDict = config_lib.ConfigDict
+
+ALL_LINEAR = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)  # google/siglip-so400m-patch14-384 preprocessor_config.json
+
+
+def student_groups(lr_lora: float, lr_probe: float, *, train_tower: bool = False,
+                   train_llm: bool = False) -> list[tuple[str, float | None]]:
+    """Ego2ExoVLM [C] parameter groups: LoRA at `lr_lora`; projectors, EAVT and probes at `lr_probe`.
+
+    The probe vectors (`eavt/probes`) are in the probe group on purpose: the authors' code leaves
+    them out of every optimizer group by accident (METHODS.md part B). `train_tower` / `train_llm`
+    (demo only) also train the tower / LLM base, which the paper keeps frozen.
+    """
+    groups = [(r"/lora_[ab]$", lr_lora),
+              (r"^(connector|eavt)/", lr_probe)]
+    if train_tower:
+        groups.append((r"^vision/", lr_probe))
+    if train_llm:
+        groups.append((r"^llm/", lr_lora))
+    return groups + [(r".*", None)]
+
+
+def full_size_model() -> ConfigDict:
+    """SigLIP-so400m/14-384 + 2x merge + mlp2x_gelu + Qwen2.5-7B (Ego2ExoVLM student [C])."""
+    m = ConfigDict()
+    m.llm_hf = ""  # HF dir / .safetensors / .gguf of the LLM ('' = random init from model.llm)
+    m.vision_hf = ""  # HF SigLIP(Vision)Model dir ('' = random init)
+    m.connector_hf = ""  # checkpoint with LLaVA 'model.mm_projector.*' keys ('' = random init)
+    m.video_token_id = 151665  # id of '<video>' added after Qwen2.5's 151665 tokens
+    m.probe_token_id = 151666  # id of '<probe>' (added right after '<video>')
+    m.num_probes = 16  # Ego2ExoVLM [C]: 16 EAVT probe vectors (0 = no EAVT)
+    m.eavt_layers = ()  # ViT layers whose cross-attention updates the probes (() = all run layers [C])
+    llm = m.llm = ConfigDict()  # Qwen2.5-7B-Instruct config.json
+    llm.vocab_size = 152064  # Qwen2.5-7B embedding rows (151665 tokens + padding)
+    llm.hidden_size = 3584  # Qwen2.5-7B width
+    llm.intermediate_size = 18944  # Qwen2.5-7B MLP width
+    llm.num_layers = 28  # Qwen2.5-7B layers
+    llm.num_heads = 28  # query heads
+    llm.num_kv_heads = 4  # grouped-query KV heads
+    llm.head_dim = 128  # per-head width
+    llm.rope_theta = 1e6  # Qwen2.5 RoPE base
+    llm.rms_norm_eps = 1e-6  # Qwen2.5 RMSNorm eps
+    llm.tie_word_embeddings = False  # Qwen2.5-7B has a separate lm_head
+    llm.attention_bias = True  # Qwen2 q/k/v biases
+    llm.max_position_embeddings = 32768  # Qwen2.5-7B context
+    v = m.vision = ConfigDict()  # SigLIP so400m/14-384 (Ego2ExoVLM [C]: SigLIP tower)
+    v.model_type = "siglip"  # no class token, no pre-LN
+    v.hidden_size = 1152  # so400m width
+    v.intermediate_size = 4304  # so400m MLP width
+    v.num_layers = 27  # so400m depth
+    v.num_heads = 16  # so400m heads
+    v.image_size = 384  # so400m-patch14-384 input
+    v.patch_size = 14  # 27 x 27 patches
+    v.layer_norm_eps = 1e-6  # SigLIP LayerNorm eps
+    v.hidden_act = "gelu_pytorch_tanh"  # SigLIP MLP activation
+    v.feature_layer = -2  # LLaVA-Video mm_vision_select_layer=-2
+    v.remat = False  # rematerialise ViT layers (presets with remat turn it on)
+    c = m.connector = ConfigDict()  # Ego2ExoVLM [C]: 2x spatial token merge + mlp2x_gelu projector
+    c.kind = "merge_mlp2x_gelu"  # 2x2 bilinear pooling of each frame's grid, then Linear-GELU-Linear
+    c.in_dim = 1152  # = vision.hidden_size
+    c.out_dim = 3584  # = llm.hidden_size
+    c.merge_stride = 2  # Ego2ExoVLM [C]: 2x spatial token merge (27x27 -> 14x14 per frame)
+    c.merge_mode = "bilinear"  # LLaVA-Video get_2dPool default
+    return m
+
+
+def tiny_model(*, vocab_size: int = 64, width: int = 64, vit_width: int = 32, image_size: int = 32,
+               patch_size: int = 8, llm_layers: int = 2, vit_layers: int = 2, num_probes: int = 4) -> ConfigDict:
+    """A CPU-sized model with the full-size layout (tests and the demo)."""
+    m = full_size_model()
+    m.video_token_id = 4  # synthetic_tokenizer: <video> is special token 4
+    m.probe_token_id = 5  # synthetic_tokenizer: <probe> is special token 5
+    m.num_probes = num_probes  # fewer probes than the paper's 16 for tiny models
+    llm = m.llm
+    llm.vocab_size = vocab_size  # tiny word-level vocabulary
+    llm.hidden_size = width  # tiny LLM width
+    llm.intermediate_size = 2 * width  # tiny MLP
+    llm.num_layers = llm_layers  # tiny depth
+    llm.num_heads = 4  # tiny heads
+    llm.num_kv_heads = 2  # keeps grouped-query attention exercised
+    llm.head_dim = width // 4  # width / heads
+    llm.rope_theta = 10000.0  # Llama default
+    llm.max_position_embeddings = 1024  # tiny context
+    v = m.vision
+    v.hidden_size = vit_width  # tiny ViT width
+    v.intermediate_size = 2 * vit_width  # tiny ViT MLP
+    v.num_layers = vit_layers  # tiny ViT depth
+    v.num_heads = 4  # tiny ViT heads
+    v.image_size = image_size  # tiny frames
+    v.patch_size = patch_size  # image_size / patch_size patches per side
+    v.feature_layer = -1  # last layer (a 2-layer tower has no useful second-to-last)
+    c = m.connector
+    c.in_dim = vit_width  # = vision.hidden_size
+    c.out_dim = width  # = llm.hidden_size
+    return m
+
+
+def method_block() -> ConfigDict:
+    """`config.ego2exo`: LoRA and learning rates of the student (METHODS.md part B)."""
+    e = ConfigDict()
+    e.lora_rank = 64  # Ego2ExoVLM [C]: LoRA r 64 (0 = no LoRA)
+    e.lora_alpha = 16.0  # Ego2ExoVLM [C]: LoRA alpha 16
+    e.lora_dropout = 0.05  # Ego2ExoVLM [C]: LoRA dropout 0.05
+    e.lora_targets = ALL_LINEAR  # Ego2ExoVLM [C]: LoRA on all linear layers of the LLM
+    e.lr_lora = 1e-5  # Ego2ExoVLM [C]: LR of the LoRA adapters
+    e.lr_probe = 2e-6  # Ego2ExoVLM [C]: LR of projectors, EAVT modules and probe vectors
+    return e
+
+
+def data_block(*, image_size: int = 384, num_frames: int = 16) -> ConfigDict:
+    """`config.data`: the student's LLaVA JSON (teacher labels) through the instruction pipeline."""
+    d = pipeline_config()
+    d.image_size = image_size  # SigLIP so400m/14-384 input
+    d.image_mean = SIGLIP_MEAN_STD  # SigLIP normalisation
+    d.image_std = SIGLIP_MEAN_STD  # SigLIP normalisation
+    d.resize_mode = "resize"  # SigLIP squashes to a square (no crop)
+    d.sampling = "fps"  # Ego2ExoVLM [C]: frames sampled at a fixed rate ...
+    d.sample_fps = 1.0  # Ego2ExoVLM [C]: ... of 1 fps
+    d.num_frames = num_frames  # [I] cap for the student (teacher/eval: 180); memory-bound at full size
+    d.max_len = 4096  # tokens per example after expanding <video> (16 x 196) and 16 <probe>
+    d.system_prompt = "You are a helpful assistant."  # Ego2ExoVLM [C] system prompt
+    d.drop_remainder = True  # static global batch for the trainer
+    return d
+
+
+def label_block() -> ConfigDict:
+    """`config.label`: the teacher labelling job (METHODS.md part B)."""
+    lb = ConfigDict()
+    lb.root = ""  # Ego-Exo4D (or synthetic) root with takes.json and annotations/
+    lb.split = "train"  # keystep split to label
+    lb.video_variant = "448"  # frame-aligned videos to read: "full" or "448" (downscaled/448)
+    lb.teacher_workdir = ""  # trainer workdir/checkpoint of the teacher ('' = HF weights only)
+    lb.questions_per_segment = 3  # Ego2ExoVLM [C]: 3 questions per segment, one per category
+    lb.sampling = "fps"  # Ego2ExoVLM [C]: frames at a fixed rate ("uniform": max_frames evenly spaced)
+    lb.sample_fps = 1.0  # Ego2ExoVLM [C]: teacher sees 1 fps ...
+    lb.max_frames = 180  # Ego2ExoVLM [C]: ... at most 180 frames
+    lb.frame_buckets = (8, 16, 32, 64, 128, 180)  # [I] 1-fps frame counts round up to these (static shapes)
+    lb.max_new_tokens = 1024  # Ego2ExoVLM [C]: up to 1024 new tokens
+    lb.system_prompt = "You are a helpful assistant."  # Ego2ExoVLM [C] system prompt
+    lb.batch_size = 8  # prompts per generate call over all devices (3 per segment -> rounded to segments)
+    lb.prompt_len = 0  # static prompt length in tokens (0: visual tokens + 128)
+    lb.seed = 0  # question and exo-view draw per segment (stable under restarts)
+    lb.max_segments = 0  # label only the first N segments (0: all)
+    lb.output = "labels.json"  # LLaVA JSON written into the workdir
+    lb.stop_strings = ()  # extra strings that end an answer (cut after decoding)
+    return lb
+
+
+def student_config(*, hardware: str = "cpu", job: str = "train") -> ConfigDict:
+    """The full-size Ego2ExoVLM student config (unlocked); the config files adjust and lock it."""
+    c = config_lib.base_config(method="ego2exo", job=job, hardware=hardware)
+    c.model = full_size_model()
+    c.ego2exo = method_block()
+    c.data = data_block()
+    c.data.num_probes = c.model.num_probes  # <probe> placeholders after each video
+    c.label = label_block()
+    t = c.train
+    t.global_batch = 128  # Ego2ExoVLM [C]: global batch 128
+    t.epochs = 3.0  # Ego2ExoVLM [C]: 3 epochs
+    t.warmup_ratio = 0.03  # Ego2ExoVLM [C]: warmup 3%
+    t.schedule = "cosine"  # Ego2ExoVLM [C]: cosine decay
+    t.weight_decay = 0.0  # Ego2ExoVLM [C]: weight decay 0
+    t.groups = student_groups(c.ego2exo.lr_lora, c.ego2exo.lr_probe)  # Ego2ExoVLM [C] LR groups
+    c.eval = eval_config("ego_in_exo")
+    return c

@@ -1,0 +1,72 @@
+"""The Ego2ExoVLM student (and teacher) model: the shared VideoLLM plus optional EAVT probes.
+
+Parameter paths (config.train.groups match them; METHODS.md part B):
+
+- ``vision/...``: SigLIP (or CLIP) vision tower, frozen in the student.
+- ``connector/...``: 2x spatial token merge + mlp2x_gelu projector.
+- ``eavt/probes`` [N, D_vit], ``eavt/cross_attn/attn/...`` [L, ...], ``eavt/projector/...``: Ego
+  Adaptive Visual Tokens (models/probes.py): probe vectors, one cross-attention module per run ViT
+  layer (copies of that layer's self-attention at init) and the probe projector (a copy of the
+  main projector at init).
+- ``llm/...`` (+ ``.../lora_a``, ``.../lora_b``): the decoder and its LoRA adapters.
+
+Batch pixels [B, V, F, H, W, 3] become visual tokens at the ``<video>`` placeholders and, with
+EAVT, projected probes at the ``<probe>`` placeholders the pipeline puts right after them.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from exo2ego_jax.models.mllm import VideoLLM, VideoLLMConfig, scatter_tokens
+from exo2ego_jax.models.probes import EAVT, EAVTConfig
+
+Array = jax.Array
+
+
+class Ego2ExoModel(VideoLLM):
+    """VideoLLM + optional EAVT (``eavt`` is None without probes)."""
+
+    def __init__(self, cfg: VideoLLMConfig, *, num_probes: int = 0, eavt_layers: tuple[int, ...] | None = None,
+                 probe_token_id: int = 32001, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
+                 remat_policy: str = "none", attention_impl: str = "auto"):
+        super().__init__(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, remat_policy=remat_policy,
+                         attention_impl=attention_impl)
+        self.probe_token_id = int(probe_token_id)
+        if num_probes > 0:
+            self.eavt = EAVT(EAVTConfig(num_probes=num_probes, layers=eavt_layers, probe_token_id=probe_token_id),
+                             self, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        else:
+            self.eavt = None
+
+    def init_probe_modules(self) -> None:
+        """EAVT <- the tower's self-attention and the main projector (after loading new weights)."""
+        if self.eavt is not None:
+            self.eavt.init_from(self)
+
+    def visual(self, pixels: Array) -> tuple[Array, Array | None]:
+        """pixels [B, V, F, H, W, 3] -> (visual tokens [B, V, N, D], probe tokens [B, V, P, D] | None)."""
+        if self.eavt is None:
+            return self.connect(self.encode_features(pixels)), None
+        return self.eavt.encode(self, pixels)
+
+    def splice(self, input_ids: Array, tokens: Array, probe_tokens: Array | None,
+               video_mask: Array | None = None) -> Array:
+        """Text embeddings with visual tokens at ``<video>`` and probe tokens at ``<probe>``."""
+        ids = input_ids if probe_tokens is None else jnp.where(input_ids == self.probe_token_id, 0, input_ids)
+        embeds = self.embed_inputs(ids, tokens, video_mask)
+        if probe_tokens is not None:
+            embeds = scatter_tokens(embeds, input_ids, self.probe_token_id, probe_tokens, video_mask)
+        return embeds
+
+    def embed_all(self, input_ids: Array, pixels: Array, video_mask: Array | None = None) -> Array:
+        tokens, probe_tokens = self.visual(pixels)
+        return self.splice(input_ids, tokens, probe_tokens, video_mask)
+
+    def __call__(self, input_ids: Array, pixels: Array, attention_mask: Array | None = None,
+                 video_mask: Array | None = None, positions: Array | None = None) -> Array:
+        """Logits [B, T, vocab] (float32)."""
+        logits, _ = self.llm(inputs_embeds=self.embed_all(input_ids, pixels, video_mask),
+                             attention_mask=attention_mask, positions=positions)
+        return logits

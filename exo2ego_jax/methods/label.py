@@ -1,0 +1,230 @@
+"""Job "label": a frozen video MLLM (the teacher) answers Ego2ExoVLM's questions on EGO keystep segments.
+
+    python -m exo2ego_jax.main --config configs/ego2exo/label.py --workdir DIR \
+        --config.label.root=/data/egoexo4d --config.label.teacher_workdir=/ckpt/teacher
+
+For every keystep segment of `config.label.split` (METHODS.md part B [C]):
+- 3 questions, one per category (descriptive / temporal / spatial), drawn from the 12 templates
+  with a seed that depends only on (label.seed, segment id);
+- the teacher sees the EGO video of the segment (1 fps, at most 180 frames) and answers greedily
+  (up to 1024 new tokens) under the system prompt "You are a helpful assistant.";
+- each (question, answer) is paired with ONE synchronised EXO camera of the same take, drawn from
+  (label.seed, segment id, category), and written as a LLaVA-style sample:
+  {"id", "video": <exo mp4 relative to label.root>, "start", "end", "conversations": [...], ...}.
+
+Resumable: finished segments are appended to `DIR/label_progress[.<i>-of-<n>].jsonl` after every
+batch; a restarted job skips them. `DIR/<label.output>` (LLaVA JSON) is rewritten at the end.
+Generation is batched and sharded over the local devices (data axes of config.hardware's mesh);
+with several processes (a pod), each labels every n-th segment on its own devices and process 0
+merges the parts after a barrier.
+
+The teacher is either a trainer workdir (`label.teacher_workdir`: its saved config + checkpoint)
+or config.model itself with HF weights (`model.llm_hf` / `vision_hf` / `connector_hf`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from exo2ego_jax.data.egoexo4d import EgoExo4D
+from exo2ego_jax.eval.records import VideoRef
+from exo2ego_jax.methods import ego2exo_prompts as prompts_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    segment_id: str  # "<take_name>_seg<index:04d>", the Ego-in-Exo naming
+    take_uid: str
+    take_name: str
+    start: float
+    end: float
+    ego_path: str
+    exo_paths: dict[str, str]  # cam_id -> path (only files that exist)
+
+
+def segments_to_label(ds: EgoExo4D, split: str) -> list[Segment]:
+    """Keystep segments of `split` whose take has an ego video and >= 1 exo video, in a fixed order."""
+    out = []
+    for ks in ds.keysteps(split):
+        take = ds.takes[ks.take_uid]
+        try:
+            ego = ds.video_path(ks.take_uid, take.ego_cam)
+        except KeyError as e:
+            ds.skips.skip("missing_video", take.root, str(e))
+            continue
+        exo = {}
+        for cam in take.exo_cams:
+            try:
+                p = ds.video_path(ks.take_uid, cam)
+            except KeyError:
+                continue
+            if os.path.exists(p):
+                exo[cam] = p
+        if not os.path.exists(ego) or not exo:
+            ds.skips.skip("missing_video" if not os.path.exists(ego) else "no_exo_views", ego,
+                          f"segment {ks.index} of {take.take_name}")
+            continue
+        out.append(Segment(f"{take.take_name}_seg{ks.index:04d}", ks.take_uid, take.take_name, ks.start, ks.end,
+                           ego, exo))
+    return sorted(out, key=lambda s: s.segment_id)
+
+
+def segment_records(seg: Segment, questions: list[tuple[str, str]], answers: list[str], *, root: str,
+                    seed: int, teacher: str) -> list[dict[str, Any]]:
+    """The LLaVA samples of one segment: each answer paired with one randomly drawn exo view."""
+    recs = []
+    for (cat, q), a in zip(questions, answers):
+        cam = prompts_lib.choose_exo_view(f"{seg.segment_id}/{cat}", list(seg.exo_paths), seed)
+        recs.append(prompts_lib.llava_record(
+            record_id=f"{seg.segment_id}_{cat}", video=os.path.relpath(seg.exo_paths[cam], root), question=q,
+            answer=a, extra={"start": seg.start, "end": seg.end, "take_uid": seg.take_uid,
+                             "take_name": seg.take_name, "segment_id": seg.segment_id, "category": cat,
+                             "exo_cam": cam, "ego_video": os.path.relpath(seg.ego_path, root),
+                             "teacher": teacher}))
+    return recs
+
+
+def teacher_runner(config, mesh):
+    """(VideoLLMRunner, teacher description) for config.label's teacher on `mesh`."""
+    from exo2ego_jax.data import pipeline
+    from exo2ego_jax.methods import ego2exo, ego2exo_infer
+    lb = config.label
+    if lb.teacher_workdir:
+        cfg = ego2exo_infer.load_run_config(lb.teacher_workdir)
+        ego2exo_infer.tupleize_groups(cfg)
+        cfg.train.init_from = lb.teacher_workdir
+        name = lb.teacher_workdir
+    else:
+        cfg = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+        cfg.train.init_from = ""
+        name = config.model.llm_hf or "config.model (random init)"
+    cfg.hardware = ml_collections.ConfigDict(config.hardware.to_dict())
+    # Ego2ExoVLM [C]: the teacher sees the segment at label.sample_fps, at most label.max_frames.
+    cfg.data.sampling = lb.sampling
+    cfg.data.sample_fps = lb.sample_fps
+    cfg.data.num_frames = lb.max_frames
+    if cfg.method == "ego2exo":
+        ego2exo.sync_data_fields(cfg)
+    model, _ = ego2exo_infer.build_inference_model(cfg, mesh=mesh)
+    tok = pipeline.load_tokenizer(cfg.data)
+    runner = ego2exo_infer.VideoLLMRunner(model, tok, cfg.data, system_prompt=lb.system_prompt,
+                                          prompt_len=lb.prompt_len, mesh=mesh)
+    return runner, name
+
+
+def frame_count(seg: Segment, lb) -> int:
+    """Frames the teacher sees for `seg`: label.sample_fps over the segment, capped at max_frames and
+    rounded up to the next of label.frame_buckets (static shapes: one compile per bucket, and short
+    segments are not padded with black frames up to 180); "uniform" sampling: always max_frames."""
+    if lb.sampling != "fps":
+        return int(lb.max_frames)
+    n = max(1, min(int(lb.max_frames), math.ceil((seg.end - seg.start) * lb.sample_fps)))
+    return next((min(int(b), int(lb.max_frames)) for b in sorted(lb.frame_buckets) if b >= n), int(lb.max_frames))
+
+
+def _paths(workdir: str, lb, shard: int, num_shards: int) -> tuple[str, str]:
+    suffix = "" if num_shards == 1 else f".{shard}-of-{num_shards}"
+    return (os.path.join(workdir, f"label_progress{suffix}.jsonl"),
+            os.path.join(workdir, lb.output))
+
+
+def label(config, workdir: str) -> dict[str, Any]:
+    """Labels every keystep segment of config.label.split; see the module docstring."""
+    from exo2ego_jax.parallel import mesh as mesh_lib
+    lb = config.label
+    if not lb.root:
+        raise ValueError("config.label.root is empty: set it to the Ego-Exo4D (or synthetic world) directory")
+    os.makedirs(workdir, exist_ok=True)
+    shard, num_shards = jax.process_index(), jax.process_count()
+    progress_path, out_path = _paths(workdir, lb, shard, num_shards)
+    ds = EgoExo4D(lb.root, video_variant=lb.video_variant)
+    all_segments = segments_to_label(ds, lb.split)
+    if lb.max_segments:
+        all_segments = all_segments[: lb.max_segments]
+    mine = all_segments[shard::num_shards]
+    done = prompts_lib.read_progress(progress_path)
+    todo = [s for s in mine if s.segment_id not in done]
+    logging.info("label: %d segments in %s/%s (%d on this process), %d already done, %d to label; %s",
+                 len(all_segments), lb.root, lb.split, len(mine), len(mine) - len(todo), len(todo),
+                 ds.skips.report())
+
+    stats = {"segments": len(all_segments), "skipped_done": len(mine) - len(todo), "labelled": 0,
+             "new_tokens": 0, "generate_seconds": 0.0}
+    if todo:
+        mesh = mesh_lib.make_mesh(config.hardware, jax.local_devices())
+        runner, teacher = teacher_runner(config, mesh)
+        dp = mesh.shape["data"] * mesh.shape["fsdp"]
+        per_seg = lb.questions_per_segment
+        if per_seg != len(prompts_lib.CATEGORIES):
+            raise ValueError(f"config.label.questions_per_segment={per_seg}: Ego2ExoVLM asks one question per "
+                             f"category, i.e. {len(prompts_lib.CATEGORIES)}")
+        segs_per_batch = max(1, lb.batch_size // per_seg)
+        rows = math.ceil(segs_per_batch * per_seg / dp) * dp  # static, divisible by the data axes
+        # Segments grouped by the number of frames the teacher sees (one runner / compile per group).
+        groups: dict[int, list[Segment]] = {}
+        for s in todo:
+            groups.setdefault(frame_count(s, lb), []).append(s)
+        runners = {f: runner.with_frames(f) for f in groups}
+        batches = [(f, segs[i:i + segs_per_batch]) for f, segs in sorted(groups.items())
+                   for i in range(0, len(segs), segs_per_batch)]
+        bar = None
+        if jax.process_index() == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="seg", dynamic_ncols=True,
+                       desc="label")
+        try:
+            for frames, chunk in batches:
+                qs = [prompts_lib.segment_questions(s.segment_id, lb.seed) for s in chunk]
+                prompts = [q for seg_qs in qs for _, q in seg_qs]
+                refs = [VideoRef(s.ego_path, s.start, s.end) for s in chunk for _ in range(per_seg)]
+                n_real = len(prompts)
+                prompts += [prompts[-1]] * (rows - n_real)
+                refs += [refs[-1]] * (rows - n_real)
+                t0 = time.perf_counter()
+                texts, lengths = runners[frames].generate(prompts, refs, max_new_tokens=lb.max_new_tokens,
+                                                          stop_strings=tuple(lb.stop_strings))
+                dt = time.perf_counter() - t0
+                entries = []
+                for j, seg in enumerate(chunk):
+                    answers = texts[j * per_seg:(j + 1) * per_seg]
+                    entries.append((seg.segment_id, segment_records(seg, qs[j], answers, root=lb.root,
+                                                                    seed=lb.seed, teacher=teacher)))
+                prompts_lib.append_progress(progress_path, entries)
+                done.update(entries)
+                stats["labelled"] += len(chunk)
+                stats["new_tokens"] += int(np.sum(lengths[:n_real]))
+                stats["generate_seconds"] += dt
+                if bar is not None:
+                    bar.update(len(chunk))
+                    bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(stats['generate_seconds'], 1e-9):.1f}")
+        finally:
+            if bar is not None:
+                bar.close()
+    stats["tokens_per_sec"] = stats["new_tokens"] / max(stats["generate_seconds"], 1e-9)
+
+    if num_shards > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("label: all shards finished")
+        for k in range(num_shards):
+            if k != shard:
+                done.update(prompts_lib.read_progress(_paths(workdir, lb, k, num_shards)[0]))
+    if jax.process_index() == 0:
+        order = [s.segment_id for s in all_segments]
+        missing = [s for s in order if s not in done]
+        if missing:
+            raise RuntimeError(f"label: {len(missing)} segments have no answers after labelling "
+                               f"(e.g. {missing[:3]}); rerun the job to finish them")
+        stats["records"] = prompts_lib.write_llava_json(out_path, done, order)
+        print(f"label: wrote {stats['records']} samples for {len(order)} segments to {out_path} "
+              f"({stats['labelled']} segments labelled now, {stats['skipped_done']} already done, "
+              f"{stats['tokens_per_sec']:.1f} new tokens/s)", flush=True)
+    return stats

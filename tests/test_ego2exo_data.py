@@ -1,0 +1,37 @@
+"""The student's batches: exo video, <video> + <probe> placeholders, labels on the answer tokens only."""
+import json
+
+import numpy as np
+
+from exo2ego_jax.methods import ego2exo, ego2exo_demo
+from test_label_job import load_config, world  # noqa: F401  (shared session fixture)
+
+
+def test_student_batch_labels_only_answers(world, tmp_path):  # noqa: F811
+    root, tok_dir = world
+    caps = ego2exo_demo.caption_datasets(root, str(tmp_path), seed=0)
+    config = load_config("configs/ego2exo/demo.py", "small")
+    c = ego2exo_demo.phase_config(config, root=root, tok_dir=tok_dir, instructions=caps["exo_captions"],
+                                  num_probes=3, steps=1, lr=1e-3)
+    c.train.global_batch = 4
+    c.data.shuffle = False
+    batch = next(iter(ego2exo.make_dataset(c, "train", 0, 1)))
+    from exo2ego_jax.data import pipeline
+    tok = pipeline.load_tokenizer(c.data)
+    samples = json.load(open(caps["exo_captions"]))
+    k, n = c.data.num_visual_tokens, c.model.num_probes
+    assert batch["pixels"].shape == (4, 1, c.data.num_frames, 32, 32, 3)
+    for row in range(4):
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        vid = np.nonzero(ids == c.model.video_token_id)[0]
+        probe = np.nonzero(ids == c.model.probe_token_id)[0]
+        assert len(vid) == k and len(probe) == n
+        assert probe[0] == vid[-1] + 1 and np.all(np.diff(probe) == 1)  # probes right after the video
+        trained = ids[labels != -100]
+        np.testing.assert_array_equal(trained, labels[labels != -100])
+        text = tok.decode(trained, skip_special_tokens=False)
+        answer = samples[row]["conversations"][1]["value"]  # no shuffle: row i is sample i
+        want = tok.decode(tok(answer, add_special_tokens=False)["input_ids"])
+        assert text == want + " <|end|>"  # the answer and the end-of-turn token (the model learns to stop)
+        question_pos = np.nonzero(labels != -100)[0][0]
+        assert question_pos > probe[-1]  # nothing before the answer is trained

@@ -1,0 +1,78 @@
+"""The teacher labelling job: valid LLaVA JSON, one question per category, exo pairing, resume."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+from exo2ego_jax.data import synthetic, synthetic_tokenizer
+from exo2ego_jax.methods import ego2exo, ego2exo_prompts as P
+from exo2ego_jax.methods import label as label_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path: str, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location("cfg_" + os.path.basename(path)[:-3], os.path.join(ROOT, path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("label_world"))
+    cfg = synthetic.world_config()
+    cfg.num_takes, cfg.num_workers, cfg.seed = 2, 0, 3
+    cfg.action_seconds, cfg.pause_seconds, cfg.lead_seconds = (0.4, 0.5), (0.0, 0.1), 0.2
+    cfg.val_fraction = 0.0
+    synthetic.write_world(cfg, root)
+    tok = synthetic_tokenizer.build_tokenizer(synthetic_tokenizer.world_texts(root) + [P.SYSTEM_PROMPT],
+                                              os.path.join(root, "tok"))
+    return root, tok
+
+
+def _label_config(root, tok, max_segments):
+    c = load_config("configs/ego2exo/label.py", "tiny")
+    c.unlock()
+    c.label.root = root
+    c.label.video_variant = "full"
+    c.label.max_segments = max_segments
+    c.label.max_new_tokens = 6
+    c.label.batch_size = 6
+    c.data.tokenizer = tok
+    return c
+
+
+def test_label_json_valid_and_restart_skips_finished(world, tmp_path):
+    root, tok = world
+    work = str(tmp_path / "label")
+    first = label_lib.label(_label_config(root, tok, 2), work)
+    assert first["labelled"] == 2 and first["skipped_done"] == 0
+    data = P.validate_llava_json(os.path.join(work, "labels.json"))
+    assert len(data) == 6
+    from exo2ego_jax.data.egoexo4d import EgoExo4D
+    ds = EgoExo4D(root)
+    by_seg = {}
+    for rec in data:
+        by_seg.setdefault(rec["segment_id"], []).append(rec)
+        take = ds.takes[rec["take_uid"]]
+        assert rec["exo_cam"] in take.exo_cams  # paired with a synchronised exo view, never the ego one
+        assert rec["video"] == f"takes/{take.take_name}/frame_aligned_videos/{rec['exo_cam']}.mp4"
+        assert os.path.exists(os.path.join(root, rec["video"]))
+        assert rec["ego_video"].endswith("aria01_214-1.mp4") and rec["end"] > rec["start"]
+        assert rec["conversations"][1]["from"] == "gpt"
+    for seg, recs in by_seg.items():
+        assert [r["category"] for r in recs] == list(P.CATEGORIES)
+        asked = [r["conversations"][0]["value"].split("\n", 1)[1] for r in recs]
+        assert [(r["category"], q) for r, q in zip(recs, asked)] == P.segment_questions(seg, 0)
+
+    total = len(label_lib.segments_to_label(ds, "train"))
+    assert total > 2
+    second = label_lib.label(_label_config(root, tok, 0), work)
+    assert second["skipped_done"] == 2 and second["labelled"] == total - 2
+    data2 = P.validate_llava_json(os.path.join(work, "labels.json"))
+    assert len(data2) == 3 * total
+    assert data2[:6] == data  # finished segments were not labelled again
+    third = label_lib.label(_label_config(root, tok, 0), work)
+    assert third["labelled"] == 0 and third["skipped_done"] == total
