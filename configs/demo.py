@@ -1,0 +1,105 @@
+"""The Exo2Ego demo: synthetic world -> stages 1-3 on a tiny model -> held-out ego MCQ, 3 variants.
+
+    python -m exo2ego_jax.main --config configs/demo.py --workdir /tmp/demo
+
+Args (`demo.py:key=value`): seeds=3 (number of seeds), steps=1.0 (scales every stage's steps),
+takes=48 (world size), fraction=0.2 (ego-caption fraction), image=32 (frame side), variants=a_exo2ego,b_ego_only,c_no_kl
+(use '+' between names: variants=a_exo2ego+b_ego_only).
+See exo2ego_jax/methods/exo2ego_demo.py for what runs and docs/exo2ego.md for the numbers.
+"""
+from exo2ego_jax import config_lib
+from exo2ego_jax.methods import exo2ego_config as ec
+
+ConfigDict = config_lib.ConfigDict
+
+
+def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction: float,
+           image_size: int, num_frames: int, max_len: int, train_llm: bool) -> ConfigDict:
+    c = ec.stage_config(stage)
+    # merge_mlp2x_gelu (2x2 token merge + MLP) instead of STC: same role, a fraction of the
+    # compile time on CPU; 4 frames of 2x2 tokens = 16 visual tokens per video.
+    c.model = ec.tiny_model(image_size=image_size, patch_size=image_size // 4, connector="merge_mlp2x_gelu")
+    c.model.mapping.global_residual = True  # [I] starts F near identity: stable with tiny budgets
+    c.exo2ego.lora_rank = 16 if stage == 3 else 0  # tiny LLM: r 16 (paper: r 128 on Mistral-7B)
+    c.exo2ego.lora_alpha = 32.0  # keeps the paper's alpha / r = 2
+    c.exo2ego.lora_dropout = 0.0  # tiny data: no adapter dropout (paper: 0.1)
+    c.train.groups = ec.stage_groups(stage, lr, train_llm=train_llm)
+    c.train.epochs = 0.0  # the demo counts steps, not epochs
+    c.train.steps = steps  # optimizer steps of this stage
+    c.train.global_batch = batch  # clips per step
+    c.train.warmup_steps = max(1, steps // 10)  # 10% warmup
+    c.train.log_every = 10  # loss curve resolution
+    c.train.ckpt_every = 0  # only the final checkpoint
+    c.train.ckpt_every_secs = 0.0  # no timed saves in a short run
+    c.train.async_ckpt = False  # the next stage reads the checkpoint immediately
+    c.train.progress = False  # quiet logs
+    c.train.keep = 1  # one checkpoint per stage
+    d = c.data
+    d.source = "arrays"  # pre-decoded clips
+    d.mode = mode  # which examples (exo2ego_data.MODES)
+    d.ego_caption_fraction = fraction  # scarce ego captions
+    d.num_frames = num_frames  # frames per clip
+    d.image_size = image_size  # frame side
+    d.max_len = max_len  # tokens per example
+    return c
+
+
+def _variant(order, stages, sources=None) -> ConfigDict:
+    v = ConfigDict()
+    v.order = tuple(order)  # stages in run order
+    v.stages = ConfigDict(dict(zip(order, stages)))  # stage name -> trainer config
+    v.sources = ConfigDict({k: tuple((sources or {}).get(k, ())) for k in order})  # extra init sources
+    return v
+
+
+def get_config(arg: str | None = None):
+    a = config_lib.parse_arg(arg, seeds=3, steps=1.0, takes=48, fraction=0.2, image=32,
+                             variants="a_exo2ego+b_ego_only+c_no_kl")
+    # 4x4 patches per frame at any frame size (patch = image / 4): token counts stay the same.
+    image_size, num_frames, max_len = a.image, 4, 112
+    kw = dict(fraction=a.fraction, image_size=image_size, num_frames=num_frames, max_len=max_len)
+    n = lambda s: max(2, int(round(s * a.steps)))  # noqa: E731
+    lr = 1e-3  # tiny models from scratch (paper LRs fine-tune pretrained 7B models)
+
+    s1 = _stage(1, steps=n(200), lr=lr, batch=16, mode="exo_captions", train_llm=True, **kw)
+    s2 = _stage(2, steps=n(200), lr=lr, batch=16, mode="pairs", train_llm=False, **kw)
+    s3 = _stage(3, steps=n(120), lr=lr, batch=16, mode="ego_qa", train_llm=False, **kw)
+    s2_nokl = _stage(2, steps=n(200), lr=lr, batch=16, mode="pairs", train_llm=False, **kw)
+    s2_nokl.exo2ego.kl_weight = 0.0  # the paper's "w/o KL" ablation
+    # (b) ego only: the same labelled ego captions and ego QA, no exo video; the LLM trains on
+    # the ego captions instead of the exo ones (no F: the LLM sees x only).
+    b2 = _stage(2, steps=n(200), lr=lr, batch=16, mode="ego_captions", train_llm=True, **kw)
+    b3 = _stage(3, steps=n(120), lr=lr, batch=16, mode="ego_qa", train_llm=False, **kw)
+    for s in (b2, b3):
+        s.exo2ego.kl_weight = 0.0  # no exo guidance
+        s.exo2ego.cycle_weight = 0.0  # no exo guidance
+        s.exo2ego.llm_input = "ego"  # LLM input = x (no mapped tokens)
+    b2.train.groups = [(r"^(ego|llm)/", lr), (r".*", None)]  # ego encoder + LLM on ego captions
+
+    c = ConfigDict()
+    c.job = "demo"  # exo2ego_jax/methods/exo2ego_demo.py:run
+    c.hardware = config_lib.hardware_preset("cpu")  # CPU laptop preset
+    # LLVM -O1: a third of the compile time of the default -O3 for these tiny programs, same step
+    # speed; compiles dominate a 10-minute CPU demo.
+    c.hardware.xla_flags = "--xla_backend_optimization_level=1"
+    dm = c.demo = ConfigDict()
+    dm.seeds = tuple(range(a.seeds))  # one run of every variant per seed
+    dm.variants = tuple(a.variants.split("+"))  # which of a_exo2ego, b_ego_only, c_no_kl run
+    dm.num_frames = num_frames  # frames per pre-decoded clip
+    dm.image_size = image_size  # side of pre-decoded frames
+    dm.eval_batch = 16  # questions per evaluation batch
+    w = dm.world = ConfigDict()  # overrides of data/synthetic.py world_config()
+    w.num_takes = a.takes  # world size (80% train, 20% held-out val takes)
+    w.fps = 10  # 10 fps renders 3x faster than 30 and is plenty for 4-frame clips
+    w.exo_size = (96, 54)  # small 16:9 exo videos
+    w.ego_size = 64  # small square ego videos
+    w.write_448 = False  # no downscaled copy
+    w.num_workers = 2  # render takes on both cores
+    c.variants = ConfigDict({
+        "a_exo2ego": _variant(("stage1", "stage2", "stage3"), (s1, s2, s3),
+                              {"stage3": ("^llm/=stage1",)}),
+        "b_ego_only": _variant(("ego_captions", "stage3"), (b2, b3)),
+        "c_no_kl": _variant(("stage1", "stage2", "stage3"), (s1, s2_nokl, s3),
+                            {"stage3": ("^llm/=stage1",)}),
+    })
+    return config_lib.finalize(c)

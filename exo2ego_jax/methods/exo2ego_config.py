@@ -1,0 +1,186 @@
+"""Config builders for the Exo2Ego stages (configs/exo2ego/*.py and configs/demo.py call these).
+
+Every number from the paper is a field with the paper's value as default and a comment citing
+METHODS.md part A ("Exo2Ego stage table" = the [S] stage table there). [I] marks choices the paper
+leaves open; their defaults are our inference.
+"""
+from __future__ import annotations
+
+from exo2ego_jax import config_lib
+
+ConfigDict = config_lib.ConfigDict
+
+# Exo2Ego stage table (METHODS.md part A): global batch / peak LR / warmup ratio / epochs.
+STAGE_HPARAMS = {
+    0: dict(global_batch=512, lr=1e-3, warmup_ratio=0.1, epochs=5.0),   # stage 0 init
+    1: dict(global_batch=256, lr=1e-4, warmup_ratio=0.03, epochs=2.0),  # stage 1 demonstrator
+    2: dict(global_batch=256, lr=1e-4, warmup_ratio=0.03, epochs=2.0),  # stage 2 guidance
+    3: dict(global_batch=64, lr=2e-5, warmup_ratio=0.03, epochs=1.0),   # stage 3 self-practice
+}
+STAGE_NAMES = {0: "stage0_init", 1: "stage1_demonstrator", 2: "stage2_guidance", 3: "stage3_practice"}
+
+
+def stage_groups(stage: int, lr: float, *, train_llm: bool = False) -> list[tuple[str, float | None]]:
+    """Trainable / frozen parameter groups of METHODS.md part A's stage table.
+
+    `train_llm` (demo only) also trains the LLM in stages 0-2, where the paper keeps a pretrained
+    LLM frozen: the demo's tiny LLM starts from scratch and must learn the language somewhere.
+    """
+    llm = [(r"^llm/", lr)] if train_llm else []
+    if stage == 0:  # exo encoder + ego encoder; LLM frozen
+        return [(r"^(ego|exo)/", lr), *llm, (r".*", None)]
+    if stage == 1:  # exo encoder; LLM frozen
+        return [(r"^exo/", lr), *llm, (r".*", None)]
+    if stage == 2:  # ego encoder, F, G; exo encoder + LLM frozen
+        return [(r"^(ego|mapping_f|mapping_g)/", lr), *llm, (r".*", None)]
+    if stage == 3:  # ego encoder, F, LoRA; exo encoder frozen, G dropped, LLM base frozen
+        return [(r"^(ego|mapping_f)/", lr), (r"/lora_[ab]$", lr), (r".*", None)]
+    raise ValueError(f"stage={stage}; expected 0..3")
+
+
+def full_size_model() -> ConfigDict:
+    """2 x CLIP ViT-L/14-336 + STC connector + Mistral-7B-Instruct (VideoLLaMA2-7B-16F layout)."""
+    m = ConfigDict()
+    m.llm_hf = ""  # HF dir / .safetensors / .gguf of the LLM ('' = random init from model.llm)
+    m.vision_hf = ""  # HF CLIP(Vision)Model dir loaded into BOTH towers ('' = random init)
+    m.connector_hf = ""  # checkpoint with VideoLLaMA2 'model.mm_projector.*' keys for BOTH connectors
+    m.tokenizer = ""  # HF tokenizer dir (Mistral-7B-Instruct or the synthetic word-level one)
+    m.video_token_id = 32000  # id of '<video>' in the tokenizer (added after Mistral's 32000 tokens)
+    llm = m.llm = ConfigDict()  # Mistral-7B-Instruct-v0.2 config.json (VideoLLaMA2's LLM)
+    llm.vocab_size = 32000  # Mistral vocabulary (the <video> id lies outside: it is never embedded)
+    llm.hidden_size = 4096  # Mistral-7B width
+    llm.intermediate_size = 14336  # Mistral-7B MLP width
+    llm.num_layers = 32  # Mistral-7B layers
+    llm.num_heads = 32  # query heads
+    llm.num_kv_heads = 8  # grouped-query KV heads
+    llm.head_dim = 128  # per-head width
+    llm.rope_theta = 1e6  # Mistral-7B-Instruct-v0.2
+    llm.rms_norm_eps = 1e-5  # Mistral RMSNorm eps
+    llm.tie_word_embeddings = False  # Mistral has a separate lm_head
+    llm.max_position_embeddings = 32768  # Mistral-7B-v0.2 context
+    v = m.vision = ConfigDict()  # CLIP ViT-L/14-336 (METHODS.md part A backbone)
+    v.model_type = "clip"  # CLIP tower (class token, pre-LN)
+    v.hidden_size = 1024  # ViT-L width
+    v.intermediate_size = 4096  # ViT-L MLP width
+    v.num_layers = 24  # ViT-L depth
+    v.num_heads = 16  # ViT-L heads
+    v.image_size = 336  # METHODS.md part A: CLIP ViT-L/14 at 336 px
+    v.patch_size = 14  # /14 patches -> 24x24 grid
+    v.feature_layer = -2  # VideoLLaMA2 mm_vision_select_layer=-2
+    v.remat = False  # rematerialise ViT layers (hardware presets with remat turn it on)
+    c = m.connector = ConfigDict()  # METHODS.md part A: STC connector
+    c.kind = "stc"  # RegStage -> Conv3d (2,2,2) -> RegStage -> 2-layer GELU MLP
+    c.in_dim = 1024  # = vision.hidden_size
+    c.out_dim = 4096  # = llm.hidden_size
+    c.stc_padding = 0  # METHODS.md part A: 16x24x24 -> 8x12x12 = 1152 tokens with padding 0
+    c.stc_depth = 4  # VideoLLaMA2 STCConnector: 4 RegStage blocks per stage
+    mp = m.mapping = ConfigDict()  # F and G (METHODS.md part A: ResNet generators)
+    mp.kind = "resnet"  # "resnet" (paper) or "fc" (paper's ablation: -0.9 avg)
+    mp.width = 64  # [I] first-conv width (CycleGAN ngf=64); the paper does not state it
+    mp.n_downsample = 2  # [I] CycleGAN: 2 stride-2 downsamplings (12x12 -> 3x3 maps on STC tokens)
+    mp.n_blocks = 9  # METHODS.md part A: 9 residual blocks
+    mp.norm = "instance"  # [I] CycleGAN instance norm
+    mp.groups = 32  # groups when norm="group"
+    mp.stem_kernel = 7  # [I] CycleGAN 7x7 stem / head
+    mp.global_residual = False  # [I] F(x) = x + net(x); off = plain CycleGAN generator
+    mp.fc_hidden = 0  # hidden width of the "fc" ablation (0 = feature width)
+    mp.fc_layers = 2  # [I] Dense layers of the "fc" ablation
+    return m
+
+
+def method_block(stage: int) -> ConfigDict:
+    """`config.exo2ego`: the method's switches and loss weights."""
+    e = ConfigDict()
+    e.stage = stage  # 0 init, 1 demonstrator, 2 guidance, 3 self-practice (METHODS.md part A)
+    e.mapping_on = "connector"  # [I] F/G act on connector tokens (as t x h x w maps) or "patch" (ViT patches)
+    e.llm_input = "concat"  # METHODS.md part A: concat(x, F(x)) along tokens; "mapped" | "ego" alternatives
+    e.vtg_weight = 1.0  # weight of the answer-token cross-entropy
+    e.kl_weight = 1.0  # [I] KL weight (paper: not stated); 0 = the "w/o KL" ablation
+    e.kl_temperature = 1.0  # [I] softmax temperature of the KL (paper: not stated)
+    e.kl_direction = "exo_to_mapped"  # [I] KL(softmax(y/t) || softmax(F(x)/t)); or "mapped_to_exo"
+    e.cycle_weight = 1.0  # [I] weight of the L1 cycle loss (paper: not stated)
+    e.cycle_forward_only = False  # METHODS.md part A ablation: forward cycle only (54.9 avg)
+    e.use_g = True  # False = "w/o G and cycle" ablation (54.4 avg)
+    e.lora_rank = 128 if stage == 3 else 0  # METHODS.md part A stage 3: LoRA r 128
+    e.lora_alpha = 256.0  # METHODS.md part A stage 3: LoRA alpha 256
+    e.lora_dropout = 0.1  # METHODS.md part A stage 3: LoRA dropout 0.1
+    e.lora_targets = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"  # [I] all linear layers
+    # Parameters this stage takes from checkpoints other than train.init_from (applied first;
+    # init_from then overrides): "regex=path" entries. The pipeline fills them per stage.
+    e.init_sources = ()
+    return e
+
+
+def data_block() -> ConfigDict:
+    """`config.data` for Exo2Ego: data/pipeline.py's fields plus the method's own."""
+    from exo2ego_jax.data.pipeline import pipeline_config
+    d = pipeline_config()
+    d.kinds = ("atomic",)  # Exo2Ego trains on atomic-narration clips (Ego-ExoClip)
+    d.max_len = 2560  # tokens per example after <video> expansion (2 x 1152 visual + text)
+    d.source = "records"  # "records" (build_records shards / instruction JSON) or "arrays" (demo npz)
+    d.arrays = ""  # pre-decoded clips (.npz from exo2ego_data.build_arrays) when source="arrays"
+    d.world = ""  # synthetic world root (source="arrays", mode="ego_qa" reads its synthetic_meta.json)
+    d.mode = "pairs"  # arrays source: exo_captions | pairs | ego_captions | ego_qa (exo2ego_data.py)
+    d.ego_caption_fraction = 1.0  # fraction of train takes whose ego clips carry text (demo: scarce)
+    d.label_seed = 0  # picks the labelled ego takes (fixed across variants and stages)
+    d.shuffle_seed = 0  # added to config.seed for the arrays source's shuffle
+    d.views = ("ego", "exo")  # filled per stage by make_dataset (which pixel keys a batch has)
+    return d
+
+
+def stage_config(stage: int, *, hardware: str = "cpu", job: str = "train") -> ConfigDict:
+    """The full config of one Exo2Ego stage at the paper's size and hyper-parameters (unlocked)."""
+    hp = STAGE_HPARAMS[stage]
+    c = config_lib.base_config(method="exo2ego", job=job, hardware=hardware)
+    c.model = full_size_model()
+    c.exo2ego = method_block(stage)
+    c.data = data_block()
+    t = c.train
+    t.global_batch = hp["global_batch"]  # Exo2Ego stage table: global batch
+    t.epochs = hp["epochs"]  # Exo2Ego stage table: epochs
+    t.warmup_ratio = hp["warmup_ratio"]  # Exo2Ego stage table: warmup ratio
+    t.groups = stage_groups(stage, hp["lr"])  # Exo2Ego stage table: trainable groups at the peak LR
+    t.schedule = "cosine"  # [I] cosine decay (METHODS.md: optimizer not stated)
+    t.weight_decay = 0.0  # [I] no weight decay
+    c.eval = ConfigDict()
+    c.eval.batch_size = 8  # questions per evaluation batch
+    c.eval.mcq_json = ""  # synthetic EgoBench / MCQ JSON evaluated after training ('' = none)
+    c.eval.first_person_cue = True  # METHODS.md part A: first-person cue in the eval prompt (+1.1)
+    return c
+
+
+def tiny_model(*, vocab_size: int = 64, width: int = 64, vit_width: int = 64, image_size: int = 32,
+               patch_size: int = 8, llm_layers: int = 2, vit_layers: int = 2,
+               connector: str = "stc", mapping_width: int = 16, mapping_blocks: int = 2) -> ConfigDict:
+    """A CPU-sized model with the full-size layout (tests and the demo)."""
+    m = full_size_model()
+    m.video_token_id = 4  # synthetic_tokenizer: <video> is special token 4
+    llm = m.llm
+    llm.vocab_size = vocab_size  # tiny word-level vocabulary
+    llm.hidden_size = width  # tiny LLM width
+    llm.intermediate_size = 2 * width  # tiny MLP
+    llm.num_layers = llm_layers  # tiny depth
+    llm.num_heads = 4  # tiny heads
+    llm.num_kv_heads = 2  # keeps grouped-query attention exercised
+    llm.head_dim = width // 4  # width / heads
+    llm.rope_theta = 10000.0  # Llama default
+    llm.tie_word_embeddings = False  # as Mistral
+    llm.max_position_embeddings = 1024  # tiny context
+    v = m.vision
+    v.hidden_size = vit_width  # tiny ViT width
+    v.intermediate_size = 2 * vit_width  # tiny ViT MLP
+    v.num_layers = vit_layers  # tiny ViT depth
+    v.num_heads = 4  # tiny ViT heads
+    v.image_size = image_size  # tiny frames
+    v.patch_size = patch_size  # image_size / patch_size patches per side
+    v.feature_layer = -1  # last layer (a 2-layer tower has no useful second-to-last)
+    c = m.connector
+    c.kind = connector  # stc (paper) or mlp2x_gelu (cheaper)
+    c.in_dim = vit_width  # = vision.hidden_size
+    c.out_dim = width  # = llm.hidden_size
+    c.stc_depth = 1  # one RegStage block per stage (paper: 4)
+    mp = m.mapping
+    mp.width = mapping_width  # tiny generator
+    mp.n_blocks = mapping_blocks  # fewer residual blocks than the paper's 9
+    mp.n_downsample = 0  # tiny maps (2x2 tokens): a 1x1 bottleneck would zero instance norm
+    return m

@@ -1,0 +1,254 @@
+"""Exo2Ego data: which examples each stage trains on.
+
+Two sources (``config.data.source``):
+
+- ``records`` (real runs): Ego-ExoClip pair records (job build_records) through the Grain pipelines
+  of data/pipeline.py: stage 1 reads exo clips, stage 0/2 synchronised pairs, stage 3 LLaVA-style
+  instruction JSON (EgoIT) or ego clips. Single-view ``pixels`` are renamed ``exo_pixels`` /
+  ``ego_pixels`` for the loss.
+- ``arrays`` (demo, tests): clips of a synthetic world pre-decoded once into a small ``.npz``
+  (``build_arrays``), so the demo spends its minutes training, not decoding video.
+
+``config.data.mode`` picks the examples (arrays source):
+``exo_captions`` (stage 1: every train clip x every exo view, with its caption),
+``pairs`` (stage 2: ego clip + one exo view; the caption is trained only for the labelled ego
+subset, the rest feed KL + cycle only), ``ego_captions`` (labelled ego clips with captions),
+``ego_qa`` (stage 3: synthetic EgoBench questions on the labelled ego clips, the EgoIT stand-in).
+The labelled subset is ``ego_caption_fraction`` of the train takes: ego captions are scarce,
+exo captions abundant (the paper's regime).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import grain
+import numpy as np
+
+from exo2ego_jax.data import text as text_lib
+from exo2ego_jax.data import video as video_lib
+
+MODES = ("exo_captions", "pairs", "ego_captions", "ego_qa")
+CAPTION_PROMPT = "Describe what I am doing."  # [I] user turn of caption examples (demo)
+
+
+# --- pre-decoded clips ------------------------------------------------------------------------
+def build_arrays(world_root: str, out_path: str, *, num_frames: int, image_size: int,
+                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> dict[str, Any]:
+    """Decodes every narration clip (ego + all exo views) of a synthetic world into `out_path` (.npz).
+
+    Frames are sampled uniformly in [start_sec, end_sec) of each narration, resized (squashed) to
+    `image_size` squares and stored as uint8. Returns a summary.
+    """
+    with open(os.path.join(world_root, "synthetic_meta.json")) as f:
+        meta = json.load(f)
+    fps = float(meta["config"]["fps"])
+    exo_cams = sorted(meta["cameras"]["exo"])
+    ego_file = "aria01_214-1.mp4"
+    ego, exo, texts, takes, splits, nidx = [], [], [], [], [], []
+    for uid, take in sorted(meta["takes"].items(), key=lambda kv: kv[1]["take_name"]):
+        base = os.path.join(world_root, "takes", take["take_name"], "frame_aligned_videos")
+        idx = [video_lib.sample_frame_indices(int(n["start_sec"] * fps),
+                                              max(int(n["end_sec"] * fps), int(n["start_sec"] * fps) + 1),
+                                              num_frames=num_frames, video_fps=fps)
+               for n in take["narrations"]]
+        if not idx:
+            continue
+        flat = np.concatenate(idx)
+        last = take["num_frames"] - 1
+        flat = np.minimum(flat, last)
+
+        def clips(name):
+            fr = video_lib.decode_frames(os.path.join(base, name), flat.tolist())
+            fr = video_lib.resize(fr, image_size, image_size)
+            return np.clip(np.round(fr), 0, 255).astype(np.uint8).reshape(len(idx), num_frames, image_size,
+                                                                          image_size, 3)
+        ego.append(clips(ego_file))
+        exo.append(np.stack([clips(f"{c}.mp4") for c in exo_cams], axis=1))
+        for n in take["narrations"]:
+            texts.append(n["text"])
+            takes.append(take["take_name"])
+            splits.append(take["split"])
+            nidx.append(n["index"])
+    np.savez(out_path, ego=np.concatenate(ego), exo=np.concatenate(exo), text=np.array(texts),
+             take=np.array(takes), split=np.array(splits), narration=np.array(nidx, np.int32),
+             mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
+    return {"clips": len(texts), "exo_views": len(exo_cams), "path": out_path}
+
+
+@functools.lru_cache(maxsize=4)
+def load_arrays(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def normalise(frames: np.ndarray, mean, std) -> np.ndarray:
+    return ((frames.astype(np.float32) / 255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def labelled_takes(takes: list[str], fraction: float, seed: int) -> set[str]:
+    """The train takes whose ego clips have captions (the scarce ego labels); deterministic."""
+    names = sorted(set(takes))
+    if fraction >= 1.0:
+        return set(names)
+    k = max(1, int(round(fraction * len(names))))
+    order = np.random.default_rng(seed).permutation(len(names))
+    return {names[i] for i in order[:k]}
+
+
+def _tokenizer(path: str):
+    from exo2ego_jax.data.pipeline import load_tokenizer
+    import ml_collections
+    return load_tokenizer(ml_collections.ConfigDict({"tokenizer": path}))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(path: str):
+    return _tokenizer(path)
+
+
+def encode(tokenizer, prompt: str, answer: str, *, max_len: int, num_visual_tokens: int):
+    messages = [{"role": "user", "content": "<video>\n" + prompt}, {"role": "assistant", "content": answer}]
+    return text_lib.tokenize_conversation(tokenizer, messages, max_len=max_len,
+                                          num_visual_tokens=num_visual_tokens)
+
+
+def qa_prompt(question: str, options: list[str], letters: str = "ABCD") -> str:
+    """The MCQ prompt used both to train (stage 3) and to evaluate (eval.prompts EgoBench style)."""
+    from exo2ego_jax.eval import prompts as prompts_lib
+    from exo2ego_jax.eval.records import MCQRecord
+    rec = MCQRecord(uid="q", video=None, question=question, options=list(options), answer_index=0)
+    return prompts_lib.build_mcq_prompt(rec, "synthetic", style="egobench", first_person=False,
+                                        task_details=False)
+
+
+def _examples(config, split: str) -> list[dict[str, Any]]:
+    """Per-example recipes (clip index, exo view, prompt, answer, train-caption flag)."""
+    d = config.data
+    arr = load_arrays(d.arrays)
+    sel = np.nonzero(arr["split"] == split)[0]
+    takes = [str(t) for t in arr["take"][sel]]
+    labelled = labelled_takes(takes, d.ego_caption_fraction, d.label_seed)
+    n_exo = arr["exo"].shape[1]
+    out = []
+    if d.mode == "exo_captions":
+        for i in sel:
+            out += [dict(clip=int(i), exo=c, prompt=CAPTION_PROMPT, answer=str(arr["text"][i]), train_text=True)
+                    for c in range(n_exo)]
+    elif d.mode == "pairs":
+        for i in sel:
+            lab = str(arr["take"][i]) in labelled
+            out += [dict(clip=int(i), exo=c, prompt=CAPTION_PROMPT, answer=str(arr["text"][i]), train_text=lab)
+                    for c in range(n_exo)]
+    elif d.mode == "ego_captions":
+        out = [dict(clip=int(i), exo=-1, prompt=CAPTION_PROMPT, answer=str(arr["text"][i]), train_text=True)
+               for i in sel if str(arr["take"][i]) in labelled]
+    elif d.mode == "ego_qa":
+        from exo2ego_jax.eval import egobench_synthetic as eb
+        where = {(str(t), int(n)): int(i) for i, t, n in zip(range(len(arr["take"])), arr["take"], arr["narration"])}
+        items = eb.generate(d.world, take_names=sorted(labelled), seed=d.label_seed)
+        from exo2ego_jax.eval.loaders_mcq import shuffled_options
+        for it in items:
+            opts, ans = shuffled_options(it["answer"], it["wrong_answers"], d.label_seed, it["sample_id"])
+            out.append(dict(clip=where[(it["take_name"], it["narration_index"])], exo=-1,
+                            prompt=qa_prompt(it["question"], opts), answer=opts[ans], train_text=True))
+    else:
+        raise ValueError(f"config.data.mode={d.mode!r}; expected one of {MODES}")
+    if not out:
+        raise ValueError(f"{d.arrays}: no examples for split={split!r}, mode={d.mode!r}")
+    return out
+
+
+class _ArrayExample:
+    """Recipe -> example dict (pixels normalised, text tokenised). Picklable."""
+
+    def __init__(self, config, tokens_per_video: int):
+        d = config.data
+        self.path, self.tok_path = d.arrays, d.tokenizer
+        self.max_len, self.k = d.max_len, tokens_per_video
+        self.views = tuple(d.views)
+
+    def __call__(self, ex: dict[str, Any]) -> dict[str, np.ndarray]:
+        arr = load_arrays(self.path)
+        enc = encode(_cached_tokenizer(self.tok_path), ex["prompt"], ex["answer"], max_len=self.max_len,
+                     num_visual_tokens=self.k)
+        labels = enc.labels if ex["train_text"] else np.full_like(enc.labels, text_lib.IGNORE_INDEX)
+        out = {"input_ids": enc.input_ids, "labels": labels, "attention_mask": enc.attention_mask,
+               "video_mask": np.ones((1,), np.int32), "example_mask": np.int32(1)}
+        mean, std = arr["mean"], arr["std"]
+        if "ego" in self.views:
+            out["ego_pixels"] = normalise(arr["ego"][ex["clip"]], mean, std)[None]
+        if "exo" in self.views:
+            c = ex["exo"] if ex["exo"] >= 0 else 0
+            out["exo_pixels"] = normalise(arr["exo"][ex["clip"], c], mean, std)[None]
+        return out
+
+
+def _views(config) -> tuple[str, ...]:
+    stage = config.exo2ego.stage
+    if stage == 1:
+        return ("exo",)
+    if stage == 2 and config.data.mode == "pairs":
+        return ("ego", "exo")
+    if stage == 0:
+        return ("ego", "exo")
+    return ("ego",)
+
+
+def num_examples(config, split: str) -> int:
+    if config.data.source == "arrays":
+        return len(_examples(config, split))
+    from exo2ego_jax.data import records
+    meta = records.load_meta(config.data.records_dir)
+    return int(meta["splits"][split]["num_records"])
+
+
+def make_dataset(config, split: str, process_index: int, process_count: int):
+    """The stage's training batches (a Grain IterDataset with a checkpointable iterator)."""
+    from exo2ego_jax.methods.exo2ego import tokens_per_video
+    d = config.data
+    k = tokens_per_video(config)
+    g = config.train.global_batch
+    if g % process_count:
+        raise ValueError(f"config.train.global_batch={g} is not divisible by {process_count} processes")
+    local = g // process_count
+    if d.source == "records":
+        return _records_dataset(config, split, process_index, process_count, k, local)
+    if d.source != "arrays":
+        raise ValueError(f"config.data.source={d.source!r}; expected 'arrays' or 'records'")
+    recipes = _examples(config, split)
+    with config.unlocked():
+        d.views = _views(config)
+    fn = _ArrayExample(config, k)
+    ds = (grain.MapDataset.source(recipes).shuffle(seed=config.seed + d.shuffle_seed).repeat()
+          [process_index::process_count].map(fn).batch(local, drop_remainder=True))
+    return ds.to_iter_dataset()
+
+
+def _records_dataset(config, split, process_index, process_count, k, local):
+    from exo2ego_jax.data import pipeline
+    d = config.data
+    with config.unlocked():
+        d.num_visual_tokens = k
+        d.batch_size = local
+    stage = config.exo2ego.stage
+    if stage == 1:
+        kind, rename = "exo", "exo_pixels"
+    elif stage == 3 and d.instructions:
+        kind, rename = "instructions", "ego_pixels"
+    elif stage == 3:
+        kind, rename = "ego", "ego_pixels"
+    else:
+        kind, rename = "pair", None
+    ds = pipeline.make_dataset(config, split, process_index, process_count, kind=kind)
+    if rename is None:
+        return ds
+
+    def ren(batch):
+        batch = dict(batch)
+        if "pixels" in batch:
+            batch[rename] = batch.pop("pixels")
+        return batch
+    return ds.map(ren)

@@ -1,0 +1,164 @@
+"""Evaluation of an Exo2Ego learner (ego video only): the eval harness adapter and the demo's
+fast path over pre-decoded clips.
+
+The learner sees concat(x, F(x)) (stage 3's model). Multiple choice is answered by option
+log-likelihood: each option is scored as the assistant answer after the prompt, exactly the
+format stage 3 trains on (answer tokens + end-of-turn).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from exo2ego_jax.data import text as text_lib
+from exo2ego_jax.eval.records import MCQRecord, VideoRef
+
+
+def load_learner(config, stage_dir: str):
+    """(model, tokenizer) of a finished stage: its config, parameters from its checkpoint."""
+    from exo2ego_jax.data.pipeline import load_tokenizer
+    from exo2ego_jax.train import setup as setup_lib
+    cfg = copy.deepcopy(config)
+    with cfg.unlocked():
+        cfg.train.init_from = stage_dir
+        cfg.train.steps = 1
+        cfg.train.epochs = 0.0
+        cfg.train.global_batch = max(cfg.train.global_batch, 1)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    s = setup_lib.build(cfg, mesh)
+    model = s.parts.merge(s.trainable_init, s.frozen, s.other)
+    model.eval()
+    return model, load_tokenizer(cfg.data)
+
+
+class Learner:
+    """MCQModel adapter (eval/adapter.py) around a loaded Exo2Ego learner."""
+
+    def __init__(self, config, model, tokenizer, *, pixels_fn=None, max_new_tokens: int = 16):
+        from exo2ego_jax.methods.exo2ego import tokens_per_video
+        self.config, self.model, self.tok = config, model, tokenizer
+        self.k = tokens_per_video(config)
+        self.max_len = config.data.max_len
+        self.pixels_fn = pixels_fn or self._load_pixels
+        self.max_new_tokens = max_new_tokens
+        self._score = jax.jit(_score_fn)
+        self._logits = jax.jit(_logits_fn)
+
+    def _load_pixels(self, ref: VideoRef) -> np.ndarray:
+        from exo2ego_jax.data.video import resize_crop_normalise
+        from exo2ego_jax.eval.video_io import load_video
+        d = self.config.data
+        frames = ref.frames if ref.frames is not None else load_video(ref, num_frames=d.num_frames)
+        return resize_crop_normalise(np.asarray(frames), d.image_size, d.image_mean, d.image_std,
+                                     d.resize_mode)
+
+    def _batch(self, convs: list[list[dict[str, str]]], pixels: list[np.ndarray]):
+        enc = [text_lib.tokenize_conversation(self.tok, c, max_len=self.max_len, num_visual_tokens=self.k)
+               for c in convs]
+        b = text_lib.stack(enc)
+        b["ego_pixels"] = np.stack(pixels)[:, None]
+        return b
+
+    def option_loglik(self, prompts: list[str], videos: list[VideoRef], options: list[list[str]]) -> list[list[float]]:
+        convs, pix, sizes = [], [], []
+        for p, v, opts in zip(prompts, videos, options):
+            px = self.pixels_fn(v)
+            for o in opts:
+                convs.append([{"role": "user", "content": "<video>\n" + p}, {"role": "assistant", "content": o}])
+                pix.append(px)
+            sizes.append(len(opts))
+        b = self._batch(convs, pix)
+        scores = np.asarray(self._score(self.model, {k: jnp.asarray(v) for k, v in b.items()}))
+        out, i = [], 0
+        for n in sizes:
+            out.append(scores[i:i + n].tolist())
+            i += n
+        return out
+
+    def generate(self, prompts: list[str], videos: list[VideoRef]) -> list[str]:
+        """Greedy decoding by full re-encoding per token (short answers; no KV cache needed)."""
+        outs = []
+        end_ids = {self.tok.convert_tokens_to_ids(t) for t in ("<|end|>", self.tok.eos_token) if t}
+        for p, v in zip(prompts, videos):
+            px = jnp.asarray(self.pixels_fn(v))[None, None]
+            msgs = [{"role": "user", "content": "<video>\n" + p}]
+            enc = text_lib.encode_prompt(self.tok, msgs, max_len=self.max_len, num_visual_tokens=self.k)
+            ids = [int(t) for t, m in zip(enc.input_ids, enc.attention_mask) if m]
+            new: list[int] = []
+            for _ in range(self.max_new_tokens):
+                seq = ids + new
+                arr = np.full((1, self.max_len), self.tok.pad_token_id or 0, np.int32)
+                arr[0, :len(seq)] = seq
+                mask = (np.arange(self.max_len) < len(seq)).astype(np.int32)[None]
+                logits = self._logits(self.model, jnp.asarray(arr), jnp.asarray(mask), px)
+                nxt = int(np.argmax(np.asarray(logits[0, len(seq) - 1])))
+                if nxt in end_ids or len(seq) + 1 >= self.max_len:
+                    break
+                new.append(nxt)
+            outs.append(self.tok.decode(new, skip_special_tokens=True).strip())
+        return outs
+
+
+def _visual(model, pixels):
+    x, _ = model.space_features(model.ego, pixels)
+    return model.learner_tokens(x, model.apply_map("f", x))
+
+
+def _logits_fn(model, ids, mask, pixels):
+    vis = _visual(model, pixels)
+    return model.llm_logits(ids, mask, vis.reshape(ids.shape[0], -1, vis.shape[-1]))
+
+
+def _score_fn(model, batch):
+    """Sum of log-probabilities of the label tokens of each row."""
+    logits = _logits_fn(model, batch["input_ids"], batch["attention_mask"], batch["ego_pixels"])
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    tgt = batch["labels"][:, 1:]
+    valid = tgt != text_lib.IGNORE_INDEX
+    tok = jnp.take_along_axis(logp, jnp.where(valid, tgt, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, tok, 0.0), axis=-1)
+
+
+def eval_model(config, workdir: str) -> Learner:
+    """Factory for eval/adapter.py: the learner saved in `workdir` (a stage 3 run)."""
+    model, tok = load_learner(config, workdir)
+    return Learner(config, model, tok)
+
+
+def evaluate_arrays(config, stage_dir: str, bench_json: str, *, batch_size: int = 16) -> dict[str, Any]:
+    """Synthetic EgoBench accuracy of a finished learner, on the pre-decoded ego clips."""
+    from exo2ego_jax.eval import loaders_mcq, runner
+    from exo2ego_jax.methods import exo2ego_data
+    from exo2ego_jax.methods.pipeline import resolve_stage  # noqa: F401  (documented entry point)
+    import json
+    arr = exo2ego_data.load_arrays(config.data.arrays)
+    where = {(str(t), int(n)): i for i, (t, n) in enumerate(zip(arr["take"], arr["narration"]))}
+    with open(bench_json) as f:
+        items = {it["sample_id"]: it for it in json.load(f)}
+    records = loaders_mcq.load_qaego4d_closed(bench_json, os.path.dirname(bench_json))
+    model, tok = load_learner(config, stage_dir)
+
+    def pixels(ref: VideoRef) -> np.ndarray:
+        return exo2ego_data.normalise(ref.frames, arr["mean"], arr["std"])
+
+    recs: list[MCQRecord] = []
+    for r in records:
+        it = items[r.uid]
+        clip = where[(it["take_name"], it["narration_index"])]
+        recs.append(MCQRecord(uid=r.uid, video=VideoRef(r.video.path, frames=arr["ego"][clip]),
+                              question=r.question, options=r.options, answer_index=r.answer_index,
+                              category=it["category"], meta=r.meta))
+    learner = Learner(config, model, tok, pixels_fn=pixels)
+    # Stage 3 trains on exactly this prompt (exo2ego_data.qa_prompt): EgoBench style, no task detail.
+    out = runner.evaluate_mcq(learner, recs, "synthetic", mode="loglik", batch_size=batch_size,
+                              prompt_style="egobench", first_person=False, task_details=False)
+    rows = out["predictions"]
+    acc = 100.0 * float(np.mean([r["correct"] for r in rows]))
+    cats = sorted({r["category"] for r in rows})
+    by_cat = {c: 100.0 * float(np.mean([r["correct"] for r in rows if r["category"] == c])) for c in cats}
+    return {"accuracy": acc, "by_category": by_cat, "num_questions": len(rows)}

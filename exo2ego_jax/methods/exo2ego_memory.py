@@ -1,0 +1,128 @@
+"""Full-size Exo2Ego on a pod, without the pod: abstract shapes and the compiled memory analysis.
+
+``python -m exo2ego_jax.methods.exo2ego_memory --stage 2 --hardware tpu_v5p_128 --devices 128``
+builds the stage's model with ``nnx.eval_shape`` (no parameter memory), shards it with the rule
+table on a mesh of fake CPU devices, lowers and compiles the real train step (the same
+``make_train_step`` the trainer jits) for one global batch, and prints per-device bytes from
+XLA's ``memory_analysis()``. CPU compilation models the partitioning and buffer sizes, not TPU
+kernels, so treat the numbers as an estimate of what one device holds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+
+def _configure_devices(n: int) -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    import jax
+    jax.config.update("jax_num_cpu_devices", n)
+    jax.config.update("jax_platforms", "cpu")
+
+
+def _bytes_per_device(tree) -> int:
+    """Bytes one device holds of sharded abstract arrays (shape / shards along each mesh axis)."""
+    import math
+    import jax
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shards = 1
+        mesh_shape = dict(x.sharding.mesh.shape)
+        for entry in x.sharding.spec:
+            for ax in (entry if isinstance(entry, tuple) else (entry,)):
+                if ax is not None:
+                    shards *= mesh_shape[ax]
+        total += math.prod(x.shape) * x.dtype.itemsize // shards
+    return total
+
+
+def analyse(config, num_devices: int | None = None, compile: bool = True) -> dict:
+    """Abstract build + compile of one train step; returns parameter counts and bytes per device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from exo2ego_jax.methods import exo2ego
+    from exo2ego_jax.parallel import mesh as mesh_lib
+    from exo2ego_jax.train import metrics as metrics_lib, optim, setup as setup_lib, state as state_lib
+    from exo2ego_jax.train.step import make_train_step
+
+    devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+    mesh = mesh_lib.make_mesh(config.hardware, devices)
+    build_fn = lambda: exo2ego.build_model(config, nnx.Rngs(0))  # noqa: E731
+    parts = state_lib.describe(build_fn, config.train.groups, mesh)
+    tmpl = {p: parts.templates[p][1].get_value() for p in parts.templates}
+
+    def abstract(names):
+        return state_lib.unflatten({p: jax.ShapeDtypeStruct(tmpl[p].shape, tmpl[p].dtype,
+                                                            sharding=parts.shardings[p]) for p in names})
+
+    trainable, frozen, other = abstract(parts.trainable), abstract(parts.frozen), abstract(parts.other)
+    dp = mesh_lib.data_parallel_size(mesh)
+    k = setup_lib.micro_batches(config, dp)
+    tx, _ = optim.make_optimizer(config.train, parts.labels, 1000)
+    p_sh = parts.sharding_tree(parts.trainable)
+    opt_sh, opt_abs = state_lib.opt_state_shardings(tx, trainable, p_sh, mesh)
+    rep = NamedSharding(mesh, P())
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), "params": trainable,
+             "opt": state_lib.abstract_like(opt_abs, opt_sh)}
+    b, t = config.train.global_batch, config.data.max_len
+    f, s = config.data.num_frames, config.model.vision.image_size
+    bsh = NamedSharding(mesh, P(mesh_lib.batch_axes()))
+    batch = {"input_ids": jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=bsh),
+             "labels": jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=bsh),
+             "attention_mask": jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=bsh),
+             "video_mask": jax.ShapeDtypeStruct((b, 1), jnp.int32, sharding=bsh),
+             "example_mask": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bsh)}
+    for view in ("ego", "exo"):
+        batch[f"{view}_pixels"] = jax.ShapeDtypeStruct((b, 1, f, s, s, 3), jnp.float32, sharding=bsh)
+    step = make_train_step(parts, exo2ego.loss_fn, tx, micro_batches=k, mesh=mesh, seed=0)
+    state_sh = {"step": rep, "params": p_sh, "opt": opt_sh}
+    jitted = jax.jit(step, in_shardings=(state_sh, parts.sharding_tree(parts.frozen),
+                                         parts.sharding_tree(parts.other), bsh),
+                     out_shardings=(state_sh, rep), donate_argnums=0)
+    count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))  # noqa: E731
+    gib = lambda n: round(n / 2**30, 3)  # noqa: E731
+    out = {"params_per_device_GiB": gib(_bytes_per_device((trainable, frozen))),
+           "opt_state_per_device_GiB": gib(_bytes_per_device(state["opt"]))}
+    t0 = time.time()
+    mem = {}
+    if compile:
+        with jax.set_mesh(mesh):  # lets the model pin activation shardings (shard_batch)
+            compiled = jitted.lower(state, frozen, other, batch).compile()
+        mem = metrics_lib.memory_report(compiled)
+    return {**out,"stage": config.exo2ego.stage, "hardware": config.hardware.preset, "devices": len(devices),
+            "mesh": dict(mesh.shape), "micro_batches": k, "global_batch": b, "seq_len": t,
+            "trainable_params": count(trainable), "frozen_params": count(frozen),
+            "compile_s": round(time.time() - t0, 1),
+            **{f"{key}_per_device_GiB": round(v / 2**30, 3) for key, v in mem.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--stage", type=int, default=2)
+    ap.add_argument("--hardware", default="tpu_v5p_128")
+    ap.add_argument("--devices", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=0, help="override LLM/ViT depth (0 = full size)")
+    ap.add_argument("--tensor", type=int, default=0, help="override hardware.ici_tensor (0 = preset)")
+    ap.add_argument("--no-compile", action="store_true", help="shapes and sharded bytes only")
+    args = ap.parse_args()
+    _configure_devices(args.devices)
+    from exo2ego_jax.methods import exo2ego_config
+    c = exo2ego_config.stage_config(args.stage, hardware=args.hardware)
+    if args.tensor:
+        c.hardware.ici_tensor = args.tensor
+    if args.layers:
+        c.model.llm.num_layers = args.layers
+        c.model.vision.num_layers = args.layers
+    print(json.dumps(analyse(c, args.devices, compile=not args.no_compile), indent=1))
+
+
+if __name__ == "__main__":
+    main()

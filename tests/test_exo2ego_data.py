@@ -1,0 +1,104 @@
+"""Synthetic EgoBench questions, pre-decoded demo clips and the stage datasets (scarce ego labels)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from exo2ego_jax.eval import egobench_synthetic as eb
+from exo2ego_jax.eval import loaders_mcq
+from exo2ego_jax.methods import exo2ego_config as ec
+from exo2ego_jax.methods import exo2ego_data
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from exo2ego_jax.data import synthetic, synthetic_tokenizer
+    root = tmp_path_factory.mktemp("e2e_world")
+    wc = synthetic.world_config()
+    wc.num_takes, wc.fps, wc.exo_size, wc.ego_size = 5, 10, (48, 28), 32
+    wc.write_448, wc.num_workers, wc.val_fraction = False, 0, 0.2
+    synthetic.write_world(wc, str(root / "world"))
+    texts = synthetic_tokenizer.world_texts(str(root / "world")) + [exo2ego_data.CAPTION_PROMPT]
+    for it in eb.generate(str(root / "world"), "train") + eb.generate(str(root / "world"), "val"):
+        texts.append(exo2ego_data.qa_prompt(it["question"], [it["answer"], *it["wrong_answers"]]))
+        texts += [it["answer"], *it["wrong_answers"]]
+    synthetic_tokenizer.build_tokenizer(texts, str(root / "tok"))
+    exo2ego_data.build_arrays(str(root / "world"), str(root / "clips.npz"), num_frames=2, image_size=16)
+    return root
+
+
+def test_questions_are_well_formed_and_deterministic(world):
+    w = str(world / "world")
+    items = eb.generate(w, "val")
+    assert items and items == eb.generate(w, "val")
+    meta = json.load(open(os.path.join(w, "synthetic_meta.json")))
+    val_takes = {t["take_name"] for t in meta["takes"].values() if t["split"] == "val"}
+    assert {it["take_name"] for it in items} == val_takes  # held-out takes only
+    for it in items:
+        opts = [it["answer"], *it["wrong_answers"]]
+        assert len(opts) == 4 and len(set(opts)) == 4
+        assert it["category"] in eb.CATEGORIES
+        take = next(t for t in meta["takes"].values() if t["take_name"] == it["take_name"])
+        n = take["narrations"][it["narration_index"]]
+        if it["category"] == "hand":
+            assert it["answer"] == f"the {n['hand']} hand"
+        if it["category"] == "object":
+            o = next(o for o in take["objects"] if o["id"] == n["object"])
+            assert it["answer"] == f"the {o['colour']} {o['shape']}"
+
+
+def test_written_benchmark_loads_with_the_qaego4d_closed_loader(world, tmp_path):
+    out = eb.write(str(world / "world"), str(tmp_path / "val.json"), "val", video_dir=str(tmp_path / "clips"))
+    recs = loaders_mcq.load_qaego4d_closed(str(tmp_path / "val.json"), str(tmp_path / "clips"))
+    assert len(recs) == out["questions"] and out["clips"] > 0
+    items = {it["sample_id"]: it for it in json.load(open(tmp_path / "val.json"))}
+    for r in recs:
+        assert r.options[r.answer_index] == items[r.uid]["answer"]
+        assert os.path.exists(r.video.path)
+
+
+def _cfg(world, stage, mode, fraction=0.5):
+    c = ec.stage_config(stage)
+    c.model = ec.tiny_model(image_size=16, patch_size=8, connector="mlp2x_gelu")
+    c.data.source, c.data.mode = "arrays", mode
+    c.data.arrays, c.data.world, c.data.tokenizer = str(world / "clips.npz"), str(world / "world"), str(world / "tok")
+    c.data.num_frames, c.data.image_size, c.data.max_len = 2, 16, 96
+    c.data.ego_caption_fraction = fraction
+    c.train.global_batch = 4
+    return c
+
+
+def test_arrays_hold_every_clip(world):
+    arr = exo2ego_data.load_arrays(str(world / "clips.npz"))
+    assert arr["ego"].shape[1:] == (2, 16, 16, 3) and arr["exo"].shape[1:] == (4, 2, 16, 16, 3)
+    assert arr["ego"].dtype == np.uint8 and len(arr["text"]) == len(arr["ego"])
+
+
+def test_ego_labels_are_scarce_and_exo_abundant(world):
+    arr = exo2ego_data.load_arrays(str(world / "clips.npz"))
+    n_train = int(np.sum(arr["split"] == "train"))
+    exo = exo2ego_data._examples(_cfg(world, 1, "exo_captions"), "train")
+    pairs = exo2ego_data._examples(_cfg(world, 2, "pairs"), "train")
+    ego = exo2ego_data._examples(_cfg(world, 2, "ego_captions"), "train")
+    qa = exo2ego_data._examples(_cfg(world, 3, "ego_qa"), "train")
+    assert len(exo) == 4 * n_train and all(e["train_text"] for e in exo)
+    assert len(pairs) == 4 * n_train
+    labelled = {e["clip"] for e in pairs if e["train_text"]}
+    assert 0 < len(labelled) < n_train  # half the train takes carry ego captions
+    assert {e["clip"] for e in ego} == labelled
+    assert {e["clip"] for e in qa} <= labelled  # QA only on the labelled ego clips
+
+
+def test_stage_batches(world):
+    from exo2ego_jax.methods.exo2ego import tokens_per_video
+    for stage, mode, keys in ((1, "exo_captions", {"exo_pixels"}), (2, "pairs", {"ego_pixels", "exo_pixels"}),
+                              (3, "ego_qa", {"ego_pixels"})):
+        c = _cfg(world, stage, mode)
+        batch = next(iter(exo2ego_data.make_dataset(c, "train", 0, 1)))
+        pix = {k for k in batch if k.endswith("pixels")}
+        assert pix == keys, (stage, pix)
+        assert batch["input_ids"].shape == (4, 96)
+        k = tokens_per_video(c)
+        assert ((batch["input_ids"] == c.model.video_token_id).sum(1) == k).all()
+        assert batch[next(iter(keys))].shape == (4, 1, 2, 16, 16, 3)
