@@ -7,16 +7,8 @@ init_from=<previous stage workdir>, size=full|tiny.
 python -m exo2ego_jax.main --config configs/exo2ego/stage1_demonstrator.py:hardware=tpu_v5p_128 \
   --config.data.records=gs://.../ego_exoclip --config.model.llm_hf=... --workdir DIR
 """
-from exo2ego_jax import config_lib
 from exo2ego_jax.methods import exo2ego_config
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, hardware="cpu", init_from="", size="full")
-    config = exo2ego_config.stage_config(1, hardware=args.hardware)
-    if args.size == "tiny":
-        config.model = exo2ego_config.tiny_model()
-        config.data.num_frames = 4
-        config.data.max_len = 64
-    config.train.init_from = args.init_from
-    return config_lib.finalize(config)
+    return exo2ego_config.stage_file_config(1, arg)

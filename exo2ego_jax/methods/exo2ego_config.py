@@ -184,3 +184,19 @@ def tiny_model(*, vocab_size: int = 64, width: int = 64, vit_width: int = 64, im
     mp.n_blocks = mapping_blocks  # fewer residual blocks than the paper's 9
     mp.n_downsample = 0  # tiny maps (2x2 tokens): a 1x1 bottleneck would zero instance norm
     return m
+
+
+def stage_file_config(stage: int, arg: str | None) -> ConfigDict:
+    """What every configs/exo2ego/stage*.py returns: the stage at paper size (or `size=tiny`).
+
+    Args (`stageN_*.py:key=value`): hardware=cpu|gpu_h100x8|tpu_v5e_64|tpu_v5p_128,
+    init_from=<previous stage workdir>, size=full|tiny.
+    """
+    args = config_lib.parse_arg(arg, hardware="cpu", init_from="", size="full")
+    config = stage_config(stage, hardware=args.hardware)
+    if args.size == "tiny":
+        config.model = tiny_model()
+        config.data.num_frames = 4  # tiny clips
+        config.data.max_len = 64  # tiny text
+    config.train.init_from = args.init_from
+    return config_lib.finalize(config)
