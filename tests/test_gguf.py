@@ -54,7 +54,12 @@ def test_matches_transformers_gguf(path, ours):
         ref_out = ref.generate(torch.tensor(ids), max_new_tokens=32, do_sample=False, min_new_tokens=32,
                                eos_token_id=None, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
     logits, _ = ours(jnp.asarray(ids))
-    np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=2e-3, rtol=0)
+    # float32 through 30 layers with different matmul kernels (XLA vs PyTorch, thread-count dependent
+    # accumulation order): measured max |diff| 2e-3..1.1e-2 on logits of magnitude ~30 (<= 4e-4
+    # relative). A port error (rope, norm, Q/K permutation) shows as O(1) differences and different
+    # greedy tokens, which the next assertions check exactly.
+    np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=3e-2, rtol=0)
+    assert np.abs(np.asarray(logits) - ref_logits).max() <= 1e-3 * np.abs(ref_logits).max()
     out = gen.generate(ours, input_ids=ids, max_new_tokens=32, eos_token_id=-1)
     assert out.tokens[0].tolist() == ref_out
     assert "Paris" in tok.decode(out.tokens[0])
