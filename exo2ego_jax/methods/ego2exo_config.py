@@ -6,6 +6,7 @@ METHODS.md part B ([C] = the authors' public code). [I] marks choices the paper 
 from __future__ import annotations
 
 from exo2ego_jax import config_lib
+from exo2ego_jax.methods import tiny_config
 from exo2ego_jax.data.pipeline import pipeline_config
 from exo2ego_jax.eval.config import eval_config
 
@@ -79,31 +80,11 @@ def full_size_model() -> ConfigDict:
 def tiny_model(*, vocab_size: int = 64, width: int = 64, vit_width: int = 32, image_size: int = 32,
                patch_size: int = 8, llm_layers: int = 2, vit_layers: int = 2, num_probes: int = 4) -> ConfigDict:
     """A CPU-sized model with the full-size layout (tests and the demo)."""
-    m = full_size_model()
-    m.video_token_id = 4  # synthetic_tokenizer: <video> is special token 4
+    m = tiny_config.shrink(full_size_model(), vocab_size=vocab_size, width=width, vit_width=vit_width,
+                           image_size=image_size, patch_size=patch_size, llm_layers=llm_layers,
+                           vit_layers=vit_layers)
     m.probe_token_id = 5  # synthetic_tokenizer: <probe> is special token 5
     m.num_probes = num_probes  # fewer probes than the paper's 16 for tiny models
-    llm = m.llm
-    llm.vocab_size = vocab_size  # tiny word-level vocabulary
-    llm.hidden_size = width  # tiny LLM width
-    llm.intermediate_size = 2 * width  # tiny MLP
-    llm.num_layers = llm_layers  # tiny depth
-    llm.num_heads = 4  # tiny heads
-    llm.num_kv_heads = 2  # keeps grouped-query attention exercised
-    llm.head_dim = width // 4  # width / heads
-    llm.rope_theta = 10000.0  # Llama default
-    llm.max_position_embeddings = 1024  # tiny context
-    v = m.vision
-    v.hidden_size = vit_width  # tiny ViT width
-    v.intermediate_size = 2 * vit_width  # tiny ViT MLP
-    v.num_layers = vit_layers  # tiny ViT depth
-    v.num_heads = 4  # tiny ViT heads
-    v.image_size = image_size  # tiny frames
-    v.patch_size = patch_size  # image_size / patch_size patches per side
-    v.feature_layer = -1  # last layer (a 2-layer tower has no useful second-to-last)
-    c = m.connector
-    c.in_dim = vit_width  # = vision.hidden_size
-    c.out_dim = width  # = llm.hidden_size
     return m
 
 

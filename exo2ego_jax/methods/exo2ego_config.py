@@ -7,6 +7,7 @@ leaves open; their defaults are our inference.
 from __future__ import annotations
 
 from exo2ego_jax import config_lib
+from exo2ego_jax.methods import tiny_config
 
 ConfigDict = config_lib.ConfigDict
 
@@ -153,31 +154,12 @@ def tiny_model(*, vocab_size: int = 64, width: int = 64, vit_width: int = 64, im
                patch_size: int = 8, llm_layers: int = 2, vit_layers: int = 2,
                connector: str = "stc", mapping_width: int = 16, mapping_blocks: int = 2) -> ConfigDict:
     """A CPU-sized model with the full-size layout (tests and the demo)."""
-    m = full_size_model()
-    m.video_token_id = 4  # synthetic_tokenizer: <video> is special token 4
-    llm = m.llm
-    llm.vocab_size = vocab_size  # tiny word-level vocabulary
-    llm.hidden_size = width  # tiny LLM width
-    llm.intermediate_size = 2 * width  # tiny MLP
-    llm.num_layers = llm_layers  # tiny depth
-    llm.num_heads = 4  # tiny heads
-    llm.num_kv_heads = 2  # keeps grouped-query attention exercised
-    llm.head_dim = width // 4  # width / heads
-    llm.rope_theta = 10000.0  # Llama default
-    llm.tie_word_embeddings = False  # as Mistral
-    llm.max_position_embeddings = 1024  # tiny context
-    v = m.vision
-    v.hidden_size = vit_width  # tiny ViT width
-    v.intermediate_size = 2 * vit_width  # tiny ViT MLP
-    v.num_layers = vit_layers  # tiny ViT depth
-    v.num_heads = 4  # tiny ViT heads
-    v.image_size = image_size  # tiny frames
-    v.patch_size = patch_size  # image_size / patch_size patches per side
-    v.feature_layer = -1  # last layer (a 2-layer tower has no useful second-to-last)
+    m = tiny_config.shrink(full_size_model(), vocab_size=vocab_size, width=width, vit_width=vit_width,
+                           image_size=image_size, patch_size=patch_size, llm_layers=llm_layers,
+                           vit_layers=vit_layers)
+    m.llm.tie_word_embeddings = False  # as Mistral
     c = m.connector
     c.kind = connector  # stc (paper) or mlp2x_gelu (cheaper)
-    c.in_dim = vit_width  # = vision.hidden_size
-    c.out_dim = width  # = llm.hidden_size
     c.stc_depth = 1  # one RegStage block per stage (paper: 4)
     mp = m.mapping
     mp.width = mapping_width  # tiny generator
