@@ -33,12 +33,59 @@ PROMPTS = [
 ]
 
 
+def matmul_floor(ref, batch: int, repeats: int = 10) -> dict:
+    """ms per decode step spent in the weight matmuls alone (f32, every layer + LM head), JAX vs torch.
+
+    A decode step must at least multiply ``batch`` hidden vectors through every weight matrix, so
+    this is the floor under any decoder on this machine and sets the best ratio possible.
+    """
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    mats = [p.detach() for n, p in ref.named_parameters() if p.ndim == 2 and "embed" not in n]
+    head = ref.get_output_embeddings().weight.detach()  # [V, D]
+    dims = [(m.shape[1], m.shape[0]) for m in mats]  # (in, out) of every linear layer
+    rng = np.random.RandomState(0)
+    xs = [rng.randn(batch, d_in).astype(np.float32) for d_in, _ in dims]
+
+    @jax.jit
+    def ours(xs, ws, head):
+        outs = [x @ w for x, w in zip(xs, ws)]
+        return [o.sum() for o in outs] + [jnp.dot(head, xs[0][:, :head.shape[1]].T).sum()]
+
+    ws_j = [jnp.asarray(m.numpy().T) for m in mats]
+    xs_j, head_j = [jnp.asarray(x) for x in xs], jnp.asarray(head.numpy())
+    xs_t = [torch.from_numpy(x) for x in xs]
+
+    def theirs():
+        with torch.no_grad():
+            outs = [torch.nn.functional.linear(x, m) for x, m in zip(xs_t, mats)]
+            return outs + [torch.nn.functional.linear(xs_t[0][:, :head.shape[1]], head)]
+
+    jax.block_until_ready(ours(xs_j, ws_j, head_j))
+    theirs()
+    out = {}
+    for name, fn in (("ours_ms", lambda: jax.block_until_ready(ours(xs_j, ws_j, head_j))), ("torch_ms", theirs)):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = round(1e3 * min(times), 1)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per side (best is reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--layout", choices=("unstacked", "scanned"), default="unstacked",
+                    help="decoder layer layout (models.llm.unstack_layers); training uses 'scanned'")
+    ap.add_argument("--matmul-floor", action="store_true",
+                    help="also time the weight matmuls alone per decode step (the floor under both)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
@@ -55,7 +102,7 @@ def main():
         torch.set_num_threads(args.threads)
     path = gguf.smollm2_gguf_path()
     tok = load_tokenizer(path, extra_special_tokens=())
-    model = llm_weights.load_llm(path, attention_impl="xla")
+    model = llm_weights.load_llm(path, attention_impl="xla", scan_layers=args.layout == "scanned")
     tmp = tempfile.mkdtemp()
     export.export_hf(model, tmp)
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
@@ -63,7 +110,7 @@ def main():
     # EOS logits and change the greedy path).
     ref.generation_config.eos_token_id = None
     n = args.new_tokens
-    results = {"device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+    results = {"device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(), "layout": args.layout,
                "torch_threads": torch.get_num_threads(), "new_tokens": n, "runs": []}
     for b in [int(x) for x in args.batches.split(",")]:
         texts = [build_prompt(tok, PROMPTS[i % len(PROMPTS)]) for i in range(b)]
@@ -102,6 +149,11 @@ def main():
                "ours_first_call_s": round(compile_s, 2),
                "rows_identical": int(agree.sum()), "agreeing_prefix": prefix,
                "sample": tok.decode(ours_tokens[0], skip_special_tokens=True)[:80]}
+        if args.matmul_floor:
+            floor = matmul_floor(ref, b)
+            run["matmul_floor"] = floor
+            # Best ratio possible if transformers' other per-step work stayed and ours dropped to 0.
+            run["max_speedup_at_floor"] = round(best["transformers"] / n / (floor["ours_ms"] / 1e3), 2)
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
     if args.out:

@@ -29,6 +29,9 @@ def get_config(arg: str | None = None):
     ch.stop_strings = ()  # cut the answer at the first of these strings
     ch.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
     ch.param_dtype = "float32"  # storage dtype of the weights (bfloat16 halves memory for 7B models)
+    # One weight buffer per layer for decoding (models.llm.unstack_layers; MaxText's scan_layers=False
+    # for inference): a scanned stack is sliced, i.e. copied on CPU, before every matmul of every step.
+    ch.scan_layers = False
     ch.vision_tower = ""  # local CLIP/SigLIP dir ("" = config.json's mm_vision_tower if local, else known towers)
     ch.num_frames = 0  # frames sampled uniformly from the video (0 = config.json's num_frames, else 8)
     ch.frame_mode = ""  # center_crop | resize | pad ("" = pad if image_aspect_ratio=pad, else the tower's)

@@ -28,6 +28,7 @@ from exo2ego_jax import generate as gen
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.data import video as video_lib
 from exo2ego_jax.tokenizer import load_tokenizer
+from exo2ego_jax.models.llm import unstack_layers
 from exo2ego_jax.weights import llm_weights
 from exo2ego_jax.weights.gguf import smollm2_gguf_path
 
@@ -163,6 +164,8 @@ def run_video(config, workdir: str) -> dict:
     n = model.num_visual_tokens
     ids = video_prompt_ids(tok, config.prompt, c.system, n, model.cfg.llm.max_position_embeddings - c.max_new_tokens)
     embeds = _video_embeds(model, jnp.asarray(ids[None]), jnp.asarray(pixels[None, None]))
+    if not c.scan_layers:
+        unstack_layers(model.llm)  # decoding layout (see configs/chat.py)
     t0 = time.perf_counter()
     out = _decode(model.llm, config, tok, inputs_embeds=embeds, attention_mask=np.ones((1, len(ids)), np.int32))
     return _finish(config, workdir, out, time.perf_counter() - t0,
@@ -198,7 +201,7 @@ def run(config, workdir: str) -> dict:
     t0 = time.perf_counter()
     tok = load_tokenizer(c.tokenizer or ckpt, extra_special_tokens=())
     model = llm_weights.load_llm(ckpt, dtype=_DTYPES[c.dtype], param_dtype=_DTYPES[c.param_dtype],
-                                 attention_impl=config.hardware.attention)
+                                 attention_impl=config.hardware.attention, scan_layers=c.scan_layers)
     logging.info("loaded %s in %.1fs", ckpt, time.perf_counter() - t0)
     text = build_prompt(tok, config.prompt, c.system)
     ids = np.asarray([encode_text(tok, text)], np.int32)

@@ -7,21 +7,23 @@ import pytest
 from flax import nnx
 
 from exo2ego_jax import generate as gen
-from exo2ego_jax.models.llm import DecoderLM, LLMConfig
+from exo2ego_jax.weights import llm_weights
+from exo2ego_jax.models.llm import DecoderLM, LLMConfig, stack_layers, unstack_layers
 
 CFG = LLMConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                 num_kv_heads=2, head_dim=8, rope_theta=10000.0)
 STEPS = 16
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["scanned", "unstacked"])
+def model(request):
+    """Both layer layouts: lax.scan over stacked layers (training) and one Block per layer."""
     with nnx.use_eager_sharding(False):
         m = DecoderLM(CFG, rngs=nnx.Rngs(3), attention_impl="xla")
     # Larger weights than the 0.02 init so greedy tokens vary from step to step.
     state = nnx.state(m, nnx.Param)
     nnx.update(m, jax.tree.map(lambda x: x * 8 if x.ndim >= 2 else x, state))
-    return m
+    return m if request.param == "scanned" else unstack_layers(m)
 
 
 @nnx.jit
@@ -60,10 +62,11 @@ def test_cache_logits_match_full_forward(model):
     full, _ = model(ids)
     cache = model.init_cache(1, 12)
     first, cache = model(ids[:, :5], attention_mask=jnp.ones((1, 5), jnp.int32), cache=cache)
-    np.testing.assert_allclose(first, full[:, :5], atol=1e-5)
+    # Logits reach ~10 with the x8 weights; the cached path sums in another order (f32).
+    np.testing.assert_allclose(first, full[:, :5], atol=5e-5)
     for i in range(5, 8):
         step, cache = model(ids[:, i:i + 1], attention_mask=jnp.ones((1, 1), jnp.int32), cache=cache)
-        np.testing.assert_allclose(step[:, 0], full[:, i], atol=1e-5)
+        np.testing.assert_allclose(step[:, 0], full[:, i], atol=5e-5)
 
 
 def test_inputs_embeds_prefill_and_eos(model):
@@ -88,3 +91,27 @@ def test_sampling_filters():
     assert set(top_p.tolist()) == {0, 1}  # 0.5 < 0.7 so token 1 is needed, token 2 is not
     free = np.bincount(np.asarray(gen._sample(logits, keys, 1.0, 0, 1.0)), minlength=4) / 4000
     np.testing.assert_allclose(free, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+def test_unstack_then_stack_round_trip_is_exact():
+    """The layouts hold the same numbers; sharding names lose / regain the 'layers' axis."""
+    with nnx.use_eager_sharding(False):
+        m = DecoderLM(CFG, rngs=nnx.Rngs(5), attention_impl="xla")
+    before = jax.tree.map(np.asarray, nnx.state(m, nnx.Param))
+    ids = jnp.asarray([[5, 9, 17, 3, 40, 2]])
+    want = m(ids)[0]
+    unstack_layers(m)
+    assert not m.scanned and len(m.layers) == CFG.num_layers
+    q = m.layers[1].attn.q_proj.kernel
+    assert q.get_value().shape == (CFG.hidden_size, CFG.num_heads * CFG.head_dim)
+    assert q.get_metadata()["out_sharding"] == ("embed", "heads")
+    np.testing.assert_array_equal(np.asarray(q.get_value()), before["layers"]["attn"]["q_proj"]["kernel"][1])
+    np.testing.assert_allclose(m(ids)[0], want, atol=1e-5)
+    exported = llm_weights.to_hf_tensors(m)  # HF export restacks a copy; the model stays unstacked
+    assert not m.scanned
+    np.testing.assert_array_equal(exported["model.layers.1.self_attn.q_proj.weight"],
+                                  before["layers"]["attn"]["q_proj"]["kernel"][1].T)
+    stack_layers(m)
+    assert m.scanned
+    assert m.layers.attn.q_proj.kernel.get_metadata()["out_sharding"] == ("layers", "embed", "heads")
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, nnx.state(m, nnx.Param)), before)

@@ -24,13 +24,15 @@ def resolve_impl(impl: str) -> str:
     if impl == "cudnn" and backend != "gpu":
         log.warning("attention_impl='cudnn' needs a GPU (backend is %s); using the XLA path.", backend)
         return "xla"
-    if impl == "splash":
-        # The Pallas splash kernel is not wired in yet; jax.nn.dot_product_attention is the fused
-        # fallback on TPU, the XLA path elsewhere.
-        fallback = "dot_product" if backend == "tpu" else "xla"
-        log.warning("attention_impl='splash' is not implemented; using %r.", fallback)
-        return fallback
+    if impl == "splash" and backend != "tpu":
+        log.warning("attention_impl='splash' is a TPU kernel (backend is %s); using the XLA path.", backend)
+        return "xla"
     return impl
+
+
+@functools.cache
+def _warn_once(msg: str) -> None:
+    log.warning(msg)
 
 
 def xla_attention(q, k, v, mask, scale: float):
@@ -49,6 +51,25 @@ def xla_attention(q, k, v, mask, scale: float):
     return out.reshape(b, t, h, d)
 
 
+def cached_attention(q, k_t, v, mask, scale: float):
+    """Attention over a KV cache: q [B,T,H,D], keys k_t [B,K,D,S], values v [B,K,S,D], mask [B,T,S].
+
+    The cache layouts are the matmul operand layouts, so a decode step reads the cache in place
+    (with [B,S,K,D] XLA:CPU copies a transposed cache for every layer and step). The query heads of
+    a group and the T positions share one matmul row block.
+    """
+    b, t, h, d = q.shape
+    kv = k_t.shape[1]
+    g = h // kv
+    qg = q.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, d)
+    scores = jnp.einsum("bkqd,bkds->bkqs", qg, k_t, preferred_element_type=jnp.float32) * scale
+    scores = scores.reshape(b, kv, g, t, -1)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
+    return out.reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
 def attention(q, k, v, mask, scale: float, impl: str, *, causal_lengths=None):
     """Dispatches to a kernel. ``causal_lengths`` [B] (right-padded, no cache) enables fused paths.
 
@@ -57,6 +78,14 @@ def attention(q, k, v, mask, scale: float, impl: str, *, causal_lengths=None):
     """
     impl = resolve_impl(impl)
     if impl == "xla" or causal_lengths is None:
+        return xla_attention(q, k, v, mask, scale)
+    if impl == "splash":
+        from exo2ego_jax.models import splash
+
+        if splash.supported(q.shape[1]):
+            return splash.splash_attention(q, k, v, causal_lengths, scale)
+        _warn_once(f"splash attention needs lengths that are multiples of {splash.BLOCK}; got "
+                   f"{q.shape[1]}: using the XLA path for this shape.")
         return xla_attention(q, k, v, mask, scale)
     kwargs = dict(scale=scale, is_causal=True, query_seq_lengths=causal_lengths,
                   key_value_seq_lengths=causal_lengths)

@@ -23,6 +23,8 @@ from exo2ego_jax.models import attention as attn_lib
 from exo2ego_jax.models import rope as rope_lib
 
 Cache = dict[str, jax.Array]
+# Up to this many tokens (batch x length) the tied LM head uses the decode-friendly product order.
+_FEW_TOKENS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,14 +179,19 @@ class Attention(nnx.Module):
         q = rope_lib.apply_rope(q, positions, inv, self.rope_attention_scaling)
         k = rope_lib.apply_rope(k, positions, inv, self.rope_attention_scaling)
         new_kv = None
+        scale = self.head_dim ** -0.5
         if cache_kv is not None:
+            # Cache layout (init_cache): keys [B, KV, D, S], values [B, KV, S, D], i.e. the operand
+            # layouts of the two attention matmuls, so no step transposes the whole cache.
             ck, cv = cache_kv
-            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype),
+                                                     cache_index, axis=3)
+            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype),
+                                                     cache_index, axis=2)
             new_kv = (ck, cv)
-            k, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        out = attn_lib.attention(q, k, v, mask, self.head_dim ** -0.5, self.impl,
-                                 causal_lengths=causal_lengths)
+            out = attn_lib.cached_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, scale)
+        else:
+            out = attn_lib.attention(q, k, v, mask, scale, self.impl, causal_lengths=causal_lengths)
         return self.o_proj(out.reshape(b, t, -1), r[3]), new_kv
 
 
@@ -251,19 +258,56 @@ class DecoderLM(nnx.Module):
                         Linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), cfg=cfg, dtype=dtype,
                                param_dtype=param_dtype, rngs=rngs))
 
+    @property
+    def scanned(self) -> bool:
+        """True while the layers are one stacked Block run by ``lax.scan`` (see unstack_layers)."""
+        return isinstance(self.layers, Block)
+
+    @property
+    def _attn_impl(self) -> str:
+        return (self.layers if self.scanned else self.layers[0]).attn.impl
+
     def init_cache(self, batch: int, max_len: int, dtype=None) -> Cache:
-        """Empty KV cache: k/v [L, B, S, KV, D], slot mask [B, S], next slot ``index``, ``pos`` [B]."""
+        """Empty KV cache: slot mask [B, S], next slot ``index``, ``pos`` [B], and k/v.
+
+        Per layer, keys are [B, KV, D, S] and values [B, KV, S, D] (see Attention); k/v stack them
+        on a leading layer axis for the scanned layout and are tuples of L arrays for the unstacked
+        one (each layer then updates its own buffer in place).
+        """
         c = self.cfg
-        shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
         dtype = dtype or self.dtype
-        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-                "mask": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32),
-                "pos": jnp.zeros((batch,), jnp.int32)}
+        k_shape = (batch, c.num_kv_heads, c.head_dim, max_len)
+        v_shape = (batch, c.num_kv_heads, max_len, c.head_dim)
+        if self.scanned:
+            k = jnp.zeros((c.num_layers, *k_shape), dtype)
+            v = jnp.zeros((c.num_layers, *v_shape), dtype)
+        else:
+            k = tuple(jnp.zeros(k_shape, dtype) for _ in range(c.num_layers))
+            v = tuple(jnp.zeros(v_shape, dtype) for _ in range(c.num_layers))
+        return {"k": k, "v": v, "mask": jnp.zeros((batch, max_len), jnp.int32),
+                "index": jnp.zeros((), jnp.int32), "pos": jnp.zeros((batch,), jnp.int32)}
+
+    def _run_unstacked(self, x, positions, mask, cache, idx, causal_lengths, dropout_rng):
+        rngs = _split(dropout_rng, len(self.layers))
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            kv = (cache["k"][i], cache["v"][i]) if cache is not None else None
+            x, new_kv = layer(x, positions, mask, kv, idx, causal_lengths, rngs[i])
+            if new_kv is not None:
+                ks.append(new_kv[0])
+                vs.append(new_kv[1])
+        return x, ({"k": tuple(ks), "v": tuple(vs)} if cache is not None else None)
 
     def logits(self, h):
         if self.lm_head is None:
-            return jnp.dot(h, self.embed.embedding[...].astype(self.dtype).T,
-                           preferred_element_type=jnp.float32)
+            emb = self.embed.embedding[...].astype(self.dtype)
+            n = h.size // h.shape[-1]
+            if n <= _FEW_TOKENS:
+                # Decoding: E @ h^T reads the [V, D] table in its stored layout; h @ E^T makes
+                # XLA:CPU copy the whole transposed table (V x D) on every step.
+                out = jnp.dot(emb, h.reshape(n, -1).T, preferred_element_type=jnp.float32)
+                return out.T.reshape(*h.shape[:-1], -1)
+            return jnp.dot(h, emb.T, preferred_element_type=jnp.float32)
         return self.lm_head(h).astype(jnp.float32)
 
     def __call__(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, positions=None,
@@ -293,7 +337,7 @@ class DecoderLM(nnx.Module):
             mask = (q_idx[None, :, None] >= q_idx[None, None, :]) & (attention_mask[:, None, :] > 0)
             idx = None
             # Fused kernels take causal + per-row lengths; only valid for right padding.
-            causal_lengths = attention_mask.sum(-1) if attn_lib.resolve_impl(self.layers.attn.impl) != "xla" else None
+            causal_lengths = attention_mask.sum(-1) if attn_lib.resolve_impl(self._attn_impl) != "xla" else None
         else:
             idx = cache["index"]
             slots = jnp.arange(cache["mask"].shape[1])
@@ -301,6 +345,16 @@ class DecoderLM(nnx.Module):
             mask = (slots[None, None, :] <= idx + q_idx[None, :, None]) & (slot_mask[:, None, :] > 0)
         # Padded queries see nothing; give them their own slot so softmax stays finite.
         mask = mask | (attention_mask[:, :, None] == 0) & (jnp.arange(mask.shape[2])[None, None, :] == 0)
+
+        if not isinstance(self.layers, Block):  # unstacked (see unstack_layers): plain loop
+            x, cache_kv = self._run_unstacked(x, positions, mask, cache, idx, causal_lengths, dropout_rng)
+            if last_only:
+                x = x[:, -1:]
+            logits = self.logits(self.final_norm(x))
+            if cache is not None:
+                cache = {**cache_kv, "mask": slot_mask, "index": idx + t,
+                         "pos": cache["pos"] + attention_mask.sum(-1)}
+            return logits, cache
 
         # Only params carry the stacked layer axis; anything else is broadcast to every layer.
         graphdef, layer_state, rest = nnx.split(self.layers, nnx.Param, ...)
@@ -325,3 +379,51 @@ class DecoderLM(nnx.Module):
             cache = {"k": kv_out[0], "v": kv_out[1], "mask": slot_mask, "index": idx + t,
                      "pos": cache["pos"] + attention_mask.sum(-1)}
         return logits, cache
+
+
+def unstack_layers(model: DecoderLM) -> DecoderLM:
+    """Turns the scanned layer stack into one Block per layer, in place (an inference layout).
+
+    ``lax.scan`` reads each layer's weights with a dynamic slice, which XLA:CPU materialises as a
+    copy before every matmul: decoding then moves every weight three times per token. With one
+    buffer per layer the matmuls read the weights directly (see bench/generate.py). Parameters are
+    moved one at a time, so peak memory stays ~one model. Compile time grows with depth, so
+    training keeps the scanned layout; ``stack_layers`` undoes this.
+    """
+    if not model.scanned:
+        return model
+    n = model.cfg.num_layers
+    graphdef, params, rest = nnx.split(model.layers, nnx.Param, ...)
+    flat = dict(nnx.to_flat_state(params))
+    per_layer: list[dict] = [{} for _ in range(n)]
+    with nnx.use_eager_sharding(False):
+        for path in list(flat):
+            var = flat.pop(path)  # drop our reference so the stacked buffer can be freed
+            meta = dict(var.get_metadata())
+            axes = meta.get("out_sharding")
+            if axes:
+                meta["out_sharding"] = tuple(axes[1:])
+            value = var.get_value()
+            for i in range(n):
+                per_layer[i][path] = type(var)(value[i], **meta)
+            del var, value
+    blocks = [nnx.merge(graphdef, nnx.from_flat_state(per_layer[i]), rest) for i in range(n)]
+    model.layers = nnx.List(blocks)
+    return model
+
+
+def stack_layers(model: DecoderLM) -> DecoderLM:
+    """Inverse of ``unstack_layers`` (e.g. before training or saving in the scanned layout)."""
+    if model.scanned:
+        return model
+    graphdef, _, rest = nnx.split(model.layers[0], nnx.Param, ...)
+    flats = [dict(nnx.to_flat_state(nnx.state(b, nnx.Param))) for b in model.layers]
+    stacked = {}
+    with nnx.use_eager_sharding(False):
+        for path, var in flats[0].items():
+            meta = dict(var.get_metadata())
+            if meta.get("out_sharding"):
+                meta["out_sharding"] = ("layers", *meta["out_sharding"])
+            stacked[path] = type(var)(jnp.stack([f[path].get_value() for f in flats]), **meta)
+    model.layers = nnx.merge(graphdef, nnx.from_flat_state(stacked), rest)
+    return model

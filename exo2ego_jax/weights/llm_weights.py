@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from exo2ego_jax.models.llm import DecoderLM, LLMConfig
+from exo2ego_jax.models.llm import DecoderLM, LLMConfig, stack_layers, unstack_layers
 from exo2ego_jax.weights import safetensors_io as sio
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ def to_hf_tensors(model: DecoderLM, hf_prefix: str = "model.", dtype=None) -> di
     """HF-named numpy tensors of ``model`` (LoRA merged if present; see models.lora.merge_lora)."""
     from exo2ego_jax.models import lora
 
+    if not model.scanned:  # the HF names below follow the scanned layout
+        model = stack_layers(nnx.clone(model))
     params = sio.param_paths(model)
     if any(p.endswith("lora_a") for p in params):
         params = sio.param_paths(lora.merged_copy(model))
@@ -94,11 +96,12 @@ def param_count(model_or_state) -> int:
 
 
 def load_llm(path: str, *, dtype=None, param_dtype=None, mesh=None, rules=None,
-             attention_impl: str = "auto", remat_policy: str = "none") -> DecoderLM:
+             attention_impl: str = "auto", remat_policy: str = "none", scan_layers: bool = True) -> DecoderLM:
     """Builds a DecoderLM from a HF directory / safetensors file or a ``.gguf`` and loads its weights.
 
     The model is first built abstractly (``nnx.eval_shape``), so no random init is computed and
-    each parameter is materialised once, straight into its target sharding.
+    each parameter is materialised once, straight into its target sharding. ``scan_layers=False``
+    gives the unstacked inference layout (``models.llm.unstack_layers``: faster CPU decoding).
     """
     import jax.numpy as jnp
 
@@ -112,5 +115,7 @@ def load_llm(path: str, *, dtype=None, param_dtype=None, mesh=None, rules=None,
     if path.endswith(".gguf"):
         from exo2ego_jax.weights import gguf
 
-        return gguf.load_gguf_llm(model, path, mesh=mesh, rules=rules)
-    return load_hf_llm(model, path, mesh=mesh, rules=rules)
+        model = gguf.load_gguf_llm(model, path, mesh=mesh, rules=rules)
+    else:
+        model = load_hf_llm(model, path, mesh=mesh, rules=rules)
+    return model if scan_layers else unstack_layers(model)
