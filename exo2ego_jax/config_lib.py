@@ -114,8 +114,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tpu_v5e_64": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=2,
                        compute_dtype="bfloat16", remat="full", attention="xla", xla_flags="",
                        libtpu_flags=_TPU_LIBTPU_FLAGS),
+    # remat "dots" would also save the attention einsums (scores [B, H, T, T] per layer: ~50 GiB
+    # for Exo2Ego stage 2); dots_no_batch saves only the weight matmuls (MaxText's "minimal").
     "tpu_v5p_128": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=4,
-                        compute_dtype="bfloat16", remat="dots", attention="xla", xla_flags="",
+                        compute_dtype="bfloat16", remat="dots_no_batch", attention="xla", xla_flags="",
                         libtpu_flags=_TPU_LIBTPU_FLAGS),
 }
 

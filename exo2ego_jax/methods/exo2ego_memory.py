@@ -1,27 +1,21 @@
 """Full-size Exo2Ego on a pod, without the pod: abstract shapes and the compiled memory analysis.
 
-``python -m exo2ego_jax.methods.exo2ego_memory --stage 2 --hardware tpu_v5p_128 --devices 128``
+``python -m exo2ego_jax.methods.exo2ego_memory --stage 2 --hardware tpu_v5p_128 --target cpu:128``
 builds the stage's model with ``nnx.eval_shape`` (no parameter memory), shards it with the rule
-table on a mesh of fake CPU devices, lowers and compiles the real train step (the same
-``make_train_step`` the trainer jits) for one global batch, and prints per-device bytes from
-XLA's ``memory_analysis()``. CPU compilation models the partitioning and buffer sizes, not TPU
-kernels, so treat the numbers as an estimate of what one device holds.
+table on the target's devices, lowers and compiles the real train step (the same
+``make_train_step`` the trainer jits, which traces under the mesh so the models' activation
+constraints apply) for one global batch, and prints per-device bytes from XLA's
+``memory_analysis()`` next to the chip's HBM.
+
+Targets (parallel/aot.py): ``cpu:N`` = N fake CPU devices (XLA:CPU runs bf16 dots in f32, so its
+temp sizes are an upper bound); ``tpu:v5p:4x4x4`` = the TPU compiler itself for that slice, ahead
+of time (needs ``pip install libtpu``, no TPU).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-
-
-def _configure_devices(n: int) -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    import jax
-    jax.config.update("jax_num_cpu_devices", n)
-    jax.config.update("jax_platforms", "cpu")
 
 
 def _bytes_per_device(tree) -> int:
@@ -40,8 +34,12 @@ def _bytes_per_device(tree) -> int:
     return total
 
 
-def analyse(config, num_devices: int | None = None, compile: bool = True) -> dict:
-    """Abstract build + compile of one train step; returns parameter counts and bytes per device."""
+def analyse(config, num_devices: int | None = None, compile: bool = True, devices=None) -> dict:
+    """Abstract build + compile of one train step; returns parameter counts and bytes per device.
+
+    `devices`: what to compile for (default: the first `num_devices` of `jax.devices()`); pass
+    `parallel.aot.devices_for("tpu:v5p:4x4x4")` to compile with the TPU compiler.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -49,11 +47,13 @@ def analyse(config, num_devices: int | None = None, compile: bool = True) -> dic
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from exo2ego_jax.methods import exo2ego
+    from exo2ego_jax.parallel import aot
     from exo2ego_jax.parallel import mesh as mesh_lib
     from exo2ego_jax.train import metrics as metrics_lib, optim, setup as setup_lib, state as state_lib
     from exo2ego_jax.train.step import make_train_step
 
-    devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+    if devices is None:
+        devices = jax.devices()[:num_devices] if num_devices else jax.devices()
     mesh = mesh_lib.make_mesh(config.hardware, devices)
     build_fn = lambda: exo2ego.build_model(config, nnx.Rngs(0))  # noqa: E731
     parts = state_lib.describe(build_fn, config.train.groups, mesh)
@@ -80,8 +80,9 @@ def analyse(config, num_devices: int | None = None, compile: bool = True) -> dic
              "attention_mask": jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=bsh),
              "video_mask": jax.ShapeDtypeStruct((b, 1), jnp.int32, sharding=bsh),
              "example_mask": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bsh)}
+    pixel_dtype = jnp.dtype(config.data.get("pixel_dtype", "uint8"))  # what the pipeline yields
     for view in ("ego", "exo"):
-        batch[f"{view}_pixels"] = jax.ShapeDtypeStruct((b, 1, f, s, s, 3), jnp.float32, sharding=bsh)
+        batch[f"{view}_pixels"] = jax.ShapeDtypeStruct((b, 1, f, s, s, 3), pixel_dtype, sharding=bsh)
     step = make_train_step(parts, exo2ego.loss_fn, tx, micro_batches=k, mesh=mesh, seed=0)
     state_sh = {"step": rep, "params": p_sh, "opt": opt_sh}
     jitted = jax.jit(step, in_shardings=(state_sh, parts.sharding_tree(parts.frozen),
@@ -94,34 +95,54 @@ def analyse(config, num_devices: int | None = None, compile: bool = True) -> dic
     t0 = time.time()
     mem = {}
     if compile:
-        with jax.set_mesh(mesh):  # lets the model pin activation shardings (shard_batch)
-            compiled = jitted.lower(state, frozen, other, batch).compile()
+        # The step traces under the mesh itself (train/step.py); no context is needed here.
+        compiled = jitted.lower(state, frozen, other, batch).compile()
         mem = metrics_lib.memory_report(compiled)
-    return {**out,"stage": config.exo2ego.stage, "hardware": config.hardware.preset, "devices": len(devices),
-            "mesh": dict(mesh.shape), "micro_batches": k, "global_batch": b, "seq_len": t,
+    hbm = aot.hbm_gib(config.hardware.preset)
+    fit = {}
+    if mem and hbm:
+        fit = {"hbm_per_device_GiB": round(hbm, 1),
+               "fits_hbm": mem["total_bytes"] / 2**30 <= hbm,
+               "headroom_GiB": round(hbm - mem["total_bytes"] / 2**30, 2)}
+    return {**out, "stage": config.exo2ego.stage, "hardware": config.hardware.preset,
+            "platform": devices[0].platform, "devices": len(devices),
+            "mesh": dict(mesh.shape), "micro_batches": k, "global_batch": b,
+            "per_device_micro_batch": b // (k * dp), "remat": config.hardware.remat, "seq_len": t,
             "trainable_params": count(trainable), "frozen_params": count(frozen),
             "compile_s": round(time.time() - t0, 1),
-            **{f"{key}_per_device_GiB": round(v / 2**30, 3) for key, v in mem.items()}}
+            **{f"{key}_per_device_GiB": round(v / 2**30, 3) for key, v in mem.items()}, **fit}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", type=int, default=2)
     ap.add_argument("--hardware", default="tpu_v5p_128")
-    ap.add_argument("--devices", type=int, default=128)
+    ap.add_argument("--target", default="", help="cpu:N (fake CPU devices) or tpu:TOPOLOGY "
+                    "(e.g. tpu:v5p:4x4x4; needs libtpu); default cpu:--devices")
+    ap.add_argument("--devices", type=int, default=128, help="fake CPU devices when --target is not set")
     ap.add_argument("--layers", type=int, default=0, help="override LLM/ViT depth (0 = full size)")
     ap.add_argument("--tensor", type=int, default=0, help="override hardware.ici_tensor (0 = preset)")
+    ap.add_argument("--per-device-batch", type=int, default=0, help="override hardware.per_device_batch")
+    ap.add_argument("--global-batch", type=int, default=0, help="override train.global_batch")
+    ap.add_argument("--remat", default="", help="override hardware.remat (none|full|dots|dots_no_batch)")
     ap.add_argument("--no-compile", action="store_true", help="shapes and sharded bytes only")
     args = ap.parse_args()
-    _configure_devices(args.devices)
+    from exo2ego_jax.parallel import aot
+    devices = aot.devices_for(args.target or f"cpu:{args.devices}")
     from exo2ego_jax.methods import exo2ego_config
     c = exo2ego_config.stage_config(args.stage, hardware=args.hardware)
     if args.tensor:
         c.hardware.ici_tensor = args.tensor
+    if args.per_device_batch:
+        c.hardware.per_device_batch = args.per_device_batch
+    if args.global_batch:
+        c.train.global_batch = args.global_batch
+    if args.remat:
+        c.hardware.remat = args.remat
     if args.layers:
         c.model.llm.num_layers = args.layers
         c.model.vision.num_layers = args.layers
-    print(json.dumps(analyse(c, args.devices, compile=not args.no_compile), indent=1))
+    print(json.dumps(analyse(c, compile=not args.no_compile, devices=devices), indent=1))
 
 
 if __name__ == "__main__":

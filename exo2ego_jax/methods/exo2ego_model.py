@@ -58,7 +58,8 @@ class Encoder(nnx.Module):
     """Vision tower + connector: pixels [B, V, F, H, W, 3] -> features and visual tokens."""
 
     def __init__(self, vision: VisionConfig, connector: conn_lib.ConnectorConfig, *, dtype,
-                 param_dtype, rngs: nnx.Rngs):
+                 param_dtype, rngs: nnx.Rngs, remat: bool = False):
+        self.remat = remat
         self.tower = VisionTower(vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.connector = conn_lib.Connector(connector, vision, dtype=dtype, param_dtype=param_dtype,
                                             rngs=rngs)
@@ -71,7 +72,13 @@ class Encoder(nnx.Module):
 
     def tokens(self, patches: Array) -> Array:
         """ViT features [B*V, F, N, D_vit] -> visual tokens [B*V, T, D_llm]."""
-        return shard_batch(self.connector(patches))
+        if not self.remat:
+            return shard_batch(self.connector(patches))
+        # STC convolves 16 frames of 24x24 maps at LLM width: without remat its saved
+        # activations (~40 maps of [frames, 24, 24, 4096]) outlive the LLM's forward and backward.
+        gdef, state = nnx.split(self.connector)
+        run = jax.checkpoint(lambda s, x: nnx.merge(gdef, s)(x), prevent_cse=False)
+        return shard_batch(run(state, shard_batch(patches)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +113,9 @@ class Exo2EgoModel(nnx.Module):
         self.mapping_on, self.llm_input = mapping_on, llm_input
         self.video_token_id = video_token_id
         self.grids = grids(vision, connector, num_frames)
-        self.ego = Encoder(vision, connector, **kw) if modules.ego else None
-        self.exo = Encoder(vision, connector, **kw) if modules.exo else None
+        enc_remat = remat != "none"  # the hardware preset's remat also covers the connector
+        self.ego = Encoder(vision, connector, remat=enc_remat, **kw) if modules.ego else None
+        self.exo = Encoder(vision, connector, remat=enc_remat, **kw) if modules.exo else None
         channels = vision.hidden_size if mapping_on == "patch" else llm.hidden_size
         self.mapping_f = build_mapping(channels, mapping, **kw) if modules.f else None
         self.mapping_g = build_mapping(channels, mapping, **kw) if modules.g else None

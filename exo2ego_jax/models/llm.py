@@ -21,6 +21,7 @@ from flax import nnx
 
 from exo2ego_jax.models import attention as attn_lib
 from exo2ego_jax.models import rope as rope_lib
+from exo2ego_jax.parallel.rules import constrain
 
 Cache = dict[str, jax.Array]
 # Up to this many tokens (batch x length) the tied LM head uses the decode-friendly product order.
@@ -360,7 +361,7 @@ class DecoderLM(nnx.Module):
         graphdef, layer_state, rest = nnx.split(self.layers, nnx.Param, ...)
 
         def body(carry, xs):
-            h = carry
+            h = constrain(carry, ("act_batch", "act_len", "act_embed"))  # no-op without a mesh
             state, kv, rng = xs
             layer = nnx.merge(graphdef, state, rest)
             h, new_kv = layer(h, positions, mask, kv, idx, causal_lengths, rng)

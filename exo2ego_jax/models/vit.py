@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from exo2ego_jax.data.preprocess_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessConfig
+from exo2ego_jax.parallel.rules import constrain, constrain_batch
 
 Array = jax.Array
 
@@ -229,7 +230,9 @@ class Attention(nnx.Module):
     def __call__(self, x: Array, kv: Array | None = None, mask: Array | None = None) -> Array:
         """Self-attention over ``x`` [..., T, D], or cross-attention from ``x`` to ``kv``."""
         kv = x if kv is None else kv
-        heads = lambda t: t.reshape(*t.shape[:-1], self.num_heads, -1)  # noqa: E731
+        # [..., T, H, Dh]: leading dim = batch, heads over the tensor axis (no-op without a mesh).
+        heads = lambda t: constrain(t.reshape(*t.shape[:-1], self.num_heads, -1),  # noqa: E731
+                                    ("act_batch",) + (None,) * (t.ndim - 2) + ("act_heads", None))
         out = attention(heads(self.q_proj(x)), heads(self.k_proj(kv)), heads(self.v_proj(kv)), mask)
         return self.out_proj(out.reshape(*out.shape[:-2], -1))
 
@@ -301,7 +304,7 @@ def scan_layers(layers: nnx.Module, x: Array, n: int, *, lead: tuple[int, ...] =
     def body(c, per_layer):
         h, hc = c
         p, hp = per_layer
-        h = nnx.merge(gdef, p)(h)
+        h = constrain_batch(nnx.merge(gdef, p)(constrain_batch(h)))
         if hdef is not None:
             hc = nnx.merge(hdef, hp)(hc, h.reshape(*lead, *h.shape[1:]))
         return (h, hc), None
@@ -371,7 +374,7 @@ class VisionTower(nnx.Module):
         x = x + pos[None]
         if cfg.has_cls:
             x = self.pre_norm(x)
-        return x
+        return constrain_batch(x)
 
     def __call__(self, pixels: Array, *, num_layers: int | None = None, post_norm: bool = False,
                  layer_hook: nnx.Module | None = None, hook_carry: Any = None):
@@ -391,7 +394,7 @@ class VisionTower(nnx.Module):
         n = self.cfg.num_layers if num_layers is None else num_layers
         if not 0 <= n <= self.cfg.num_layers:
             raise ValueError(f"VisionTower: num_layers={n}, expected 0..{self.cfg.num_layers}.")
-        x = self.embed(pixels.reshape(-1, *pixels.shape[-3:]))
+        x = self.embed(constrain_batch(pixels.reshape(-1, *pixels.shape[-3:])))
         x, carry = scan_layers(self.layers, x, n, lead=lead, hook=layer_hook, carry=hook_carry,
                                remat=self.cfg.remat)
         if post_norm:

@@ -26,6 +26,16 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("conv_out", ("fsdp",)),
     ("norm", ()),
     ("probes", ()),
+    # Activations (names used by `constrain` inside the models). The batch is split over every
+    # data-parallel-like axis, so per-device activation memory scales with the per-device
+    # micro-batch; heads / MLP / vocab follow the tensor axis like their weights.
+    ("act_batch", ("data", "fsdp")),
+    ("act_len", ()),
+    ("act_embed", ()),
+    ("act_heads", ("tensor",)),
+    ("act_kv_heads", ("tensor",)),
+    ("act_mlp", ("tensor",)),
+    ("act_vocab", ("tensor",)),
 )
 
 
@@ -57,6 +67,26 @@ def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int],
         used.update(axes)
         spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
     return P(*spec)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Pins activation `x` (dims named by `names`, logical) to its mesh sharding.
+
+    Acts only under a mesh context (`jax.set_mesh` or `jax.sharding.use_abstract_mesh`; the train
+    step opens one while tracing); without one it is the identity, so models run unchanged
+    on one device. Without these pins the partitioner tends to follow the FSDP-sharded weights
+    (embed dims over `fsdp`) and leave activations replicated over the batch: every device then
+    holds the whole micro-batch's attention scores.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not mesh.axis_names:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """`constrain` with only the leading (batch) dim named: splits it over the batch axes."""
+    return constrain(x, ("act_batch",) + (None,) * (x.ndim - 1))
 
 
 def variable_axes(var) -> tuple | None:

@@ -59,6 +59,12 @@ def make_train_step(parts: ModelParts, loss_fn: Callable, tx: optax.GradientTran
     grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
 
     def step(state, frozen, other, batch):
+        # Trace under the mesh so the models' activation constraints (parallel/rules.constrain)
+        # take effect whoever jits this step (trainer, memory tools, benchmarks).
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return traced_step(state, frozen, other, batch)
+
+    def traced_step(state, frozen, other, batch):
         params = state["params"]
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
         if micro_batches == 1:
