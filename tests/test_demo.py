@@ -31,7 +31,7 @@ def test_demo_config_regime():
 @pytest.mark.slow  # ~5-10 compiles of tiny train steps: minutes on 2 shared cores
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     from exo2ego_jax.methods import exo2ego_demo
-    c = demo_config("seeds=1,steps=0.01,takes=5,variants=a_exo2ego+b_ego_only")
+    c = demo_config("seeds=1,steps=0.01,takes=5,image=32,variants=a_exo2ego+b_ego_only")
     with c.unlocked():
         c.demo.world.num_workers = 0
         c.demo.world.exo_size = (48, 28)
@@ -45,3 +45,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "(a) Exo2Ego" in capsys.readouterr().out
     for stage in ("stage1", "stage2", "stage3"):
         assert os.path.exists(tmp_path / "seed0" / "a_exo2ego" / stage / "stage_done.json")
+    # The recognition probe reads the finished stages (exo view for stage 1, learner input after).
+    from exo2ego_jax.methods import exo2ego_demo_probe as probe
+    for stage in ("stage1", "stage2"):
+        p = probe.caption_probe(c, str(tmp_path), variant="a_exo2ego", stage=stage, split="train", batch=4)
+        assert p["colour"]["tokens"] > 0 and p["shape"]["tokens"] > 0 and p["other"]["tokens"] > 0
+        assert all(0.0 <= p[k]["accuracy"] <= 100.0 for k in probe.WORD_CLASSES)

@@ -52,6 +52,8 @@ def world_config():
     d.ego_head_height = 0.75  # ego camera height above the table top
     d.ego_lean = 0.35  # fraction of the way the head leans towards the gaze point
     d.ego_gaze_smoothing = 0.15  # per-frame blend of the gaze towards the active hand/object
+    d.ego_look_hand = 1.0  # how far the gaze turns from straight ahead to the acting hand (1 = all the way)
+    d.p_hand_near_object = 0.0  # chance an action uses the hand on the object's side (0 = hands at random)
     d.action_seconds = (0.9, 1.5)  # duration range of one atomic action
     d.pause_seconds = (0.1, 0.4)  # pause range before each action
     d.lead_seconds = 0.5  # idle time at the start and the end of a take
@@ -61,10 +63,12 @@ def world_config():
     d.max_relocations = 3  # "Tidying the Table": objects moved (max)
     d.colours = tuple(scene.COLOURS)  # object colours to draw from
     d.shapes = scene.SHAPES  # object shapes to draw from
+    d.object_scale = 1.0  # multiplies every object's size and spacing (1.0: cups ~13 cm wide)
     d.markings = scene.MARKINGS  # small ego-only markings to draw from ("none" = plain)
     d.p_mention_marking = 0.3  # chance a narration mentions the object's marking (ego-favoured)
     d.p_mention_other_hand = 0.3  # chance a narration mentions the other hand (exo-favoured)
     d.p_mention_side = 0.15  # chance a narration mentions where the actor stands (exo-favoured)
+    d.floor_tint_range = (90.0, 150.0)  # per-take floor RGB tint drawn from [lo, hi] (lo == hi: one tint for all)
     d.crf = 24  # x264 quality (Ego-Exo4D frame-aligned videos: crf 24, FORMATS.md 1.4)
     d.gop = 30  # keyframe interval in frames (short: cheap seeks to clips)
     d.preset = "veryfast"  # x264 preset (speed vs size; does not change decoded content much)
@@ -95,7 +99,8 @@ def make_take(index: int, cfg: Any, root: str) -> dict[str, Any]:
     os.makedirs(video_dir, exist_ok=True)
 
     T = state.num_frames
-    tint = np.asarray(rng.uniform(90, 150, size=3), np.float32)
+    lo, hi = getattr(cfg, "floor_tint_range", (90.0, 150.0))
+    tint = np.asarray(rng.uniform(lo, hi, size=3), np.float32)  # drawn even when lo == hi: same rng stream
     exo = render_lib.exo_cameras(cfg)
     files: dict[str, str] = {}
     for cam_id, cam in exo.items():

@@ -140,14 +140,25 @@ def make_script(rng: np.random.Generator, cfg: Any) -> tuple[str, str, list[Obj]
     objects: list[Obj] = []
     taken: list[tuple[float, float]] = []
     for i, shape in enumerate(shapes):
-        xy = _free_spot(rng, taken, 0.22)
+        scale = float(getattr(cfg, "object_scale", 1.0))  # 1.0: the catalogue sizes
+        xy = _free_spot(rng, taken, 0.22 * scale)
         taken.append(xy)
-        radius = {"cup": 0.065, "bowl": 0.085, "box": 0.08, "bottle": 0.06}[shape]
+        radius = {"cup": 0.065, "bowl": 0.085, "box": 0.08, "bottle": 0.06}[shape] * scale
         objects.append(Obj(colour=colours[i % len(colours)], shape=shape,
                            marking=str(rng.choice(list(cfg.markings))), xy=xy, radius=radius))
 
-    def hand() -> str:
-        return "left" if rng.random() < 0.5 else "right"
+    body, facing = (np.asarray(v, np.float64) for v in SIDES[side])
+    right_dir = np.array([facing[1], -facing[0]])
+    p_near = float(getattr(cfg, "p_hand_near_object", 0.0))
+
+    def hand(obj: int | None = None) -> str:
+        # One draw either way, so p_hand_near_object=0 keeps every world bit-for-bit.
+        u = rng.random()
+        if p_near > 0 and obj is not None:
+            if u < p_near:  # reach with the hand on the object's side of the body
+                return "right" if float((np.asarray(objects[obj].xy) - body) @ right_dir) >= 0 else "left"
+            u = (u - p_near) / (1.0 - p_near) if p_near < 1 else 0.0
+        return "left" if u < 0.5 else "right"
 
     def other() -> str:
         return str(rng.choice(OTHER_HAND))
@@ -167,8 +178,8 @@ def make_script(rng: np.random.Generator, cfg: Any) -> tuple[str, str, list[Obj]
 
     if task == "Making a Drink":
         b, c = 0, 1
-        h = hand()
-        step("Open the bottle", f"Open the {objects[b].name}", [Action("open", b, hand(), other())])
+        h = hand(b)
+        step("Open the bottle", f"Open the {objects[b].name}", [Action("open", b, hand(b), other())])
         step("Pick up the bottle", f"Pick up the {objects[b].name}", [Action("pick_up", b, h, other())])
         pour = [Action("pour", b, h, other(), target=c)]
         if rng.random() < 0.5:
@@ -177,23 +188,23 @@ def make_script(rng: np.random.Generator, cfg: Any) -> tuple[str, str, list[Obj]
         near = pick_other({b, c})
         step("Put the bottle down", f"Put the {objects[b].name} down",
              [Action("put_down", b, h, other(), target=near)])
-        step("Close the bottle", f"Close the {objects[b].name}", [Action("close", b, hand(), other())])
+        step("Close the bottle", f"Close the {objects[b].name}", [Action("close", b, hand(b), other())])
     elif task == "Packing a Box":
         k = 0
-        step("Open the box", f"Open the {objects[k].name}", [Action("open", k, hand(), other())])
+        step("Open the box", f"Open the {objects[k].name}", [Action("open", k, hand(k), other())])
         # Cups and bottles fit in the box; other shapes only if the table has none of those.
         small = [i for i in range(1, len(objects)) if objects[i].shape in POURERS]
         items = (small or list(range(1, len(objects))))[: int(rng.integers(1, 3))]
         for i in items:
-            h = hand()
+            h = hand(i)
             step("Put an object in the box", f"Put the {objects[i].name} in the {objects[k].name}",
                  [Action("pick_up", i, h, other()), Action("put_down", i, h, other(), target=k, into_box=True)])
-        step("Close the box", f"Close the {objects[k].name}", [Action("close", k, hand(), other())])
+        step("Close the box", f"Close the {objects[k].name}", [Action("close", k, hand(k), other())])
     else:
         for _ in range(int(rng.integers(cfg.min_relocations, cfg.max_relocations + 1))):
             i = int(rng.integers(len(objects)))
             j = pick_other({i})
-            h = hand()
+            h = hand(i)
             acts = [Action("pick_up", i, h, other()), Action("move", i, h, other(), target=j),
                     Action("put_down", i, h, other())]
             if rng.random() < 0.3:
@@ -239,6 +250,7 @@ def simulate_take(rng: np.random.Generator, cfg: Any) -> TakeState:
     look = front.copy()
     lift = 0.3
     ai = 0
+    look_w = float(getattr(cfg, "ego_look_hand", 1.0))
 
     def grip(o: int) -> np.ndarray:
         """Hand position relative to a held object: at its near side, so the ego view sees the object."""
@@ -326,12 +338,16 @@ def simulate_take(rng: np.random.Generator, cfg: Any) -> TakeState:
                 a.t_narr = a.t0 + (a.t1 - a.t0) // 2
             cur_hand[oh] = other_hand_pos(oh, a.other_hand, f)
             want_look = cur_hand[h] if a.verb != "pour" else cur_obj[a.target]
+            if look_w != 1.0:  # the head turns only part of the way towards the acting hand
+                want_look = front + look_w * (np.asarray(want_look) - front)
         else:
             for hh in hidx:
                 prev = hand_pos[f - 1, hidx[hh]] if f > 0 else rest[hh]
                 cur_hand[hh] = prev + (rest[hh] - prev) * 0.2 if held[hh] is None else prev
             nxt = actions[ai] if ai < len(actions) else None
             want_look = cur_obj[nxt.obj] if nxt is not None and held[nxt.hand] is None else front
+            if look_w != 1.0:
+                want_look = front + look_w * (np.asarray(want_look) - front)
         for hh, o in held.items():
             if o is not None:
                 cur_obj[o] = cur_hand[hh] - grip(o)

@@ -13,7 +13,8 @@ Two sources (``config.data.source``):
 ``exo_captions`` (stage 1: every train clip x every exo view, with its caption),
 ``pairs`` (stage 2: ego clip + one exo view; the caption is trained only for the labelled ego
 subset, the rest feed KL + cycle only), ``ego_captions`` (labelled ego clips with captions),
-``ego_qa`` (stage 3: synthetic EgoBench questions on the labelled ego clips, the EgoIT stand-in).
+``ego_qa`` (stage 3: synthetic EgoBench questions on the labelled ego clips, the EgoIT stand-in;
+``data.qa_categories`` / ``data.qa_distractors`` pick them as for the benchmark).
 The labelled subset is ``ego_caption_fraction`` of the train takes: ego captions are scarce,
 exo captions abundant (the paper's regime).
 """
@@ -148,7 +149,9 @@ def _examples(config, split: str) -> list[dict[str, Any]]:
     elif d.mode == "ego_qa":
         from exo2ego_jax.eval import egobench_synthetic as eb
         where = {(str(t), int(n)): int(i) for i, t, n in zip(range(len(arr["take"])), arr["take"], arr["narration"])}
-        items = eb.generate(d.world, take_names=sorted(labelled), seed=d.label_seed)
+        items = eb.generate(d.world, take_names=sorted(labelled), seed=d.label_seed,
+                            categories=tuple(d.get("qa_categories", eb.CATEGORIES)),
+                            distractors=d.get("qa_distractors", "take"))
         from exo2ego_jax.eval.loaders_mcq import shuffled_options
         for it in items:
             opts, ans = shuffled_options(it["answer"], it["wrong_answers"], d.label_seed, it["sample_id"])

@@ -52,7 +52,7 @@ def _prepare(config, workdir: str) -> dict[str, Any]:
     if not os.path.exists(os.path.join(tok, "tokenizer.json")):
         texts = synthetic_tokenizer.world_texts(world) + [exo2ego_data.CAPTION_PROMPT]
         for split in ("train", "val"):
-            for it in eb.generate(world, split):
+            for it in eb.generate(world, split, categories=d.categories, distractors=d.distractors):
                 texts += [it["answer"], *it["wrong_answers"],
                           exo2ego_data.qa_prompt(it["question"], [it["answer"], *it["wrong_answers"]])]
         synthetic_tokenizer.build_tokenizer(texts, tok)
@@ -62,7 +62,7 @@ def _prepare(config, workdir: str) -> dict[str, Any]:
                                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     bench = os.path.join(workdir, "egobench", "val.json")
     if not os.path.exists(bench):
-        eb.write(world, bench, "val")
+        eb.write(world, bench, "val", categories=d.categories, distractors=d.distractors)
     times["prepare_s"] = time.time() - t
     from transformers import AutoTokenizer
     vocab = len(AutoTokenizer.from_pretrained(tok))
@@ -167,8 +167,10 @@ def summary_table(results: dict[str, Any], config) -> str:
         lines.append(f"| {VARIANTS.get(variant, variant)} | {len(rs)} | {accs.mean():.1f} ± {accs.std():.1f} | "
                      + " | ".join(f"{p:.1f}" for p in per) + f" | {np.mean([r['train_s'] for r in rs]):.0f} |")
     n = next(iter(runs))["num_questions"] if runs else 0
-    lines.append(f"\nHeld-out synthetic EgoBench: {n} ego-view questions (4 options; chance 25%, "
-                 f"'hand' effectively 50%). Total {results.get('total_s', 0):.0f} s.")
+    d = config.demo
+    lines.append(f"\nHeld-out synthetic EgoBench: {n} ego-view questions ({'/'.join(d.categories)}; "
+                 f"{d.distractors} distractors; 4 options, chance 25%, 'hand' effectively 50%). "
+                 f"Total {results.get('total_s', 0):.0f} s.")
     return "\n".join(lines)
 
 
