@@ -108,3 +108,22 @@ def test_adapter_answers_synthetic_benchmark(bench, world):  # noqa: F811
         assert all(s < 0 for s in row["option_scores"])
     gen = runner.evaluate_mcq(adapter, recs[:2], "ego_in_exo", mode="generate", batch_size=2)
     assert len(gen["predictions"]) == 2 and all(isinstance(p["response"], str) for p in gen["predictions"])
+
+
+def test_hand_balanced_accuracy_scores_one_hand_answers_at_fifty():
+    """3 left / 1 right hand questions: always 'left' is 75% plain but 50% balanced; other views and
+    categories do not count."""
+    from exo2ego_jax.eval.records import MCQRecord, VideoRef
+    from exo2ego_jax.methods.ego2exo_demo import hand_balanced_accuracy
+    opts = ("C opens the red box with the left hand.", "C opens the red box with the right hand.")
+
+    def rec(i, truth, view="exo", cat="hand"):
+        return MCQRecord(uid=f"q{i}", video=VideoRef("/v.mp4"), question="Which hand?", options=opts,
+                         answer_index=truth, category=cat, view=view, meta={})
+
+    records = [rec(0, 0), rec(1, 0), rec(2, 0), rec(3, 1), rec(4, 1, "ego"), rec(5, 1, cat="object")]
+    always_left = [{"correct": r.answer_index == 0} for r in records]
+    assert hand_balanced_accuracy(records, always_left, "exo") == 50.0
+    perfect = [{"correct": True} for _ in records]
+    assert hand_balanced_accuracy(records, perfect, "exo") == 100.0
+    assert hand_balanced_accuracy(records, always_left, "ego") == 0.0  # the one ego question is 'right'

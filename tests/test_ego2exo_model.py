@@ -127,3 +127,35 @@ def test_groups_train_probes_and_freeze_tower():
     assert lr["llm/layers/attn/q_proj/lora_a"] == 1e-5
     assert lr["vision/layers/attn/q_proj/kernel"] is None
     assert lr["llm/layers/attn/q_proj/kernel"] is None
+
+
+def test_padded_frames_are_invisible_with_frame_mask(setup):
+    """fps sampling zero-pads short clips: with frame_mask the probes ignore padded frames and their
+    visual tokens are zero, so whatever the padding holds cannot change the logits."""
+    c, model = setup
+    batch = _batch(c, np.random.default_rng(4), 0)
+    fmask = jnp.asarray([[[1, 0]], [[1, 1]]], jnp.int32)  # sample 0: frame 1 is padding
+    pix = np.asarray(batch["pixels"]).copy()
+    other = pix.copy()
+    other[0, 0, 1] += 3.0  # change the padded frame of sample 0 only
+
+    @nnx.jit
+    def run(m, ids, p, am, fm):
+        return m(ids, p, am, frame_mask=fm), m.visual(p, fm)
+
+    la, (ta, pa) = run(model, batch["input_ids"], jnp.asarray(pix), batch["attention_mask"], fmask)
+    lb, (tb, pb) = run(model, batch["input_ids"], jnp.asarray(other), batch["attention_mask"], fmask)
+    np.testing.assert_allclose(np.asarray(lb), np.asarray(la), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pb), np.asarray(pa), atol=1e-6)
+    per_frame = ta.shape[2] // F
+    assert float(jnp.abs(ta[0, 0, per_frame:]).max()) == 0.0  # padded frame: zero tokens
+    assert float(jnp.abs(ta[0, 0, :per_frame]).max()) > 0.0
+    # Without the mask the padded frame leaks into the probes (the check above is not vacuous) ...
+    _, p_open = model.visual(jnp.asarray(other))
+    _, p_base = model.visual(jnp.asarray(pix))
+    assert float(jnp.abs(p_open[0] - p_base[0]).max()) > 1e-4
+    # ... and an all-ones mask changes nothing.
+    t1, p1 = model.visual(jnp.asarray(pix), jnp.ones((B, V, F), jnp.int32))
+    t0, p0 = model.visual(jnp.asarray(pix))
+    np.testing.assert_allclose(np.asarray(t1), np.asarray(t0), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(p1), np.asarray(p0), atol=1e-6)

@@ -165,8 +165,10 @@ def write_questions(root: str, out_dir: str, *, split: str = "val", seed: int = 
     with open(path, "w", encoding="utf-8") as f:
         json.dump(items, f, indent=1)
     per_cat = {c: sum(i["category_name"] == c for i in items) for c in categories}
+    hands = [i["answer_choices"][i["ground_truth_letter"]] for i in items if i["category_name"] == "hand"]
+    hand_split = {h: sum(f"the {h} hand" in t for t in hands) for h in ("left", "right")}
     return {"annotation": path, "video_dir": video_dir, "questions": len(items), "segments": segments,
-            "per_category": per_cat}
+            "per_category": per_cat, "hand_split": hand_split}
 
 
 def all_texts() -> list[str]:

@@ -150,7 +150,8 @@ def loss_fn(model: Ego2ExoModel, batch: dict[str, jax.Array], rng: jax.Array, au
     del aux
     if any(getattr(m, "lora_dropout", None) is not None for _, m in nnx.iter_graph(model.llm)):
         nnx.reseed(model.llm, dropout=rng)  # fresh LoRA dropout masks every step
-    logits = model(batch["input_ids"], _pixels(batch), batch["attention_mask"], batch.get("video_mask"))
+    logits = model(batch["input_ids"], _pixels(batch), batch["attention_mask"], batch.get("video_mask"),
+                   frame_mask=batch.get("frame_mask"))
     loss, n, acc = answer_cross_entropy(logits, batch["labels"], batch.get("example_mask"))
     return loss, {"answer_tokens": n, "token_accuracy": acc}
 

@@ -42,14 +42,14 @@ def eos_ids(tokenizer) -> list[int]:
 
 
 @nnx.jit
-def _embed(model, input_ids, pixels):
-    return model.embed_all(input_ids, pixels)
+def _embed(model, input_ids, pixels, frame_mask):
+    return model.embed_all(input_ids, pixels, frame_mask=frame_mask)
 
 
 @nnx.jit
-def _option_logprob(model, input_ids, attention_mask, labels, pixels, video_index):
+def _option_logprob(model, input_ids, attention_mask, labels, pixels, frame_mask, video_index):
     """Sum of log p(label tokens) per row; rows share videos through `video_index`."""
-    tokens, ptoks = model.visual(pixels)
+    tokens, ptoks = model.visual(pixels, frame_mask)
     embeds = model.splice(input_ids, tokens[video_index], None if ptoks is None else ptoks[video_index])
     logits, _ = model.llm(inputs_embeds=embeds, attention_mask=attention_mask)
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
@@ -121,9 +121,12 @@ class VideoLLMRunner:
                for p in prompts]
         ids = np.stack([e.input_ids for e in enc])
         mask = np.stack([e.attention_mask for e in enc])
-        pix = self.videos(refs)[0] if pixels is None else pixels
-        ids_d, mask_d, pix_d = self._shard(ids, mask, pix)
-        embeds = _embed(self.model, ids_d, pix_d)
+        if pixels is None:
+            pix, fmask = self.videos(refs)
+        else:  # caller-provided clips: every frame real
+            pix, fmask = pixels, np.ones(np.shape(pixels)[:3], np.int32)
+        ids_d, mask_d, pix_d, fmask_d = self._shard(ids, mask, pix, fmask)
+        embeds = _embed(self.model, ids_d, pix_d, fmask_d)
         out = gen_lib.generate(self.model.llm, inputs_embeds=embeds, attention_mask=mask_d,
                                max_new_tokens=max_new_tokens, eos_token_id=self.eos, pad_token_id=self.pad_id,
                                tokenizer=self.tok, stop_strings=tuple(stop_strings))
@@ -133,7 +136,7 @@ class VideoLLMRunner:
     def option_loglik(self, prompts: Sequence[str], refs: Sequence[VideoRef],
                       options: Sequence[Sequence[str]]) -> list[list[float]]:
         """Sum of log-probabilities of each option as the assistant's answer (end-of-turn included)."""
-        pix = self.videos(refs)[0]
+        pix, fmask = self.videos(refs)
         rows, owner = [], []
         for i, (p, opts) in enumerate(zip(prompts, options)):
             for o in opts:
@@ -143,7 +146,8 @@ class VideoLLMRunner:
                 owner.append(i)
         batch = text_lib.stack(rows)
         scores = _option_logprob(self.model, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]),
-                                 jnp.asarray(batch["labels"]), jnp.asarray(pix), jnp.asarray(owner, jnp.int32))
+                                 jnp.asarray(batch["labels"]), jnp.asarray(pix), jnp.asarray(fmask),
+                                 jnp.asarray(owner, jnp.int32))
         scores = np.asarray(scores)
         out, k = [], 0
         for opts in options:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from exo2ego_jax.models import connectors as conn_lib
 from exo2ego_jax.models.mllm import VideoLLM, VideoLLMConfig, scatter_tokens
 from exo2ego_jax.models.probes import EAVT, EAVTConfig
 
@@ -45,11 +46,30 @@ class Ego2ExoModel(VideoLLM):
         if self.eavt is not None:
             self.eavt.init_from(self)
 
-    def visual(self, pixels: Array) -> tuple[Array, Array | None]:
-        """pixels [B, V, F, H, W, 3] -> (visual tokens [B, V, N, D], probe tokens [B, V, P, D] | None)."""
+    def visual(self, pixels: Array, frame_mask: Array | None = None) -> tuple[Array, Array | None]:
+        """pixels [B, V, F, H, W, 3] -> (visual tokens [B, V, N, D], probe tokens [B, V, P, D] | None).
+
+        ``frame_mask`` [B, V, F] (1 = real frame; the pipeline's fps sampling zero-pads short clips):
+        the EAVT probes do not attend to padded frames, and the visual tokens of a padded frame are
+        zero, so black padding reaches the LLM as content-free tokens (ViT attention is per frame,
+        so padding cannot leak into a real frame's tokens)."""
         if self.eavt is None:
-            return self.connect(self.encode_features(pixels)), None
-        return self.eavt.encode(self, pixels)
+            tokens, probe_tokens = self.connect(self.encode_features(pixels)), None
+        else:
+            tokens, probe_tokens = self.eavt.encode(self, pixels, frame_mask)
+        if frame_mask is not None:
+            tokens = tokens * self.visual_token_mask(frame_mask, tokens.shape[2])[..., None].astype(tokens.dtype)
+        return tokens, probe_tokens
+
+    def visual_token_mask(self, frame_mask: Array, num_tokens: int) -> Array:
+        """[B, V, F] frame mask -> [B, V, N] mask of the visual tokens (token order: frame, row, column)."""
+        f = frame_mask.shape[-1]
+        frames = conn_lib.visual_grid(self.cfg.connector, self.cfg.vision, f)[0]
+        if frames != f or num_tokens % f:
+            raise ValueError(f"Ego2ExoModel: frame_mask needs a per-frame connector (mlp2x_gelu or "
+                             f"merge_mlp2x_gelu); {self.cfg.connector.kind} turns {f} frames into {frames} "
+                             f"token slices of {num_tokens} tokens. Drop frame_mask or use uniform sampling.")
+        return jnp.repeat(jnp.asarray(frame_mask) > 0, num_tokens // f, axis=-1)
 
     def splice(self, input_ids: Array, tokens: Array, probe_tokens: Array | None,
                video_mask: Array | None = None) -> Array:
@@ -60,13 +80,15 @@ class Ego2ExoModel(VideoLLM):
             embeds = scatter_tokens(embeds, input_ids, self.probe_token_id, probe_tokens, video_mask)
         return embeds
 
-    def embed_all(self, input_ids: Array, pixels: Array, video_mask: Array | None = None) -> Array:
-        tokens, probe_tokens = self.visual(pixels)
+    def embed_all(self, input_ids: Array, pixels: Array, video_mask: Array | None = None,
+                  frame_mask: Array | None = None) -> Array:
+        tokens, probe_tokens = self.visual(pixels, frame_mask)
         return self.splice(input_ids, tokens, probe_tokens, video_mask)
 
     def __call__(self, input_ids: Array, pixels: Array, attention_mask: Array | None = None,
-                 video_mask: Array | None = None, positions: Array | None = None) -> Array:
+                 video_mask: Array | None = None, positions: Array | None = None,
+                 frame_mask: Array | None = None) -> Array:
         """Logits [B, T, vocab] (float32)."""
-        logits, _ = self.llm(inputs_embeds=self.embed_all(input_ids, pixels, video_mask),
+        logits, _ = self.llm(inputs_embeds=self.embed_all(input_ids, pixels, video_mask, frame_mask),
                              attention_mask=attention_mask, positions=positions)
         return logits

@@ -56,11 +56,18 @@ class ProbeCrossAttention(nnx.Module):
         self.enabled = ProbeLayerFlag(jnp.ones((), jnp.bool_))
         self.skip = int(vision.has_cls)  # the class token is not a patch token
 
-    def __call__(self, probes: Array, x: Array) -> Array:
+    def __call__(self, carry: Array | tuple[Array, Array], x: Array) -> Array | tuple[Array, Array]:
+        """carry: probes [..., P, D], or (probes, frame_mask [..., F]) to keep padded frames out of the keys."""
+        probes, frame_mask = carry if isinstance(carry, tuple) else (carry, None)
         # x [..., F, T, D]: fold the frames of each video into one key/value sequence.
         kv = x[..., self.skip:, :]
+        mask = None
+        if frame_mask is not None:  # key mask [..., 1 (heads), 1 (queries), F * T]
+            keep = jnp.broadcast_to(frame_mask[..., None] > 0, kv.shape[:-1])
+            mask = keep.reshape(*keep.shape[:-2], 1, 1, -1)
         kv = kv.reshape(*kv.shape[:-3], kv.shape[-3] * kv.shape[-2], kv.shape[-1])
-        return jnp.where(self.enabled.value, self.attn(probes, kv).astype(probes.dtype), probes)
+        out = jnp.where(self.enabled.value, self.attn(probes, kv, mask).astype(probes.dtype), probes)
+        return out if frame_mask is None else (out, frame_mask)
 
 
 class EAVT(nnx.Module):
@@ -95,19 +102,22 @@ class EAVT(nnx.Module):
         nnx.update(self.cross_attn.attn, attn)
         nnx.update(self.projector, jax.tree.map(jnp.array, nnx.state(model.connector.readout, nnx.Param)))
 
-    def encode(self, model: VideoLLM, pixels: Array) -> tuple[Array, Array]:
+    def encode(self, model: VideoLLM, pixels: Array, frame_mask: Array | None = None) -> tuple[Array, Array]:
         """pixels [B, V, F, H, W, 3] -> (visual tokens [B, V, N, D_llm], probe tokens [B, V, P, D_llm]).
 
         uint8 pixels are normalised by the tower (``model.encode_features``); float32 ones must be
-        normalised already."""
+        normalised already. ``frame_mask`` [B, V, F] (1 = real frame): the probes never attend to
+        the patch tokens of padded frames (short clips zero-padded to F frames)."""
         b, v = pixels.shape[:2]
         p0 = jnp.broadcast_to(self.probes.value, (b, v, *self.probes.value.shape))
-        feats, probes = model.encode_features(pixels, layer_hook=self.cross_attn, hook_carry=p0)
+        carry = p0 if frame_mask is None else (p0, jnp.asarray(frame_mask).astype(jnp.int32))
+        feats, carry = model.encode_features(pixels, layer_hook=self.cross_attn, hook_carry=carry)
+        probes = carry[0] if frame_mask is not None else carry
         return model.connect(feats), self.projector(probes)
 
     def embed_inputs(self, model: VideoLLM, input_ids: Array, pixels: Array,
-                     video_mask: Array | None = None) -> Array:
+                     video_mask: Array | None = None, frame_mask: Array | None = None) -> Array:
         """Text embeddings with visual tokens at ``<video>`` and probe tokens at ``<probe>`` placeholders."""
-        vis, probe_tokens = self.encode(model, pixels)
+        vis, probe_tokens = self.encode(model, pixels, frame_mask)
         embeds = model.embed_inputs(jnp.where(input_ids == self.cfg.probe_token_id, 0, input_ids), vis, video_mask)
         return scatter_tokens(embeds, input_ids, self.cfg.probe_token_id, probe_tokens, video_mask)
