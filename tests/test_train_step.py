@@ -86,6 +86,25 @@ def test_accumulated_micro_batches_equal_one_large_batch():
         np.testing.assert_allclose(np.asarray(p1[k]), np.asarray(p4[k]), rtol=1e-5, atol=1e-6)
 
 
+def test_accumulation_weights_micro_batches_by_tokens():
+    """Micro-batches with very different label counts: the step still equals the full batch's token mean."""
+    s1 = setup_lib.build(tiny("batch=32,micro=1"))
+    s4 = setup_lib.build(tiny("batch=32,micro=4"))
+    b = dict(batches(s1, 1)[0])
+    labels = np.asarray(b["labels"]).copy()
+    # split_micro gives micro-batch i the rows i, i+4, ...: keep 1 label in micro 0's rows, all in the others.
+    labels[0::4, 2:] = -100
+    b["labels"] = jax.device_put(labels, b["labels"].sharding)
+    st1, m1 = s1.step_fn(s1.init_state(), s1.frozen, s1.other, b)
+    st4, m4 = s4.step_fn(s4.init_state(), s4.frozen, s4.other, b)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-4)
+    assert float(m4["loss_weight"]) == float(m1["loss_weight"]) == float((labels[:, 1:] != -100).sum())
+    p1, p4 = flatten(st1["params"]), flatten(st4["params"])
+    for k in p1:
+        np.testing.assert_allclose(np.asarray(p1[k]), np.asarray(p4[k]), rtol=1e-4, atol=1e-6)
+
+
 def test_micro_batches_from_per_device_batch():
     c = tiny("batch=32,micro=0")
     c.hardware.per_device_batch = 2

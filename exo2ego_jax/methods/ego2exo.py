@@ -153,7 +153,8 @@ def loss_fn(model: Ego2ExoModel, batch: dict[str, jax.Array], rng: jax.Array, au
     logits = model(batch["input_ids"], _pixels(batch), batch["attention_mask"], batch.get("video_mask"),
                    frame_mask=batch.get("frame_mask"))
     loss, n, acc = answer_cross_entropy(logits, batch["labels"], batch.get("example_mask"))
-    return loss, {"answer_tokens": n, "token_accuracy": acc}
+    # loss_weight: the step weights accumulated micro-batches by their answer tokens (train/step.py).
+    return loss, {"answer_tokens": n, "token_accuracy": acc, "loss_weight": n}
 
 
 # --- data -------------------------------------------------------------------------------------

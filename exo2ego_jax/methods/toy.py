@@ -87,7 +87,7 @@ def loss_fn(model, batch, rng, aux):
     n = jnp.maximum(valid.sum(), 1)
     loss = jnp.where(valid, ce, 0.0).sum() / n
     acc = jnp.where(valid, logits.argmax(-1) == labels, False).sum() / n
-    return loss, {"accuracy": acc}
+    return loss, {"accuracy": acc, "loss_weight": valid.sum()}  # token mean: weight accumulation
 
 
 @dataclasses.dataclass(frozen=True)

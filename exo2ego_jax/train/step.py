@@ -12,6 +12,10 @@ from exo2ego_jax.train.state import ModelParts
 
 # Name of the remat policies understood by `remat_policy` (config.hardware.remat).
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Optional metric a loss_fn returns with a per-token mean loss: how many tokens it averaged. Then
+# accumulated micro-batches are weighted by it, so the step equals the full batch's token mean
+# (plain micro-batch means would overweight micro-batches with short answers).
+LOSS_WEIGHT = "loss_weight"
 
 
 def remat_policy(name: str):
@@ -78,19 +82,21 @@ def make_train_step(parts: ModelParts, loss_fn: Callable, tx: optax.GradientTran
             m_zero = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), m0_shape)
 
             def body(carry, xs):
-                g_acc, l_acc, m_acc = carry
+                g_acc, l_acc, w_acc, m_acc = carry
                 i, mb = xs
                 (l, m), g = grad_fn(params, frozen, other, mb, jax.random.fold_in(rng, i))
-                g_acc = jax.tree.map(jnp.add, g_acc, g)
+                w = jnp.asarray(m.get(LOSS_WEIGHT, 1.0), jnp.float32)
+                g_acc = jax.tree.map(lambda a, b: a + w * b, g_acc, g)
                 m_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), m_acc, m)
-                return (g_acc, l_acc + l, m_acc), None
+                return (g_acc, l_acc + w * l, w_acc + w, m_acc), None
 
-            (grads, loss, metrics), _ = jax.lax.scan(
-                body, (zeros, jnp.zeros((), jnp.float32), m_zero),
-                (jnp.arange(micro_batches), micro))
-            grads = jax.tree.map(lambda g: g / micro_batches, grads)
-            loss = loss / micro_batches
-            metrics = jax.tree.map(lambda m: m / micro_batches, metrics)
+            zero = jnp.zeros((), jnp.float32)
+            (grads, loss, weight, metrics), _ = jax.lax.scan(
+                body, (zeros, zero, zero, m_zero), (jnp.arange(micro_batches), micro))
+            weight = jnp.maximum(weight, 1e-6)  # every micro-batch empty: zero gradient, not NaN
+            grads = jax.tree.map(lambda g: g / weight, grads)
+            loss = loss / weight
+            metrics = {k: v if k == LOSS_WEIGHT else v / micro_batches for k, v in metrics.items()}
 
         grad_norm = optax.global_norm(grads)
         updates, opt = tx.update(grads, state["opt"], params)
