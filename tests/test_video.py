@@ -78,7 +78,7 @@ def test_bad_videos_raise_with_reason(mp4, tmp_path, case):
     if case == "empty":
         open(path, "wb").close()
     elif case == "corrupt":
-        open(path, "wb").write(os.urandom(len(data)))
+        open(path, "wb").write(np.random.default_rng(0).bytes(len(data)))
     elif case == "truncated":
         open(path, "wb").write(data[: len(data) * 2 // 3])
     elif case == "beyond_end":
@@ -86,6 +86,17 @@ def test_bad_videos_raise_with_reason(mp4, tmp_path, case):
     with pytest.raises(video.VideoError) as e:
         video.decode_frames(path, idx)
     assert e.value.reason == expected and e.value.path == path
+
+
+def test_random_bytes_are_always_corrupt(tmp_path):
+    # FFmpeg's probe takes some garbage for a raw format with a frameless stream (once seen as
+    # "empty_video" in CI): garbage of any content must read as corrupt.
+    path = str(tmp_path / "garbage.mp4")
+    for seed in range(60):
+        open(path, "wb").write(np.random.default_rng(seed).bytes(4096 + 97 * seed))
+        with pytest.raises(video.VideoError) as e:
+            video.decode_frames(path, [0])
+        assert e.value.reason == "corrupt_video", (seed, e.value)
 
 
 def test_truncated_without_faststart_index(tmp_path):

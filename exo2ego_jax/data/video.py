@@ -88,7 +88,7 @@ def _open(src: PathOrBytes):
     return container
 
 
-def _info(container, name: str) -> VideoInfo:
+def _info(container, name: str, src: PathOrBytes | None = None) -> VideoInfo:
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 30.0
@@ -100,6 +100,10 @@ def _info(container, name: str) -> VideoInfo:
         duration = 0.0
     num_frames = int(stream.frames) or int(round(duration * fps))
     if num_frames <= 0:
+        # FFmpeg's probe guesses some raw format for arbitrary bytes and reports a frameless
+        # stream: only a real MP4 without frames is "empty"; anything else is garbage.
+        if src is not None and not _has_mp4_header(src):
+            raise VideoError(name, "corrupt_video", "no frames and no MP4 header: not a video file")
         raise VideoError(name, "empty_video", "stream has no frames")
     return VideoInfo(num_frames=num_frames, fps=fps, width=int(stream.codec_context.width),
                      height=int(stream.codec_context.height), duration=duration or num_frames / fps)
@@ -124,7 +128,7 @@ def probe(src: PathOrBytes) -> VideoInfo:
     """Frame count, fps, size and duration from the container header (no decoding)."""
     container = _open(src)
     try:
-        return _info(container, _name(src))
+        return _info(container, _name(src), src)
     finally:
         container.close()
 
@@ -168,7 +172,7 @@ def decode_into(src: PathOrBytes, frame_indices: Sequence[int],
     positions = {int(i): np.flatnonzero(indices == i) for i in wanted}
     container = _open(src)
     try:
-        info = _info(container, name)
+        info = _info(container, name, src)
         stream = container.streams.video[0]
         stream.codec_context.thread_type = "AUTO"
         time_base = float(stream.time_base)
