@@ -1,6 +1,5 @@
 """PyAV decoding (seek + forward decode), bad-file reasons, frame sampling, resize/crop/normalise."""
 import io
-import os
 
 import numpy as np
 import pytest
