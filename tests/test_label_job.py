@@ -76,3 +76,26 @@ def test_label_json_valid_and_restart_skips_finished(world, tmp_path):
     assert data2[:6] == data  # finished segments were not labelled again
     third = label_lib.label(_label_config(root, tok, 0), work)
     assert third["labelled"] == 0 and third["skipped_done"] == total
+
+
+def test_best_exo_pairing_follows_the_narrations(world):
+    """exo_view="best": every answer of a segment goes with the camera its narrations name best_exo."""
+    root, _ = world
+    from exo2ego_jax.data.egoexo4d import EgoExo4D
+    with open(os.path.join(root, "synthetic_meta.json")) as f:
+        meta = json.load(f)["takes"]
+    ds = EgoExo4D(root)
+    plain = label_lib.segments_to_label(ds, "train")
+    segs = label_lib.segments_to_label(ds, "train", best_exo=True)
+    assert [s.segment_id for s in segs] == [s.segment_id for s in plain]
+    assert all(s.best_exo is None for s in plain)
+    for seg in segs:
+        assert seg.best_exo == meta[seg.take_uid]["best_exo_cam"]  # one actor position per take
+        recs = label_lib.segment_records(seg, P.segment_questions(seg.segment_id, 0), ["a", "b", "c"],
+                                         root=root, seed=0, teacher="t", exo_view="best")
+        assert {r["exo_cam"] for r in recs} == {seg.best_exo}
+    # "random" keeps the seeded draw, which visits other cameras too
+    cams = {label_lib.pick_exo_view(s, f"{s.segment_id}/{c}", 0, "random") for s in segs for c in P.CATEGORIES}
+    assert len(cams) > 1
+    with pytest.raises(ValueError, match="exo_view='side'"):
+        label_lib.pick_exo_view(segs[0], "x", 0, "side")

@@ -54,6 +54,9 @@ def world_config():
     d.ego_gaze_smoothing = 0.15  # per-frame blend of the gaze towards the active hand/object
     d.ego_look_hand = 1.0  # how far the gaze turns from straight ahead to the acting hand (1 = all the way)
     d.p_hand_near_object = 0.0  # chance an action uses the hand on the object's side (0 = hands at random)
+    # (left, right) hand colours; () or an empty entry = bare skin. A glove on one hand tells the hands
+    # apart by colour from any camera, without the viewpoint geometry of "left of the actor".
+    d.hand_rgb = ()
     d.action_seconds = (0.9, 1.5)  # duration range of one atomic action
     d.pause_seconds = (0.1, 0.4)  # pause range before each action
     d.lead_seconds = 0.5  # idle time at the start and the end of a take

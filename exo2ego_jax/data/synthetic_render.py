@@ -182,7 +182,8 @@ def render(state: scene.TakeState, f: int, cam: Camera, bg: np.ndarray, *, ego: 
         hand = state.hand_pos[f, hi]
         for t in (0.2, 0.45, 0.7):
             sprites.append((shoulder + t * (hand - shoulder), 0.04, [(_disc(1.0), sleeve)], 0.25))
-        sprites.append((hand, 0.045, [(_disc(1.0), skin), (_disc(0.55, 0.0, 0.25), _shade(skin, 0.9))], 0.05))
+        rgb = state.hand_rgb[hi]
+        sprites.append((hand, 0.045, [(_disc(1.0), rgb), (_disc(0.55, 0.0, 0.25), _shade(rgb, 0.9))], 0.05))
     if not ego:
         sprites.append((np.array([*state.body_xy, 0.3]), 0.22, [(_rect(-0.8, 0.8, -1.0, 1.3), state.shirt)], 0.0))
         sprites.append((np.array([*state.body_xy, 0.72]), 0.11, [(_disc(1.0), skin), (_disc(0.9, 0, -0.25), (50, 35, 25))], 0.0))

@@ -102,6 +102,7 @@ class TakeState:
     steps: list[tuple[str, str, list[int]]]  # (step name, description, action indices)
     task: str
     layer_cache: dict = dataclasses.field(default_factory=dict)  # renderer's sprite masks per object state
+    hand_rgb: tuple = (SKIN, SKIN)  # colour of the (left, right) hand: skin, or a glove (cfg.hand_rgb)
 
     @property
     def num_frames(self) -> int:
@@ -358,4 +359,14 @@ def simulate_take(rng: np.random.Generator, cfg: Any) -> TakeState:
     shirt = SHIRTS[int(rng.integers(len(SHIRTS)))]
     return TakeState(objects=objects, side=side, shirt=shirt, obj_pos=obj_pos, obj_visible=obj_visible,
                      obj_open=obj_open, obj_filled=obj_filled, hand_pos=hand_pos, gaze=target, pour=pour,
-                     body_xy=body_xy, facing=facing, right=right, actions=actions, steps=steps, task=task)
+                     body_xy=body_xy, facing=facing, right=right, actions=actions, steps=steps, task=task,
+                     hand_rgb=hand_colours(cfg))
+
+
+def hand_colours(cfg) -> tuple:
+    """(left, right) hand RGB: `cfg.hand_rgb` entries, '' / () = bare skin (the default for both)."""
+    given = tuple(getattr(cfg, "hand_rgb", ()) or ())
+    if len(given) > 2:
+        raise ValueError(f"world config hand_rgb: expected at most 2 colours (left, right), got {given!r}")
+    given = given + ((),) * (2 - len(given))
+    return tuple(tuple(int(c) for c in rgb) if rgb else SKIN for rgb in given)

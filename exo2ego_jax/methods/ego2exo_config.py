@@ -133,6 +133,7 @@ def label_block() -> ConfigDict:
     lb.batch_size = 8  # prompts per generate call over all devices (3 per segment -> rounded to segments)
     lb.prompt_len = 0  # static prompt length in tokens (0: visual tokens + 128)
     lb.seed = 0  # question and exo-view draw per segment (stable under restarts)
+    lb.exo_view = "random"  # exo camera paired with each answer: "random" (Ego2ExoVLM [C]) or "best" (best_exo)
     lb.max_segments = 0  # label only the first N segments (0: all)
     lb.output = "labels.json"  # LLaVA JSON written into the workdir
     lb.stop_strings = ()  # extra strings that end an answer (cut after decoding)

@@ -7,7 +7,8 @@ Phases (each a real job of this package, run in-process; a rerun reuses finished
 2. teacher: a tiny video LLM trained on EGO keystep clips -> ego captions (the atomic narrations,
    which name the acting hand and sometimes the object's marking), asked the 12 teacher questions.
 3. label: the "label" job - the frozen teacher answers 3 questions per EGO train segment; each
-   answer is paired with one random EXO view (LLaVA JSON).
+   answer is paired with one EXO view (LLaVA JSON): the take's best exo camera with the demo's
+   `label.exo_view="best"`, a random one with "random" (the paper).
 4. students (initialised from the teacher, tower frozen): EXO video + question -> teacher answer,
    with EAVT probes ("student_eavt") and without ("student"); and the baseline: EXO video ->
    exo-only captions ("baseline_exo_captions": what an annotator of the exo view writes - where
@@ -37,7 +38,7 @@ def _cfg_copy(config) -> ml_collections.ConfigDict:
 
 
 # --- data -------------------------------------------------------------------------------------
-def caption_datasets(root: str, out_dir: str, *, seed: int) -> dict[str, str]:
+def caption_datasets(root: str, out_dir: str, *, seed: int, exo_view: str = "random") -> dict[str, str]:
     """Writes the teacher's ego-caption JSON and the baseline's exo-caption JSON (train split)."""
     from exo2ego_jax.data.egoexo4d import EgoExo4D
     from exo2ego_jax.eval import egoinexo_synthetic as eie
@@ -46,7 +47,7 @@ def caption_datasets(root: str, out_dir: str, *, seed: int) -> dict[str, str]:
         meta = json.load(f)["takes"]
     ds = EgoExo4D(root)
     ego, exo = [], []
-    for seg in label_lib.segments_to_label(ds, "train"):
+    for seg in label_lib.segments_to_label(ds, "train", best_exo=exo_view == "best"):
         take = meta[seg.take_uid]
         step = take["keysteps"][int(seg.segment_id.rsplit("seg", 1)[1])]
         narrs = eie.segment_narrations(take, step)
@@ -59,7 +60,7 @@ def caption_datasets(root: str, out_dir: str, *, seed: int) -> dict[str, str]:
             ego.append(prompts_lib.llava_record(record_id=f"{seg.segment_id}_{cat}",
                                                 video=os.path.relpath(seg.ego_path, root), question=q,
                                                 answer=ego_text, extra=extra))
-            cam = prompts_lib.choose_exo_view(f"{seg.segment_id}/{cat}", list(seg.exo_paths), seed)
+            cam = label_lib.pick_exo_view(seg, f"{seg.segment_id}/{cat}", seed, exo_view)
             exo.append(prompts_lib.llava_record(record_id=f"{seg.segment_id}_{cat}",
                                                 video=os.path.relpath(seg.exo_paths[cam], root), question=q,
                                                 answer=exo_text, extra={**extra, "exo_cam": cam}))
@@ -248,7 +249,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     root, tok_dir = build_world(config, workdir)
-    caps = caption_datasets(root, workdir, seed=config.label.seed)
+    caps = caption_datasets(root, workdir, seed=config.label.seed, exo_view=config.label.exo_view)
     timings = {"world": time.time() - t_start}
 
     runs = {name: os.path.join(workdir, name) for name in MODELS}

@@ -23,6 +23,7 @@ or config.model itself with HF weights (`model.llm_hf` / `vision_hf` / `connecto
 """
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import logging
@@ -49,11 +50,17 @@ class Segment:
     end: float
     ego_path: str
     exo_paths: dict[str, str]  # cam_id -> path (only files that exist)
+    best_exo: str | None = None  # most common `best_exo` camera of the segment's narrations (None: unknown)
 
 
-def segments_to_label(ds: EgoExo4D, split: str) -> list[Segment]:
-    """Keystep segments of `split` whose take has an ego video and >= 1 exo video, in a fixed order."""
+def segments_to_label(ds: EgoExo4D, split: str, *, best_exo: bool = False) -> list[Segment]:
+    """Keystep segments of `split` whose take has an ego video and >= 1 exo video, in a fixed order.
+
+    best_exo: also read the atomic descriptions of `split` for each segment's `best_exo` camera."""
     out = []
+    best: dict[str, list] = {}
+    for n in (ds.narrations(split) if best_exo else []):
+        best.setdefault(n.take_uid, []).append(n)
     for ks in ds.keysteps(split):
         take = ds.takes[ks.take_uid]
         try:
@@ -74,16 +81,33 @@ def segments_to_label(ds: EgoExo4D, split: str) -> list[Segment]:
                           f"segment {ks.index} of {take.take_name}")
             continue
         out.append(Segment(f"{take.take_name}_seg{ks.index:04d}", ks.take_uid, take.take_name, ks.start, ks.end,
-                           ego, exo))
+                           ego, exo, _best_exo(best.get(ks.take_uid, []), ks.start, ks.end, exo)))
     return sorted(out, key=lambda s: s.segment_id)
 
 
+def _best_exo(narrs: list, start: float, end: float, exo: dict[str, str]) -> str | None:
+    """The exo camera the segment's narrations most often name as `best_exo` (ties: first by cam id)."""
+    votes = collections.Counter(n.best_exo_cam for n in narrs
+                                if start <= n.timestamp <= end and n.best_exo_cam in exo)
+    return min(votes, key=lambda c: (-votes[c], c)) if votes else None
+
+
+def pick_exo_view(seg: Segment, key: str, seed: int, mode: str = "random") -> str:
+    """The exo camera an answer is paired with: "random" (drawn from (seed, key)) or "best" (the
+    segment's best_exo camera, falling back to the random draw when the annotations name none)."""
+    if mode not in ("random", "best"):
+        raise ValueError(f"config.label.exo_view={mode!r}: expected 'random' or 'best'")
+    if mode == "best" and seg.best_exo is not None:
+        return seg.best_exo
+    return prompts_lib.choose_exo_view(key, list(seg.exo_paths), seed)
+
+
 def segment_records(seg: Segment, questions: list[tuple[str, str]], answers: list[str], *, root: str,
-                    seed: int, teacher: str) -> list[dict[str, Any]]:
-    """The LLaVA samples of one segment: each answer paired with one randomly drawn exo view."""
+                    seed: int, teacher: str, exo_view: str = "random") -> list[dict[str, Any]]:
+    """The LLaVA samples of one segment: each answer paired with one exo view (`pick_exo_view`)."""
     recs = []
     for (cat, q), a in zip(questions, answers):
-        cam = prompts_lib.choose_exo_view(f"{seg.segment_id}/{cat}", list(seg.exo_paths), seed)
+        cam = pick_exo_view(seg, f"{seg.segment_id}/{cat}", seed, exo_view)
         recs.append(prompts_lib.llava_record(
             record_id=f"{seg.segment_id}_{cat}", video=os.path.relpath(seg.exo_paths[cam], root), question=q,
             answer=a, extra={"start": seg.start, "end": seg.end, "take_uid": seg.take_uid,
@@ -147,7 +171,7 @@ def label(config, workdir: str) -> dict[str, Any]:
     shard, num_shards = jax.process_index(), jax.process_count()
     progress_path, out_path = _paths(workdir, lb, shard, num_shards)
     ds = EgoExo4D(lb.root, video_variant=lb.video_variant)
-    all_segments = segments_to_label(ds, lb.split)
+    all_segments = segments_to_label(ds, lb.split, best_exo=lb.get("exo_view", "random") == "best")
     if lb.max_segments:
         all_segments = all_segments[: lb.max_segments]
     mine = all_segments[shard::num_shards]
@@ -197,7 +221,8 @@ def label(config, workdir: str) -> dict[str, Any]:
                 for j, seg in enumerate(chunk):
                     answers = texts[j * per_seg:(j + 1) * per_seg]
                     entries.append((seg.segment_id, segment_records(seg, qs[j], answers, root=lb.root,
-                                                                    seed=lb.seed, teacher=teacher)))
+                                                                    seed=lb.seed, teacher=teacher,
+                                                                    exo_view=lb.get("exo_view", "random"))))
                 prompts_lib.append_progress(progress_path, entries)
                 done.update(entries)
                 stats["labelled"] += len(chunk)
