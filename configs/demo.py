@@ -4,10 +4,14 @@
 
 Args (`demo.py:key=value`): seeds=3 (number of seeds), steps=1.0 (scales every stage's steps),
 takes=160 (world size), fraction=0.2 (ego-caption fraction), image=64 (frame side),
+patch=16 (ViT patch side), exo_focal=2.0 (exo camera zoom), colours=8 (object palette size),
+shift=0 (random translation augment, pixels), s1_steps=600 / s2_steps=200 / s3_steps=120 (per
+stage, before `steps` scales them),
 variants=a_exo2ego+b_ego_only (any of a_exo2ego, b_ego_only, c_no_kl, joined by '+').
 See exo2ego_jax/methods/exo2ego_demo.py for what runs and docs/exo2ego.md for the numbers.
 """
 from exo2ego_jax import config_lib
+from exo2ego_jax.data import synthetic_scene as scene
 from exo2ego_jax.methods import exo2ego_config as ec
 
 ConfigDict = config_lib.ConfigDict
@@ -19,11 +23,13 @@ DISTRACTORS = "balanced"
 
 
 def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction: float,
-           image_size: int, num_frames: int, max_len: int, train_llm: bool) -> ConfigDict:
+           image_size: int, patch_size: int, num_frames: int, max_len: int, train_llm: bool,
+           shift: int) -> ConfigDict:
     c = ec.stage_config(stage)
-    # merge_mlp2x_gelu (2x2 token merge + MLP) instead of STC: same role, a fraction of the
-    # compile time on CPU; 4 frames of 2x2 tokens = 16 visual tokens per video.
-    c.model = ec.tiny_model(image_size=image_size, patch_size=image_size // 4, connector="merge_mlp2x_gelu")
+    # merge_mlp2x_gelu (token merge + MLP) instead of STC: same role, a fraction of the compile
+    # time on CPU; the merge pools each frame's patch grid to 2x2: 4 frames = 16 tokens per video.
+    c.model = ec.tiny_model(image_size=image_size, patch_size=patch_size, connector="merge_mlp2x_gelu")
+    c.model.connector.merge_stride = image_size // patch_size // 2
     c.model.mapping.global_residual = True  # [I] starts F near identity: stable with tiny budgets
     c.exo2ego.lora_rank = 16 if stage == 3 else 0  # tiny LLM: r 16 (paper: r 128 on Mistral-7B)
     c.exo2ego.lora_alpha = 32.0  # keeps the paper's alpha / r = 2
@@ -48,6 +54,7 @@ def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction
     d.max_len = max_len  # tokens per example
     d.qa_categories = CATEGORIES  # stage-3 ego QA: the benchmark's question kinds
     d.qa_distractors = DISTRACTORS  # ... with the benchmark's wrong answers
+    d.shift_augment = shift  # random translation (pixels): tiny towers from scratch memorise takes
     return c
 
 
@@ -61,25 +68,29 @@ def _variant(order, stages, sources=None) -> ConfigDict:
 
 def get_config(arg: str | None = None):
     # (c) w/o KL is opt-in: two more stages per seed do not fit the 10-minute CPU budget.
-    a = config_lib.parse_arg(arg, seeds=3, steps=1.0, takes=160, fraction=0.2, image=64,
+    a = config_lib.parse_arg(arg, seeds=3, steps=1.0, takes=160, fraction=0.2, image=64, patch=16,
+                             exo_focal=2.0, shift=0, colours=8, s1_steps=600, s2_steps=200, s3_steps=120,
                              variants="a_exo2ego+b_ego_only")
-    # 4x4 patches per frame at any frame size (patch = image / 4): token counts stay the same.
-    image_size, num_frames, max_len = a.image, 4, 112
-    kw = dict(fraction=a.fraction, image_size=image_size, num_frames=num_frames, max_len=max_len)
+    image_size, num_frames = a.image, 4
+    # Tokens per example: caption rows need up to 54 (16 visual + 16 mapped + prompt + caption), stage-3
+    # questions with four options ~100. Short caption rows make stages 1-2 ~1.5x faster per step.
+    caption_len, qa_len = 64, 112
+    kw = dict(fraction=a.fraction, image_size=image_size, patch_size=a.patch, num_frames=num_frames,
+              shift=a.shift)
     n = lambda s: max(2, int(round(s * a.steps)))  # noqa: E731
     lr = 1e-3  # tiny models from scratch (paper LRs fine-tune pretrained 7B models)
 
     # Stage 1 is the only stage with abundant labels (every train clip x 4 exo views); its caption
     # loss is still falling at 200 steps and flat from ~600 on (measured up to 1000 steps).
-    s1 = _stage(1, steps=n(600), lr=lr, batch=16, mode="exo_captions", train_llm=True, **kw)
-    s2 = _stage(2, steps=n(200), lr=lr, batch=16, mode="pairs", train_llm=False, **kw)
-    s3 = _stage(3, steps=n(120), lr=lr, batch=16, mode="ego_qa", train_llm=False, **kw)
-    s2_nokl = _stage(2, steps=n(200), lr=lr, batch=16, mode="pairs", train_llm=False, **kw)
+    s1 = _stage(1, steps=n(a.s1_steps), lr=lr, batch=16, mode="exo_captions", train_llm=True, max_len=caption_len, **kw)
+    s2 = _stage(2, steps=n(a.s2_steps), lr=lr, batch=16, mode="pairs", train_llm=False, max_len=caption_len, **kw)
+    s3 = _stage(3, steps=n(a.s3_steps), lr=lr, batch=16, mode="ego_qa", train_llm=False, max_len=qa_len, **kw)
+    s2_nokl = _stage(2, steps=n(a.s2_steps), lr=lr, batch=16, mode="pairs", train_llm=False, max_len=caption_len, **kw)
     s2_nokl.exo2ego.kl_weight = 0.0  # the paper's "w/o KL" ablation
     # (b) ego only: the same labelled ego captions and ego QA, no exo video; the LLM trains on
     # the ego captions instead of the exo ones (no F: the LLM sees x only).
-    b2 = _stage(2, steps=n(200), lr=lr, batch=16, mode="ego_captions", train_llm=True, **kw)
-    b3 = _stage(3, steps=n(120), lr=lr, batch=16, mode="ego_qa", train_llm=False, **kw)
+    b2 = _stage(2, steps=n(a.s2_steps), lr=lr, batch=16, mode="ego_captions", train_llm=True, max_len=caption_len, **kw)
+    b3 = _stage(3, steps=n(a.s3_steps), lr=lr, batch=16, mode="ego_qa", train_llm=False, max_len=qa_len, **kw)
     for s in (b2, b3):
         s.exo2ego.kl_weight = 0.0  # no exo guidance
         s.exo2ego.cycle_weight = 0.0  # no exo guidance
@@ -104,9 +115,10 @@ def get_config(arg: str | None = None):
     w.num_takes = a.takes  # world size (80% train, 20% held-out val takes)
     w.fps = 5  # 5 fps renders 6x faster than 30 and is plenty for 4-frame clips of ~1 s actions
     w.exo_size = (64, 64)  # small square exo videos (squashing 16:9 to square clips blurs objects)
-    w.exo_focal = 2.0  # zoomed exo cameras (world default 1.1): the table fills the view
+    w.exo_focal = a.exo_focal  # zoomed exo cameras (world default 1.1): the table fills the view
     w.exo_look_height = 0.05  # exo cameras aim at the table top (world default 0.25): table centred
     w.object_scale = 1.6  # bigger objects (world default 1.0): ~4 px wide in 32 px exo clips instead of ~2
+    w.colours = tuple(list(scene.COLOURS)[:a.colours])  # object palette (world default: all 8)
     w.min_objects = 2  # 2-3 objects per take (world default 3-5): less clutter for tiny encoders
     w.max_objects = 3
     w.floor_tint_range = (120.0, 120.0)  # one floor for all takes: a per-take tint lets tiny models memorise takes

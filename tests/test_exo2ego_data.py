@@ -102,3 +102,25 @@ def test_stage_batches(world):
         k = tokens_per_video(c)
         assert ((batch["input_ids"] == c.model.video_token_id).sum(1) == k).all()
         assert batch[next(iter(keys))].shape == (4, 1, 2, 16, 16, 3)
+
+
+def test_shift_augment_translates_each_clip_by_one_offset(world):
+    s = 3
+    plain = next(iter(exo2ego_data.make_dataset(_cfg(world, 2, "pairs"), "train", 0, 1)))
+    c = _cfg(world, 2, "pairs")
+    c.data.shift_augment = s
+    shifted = next(iter(exo2ego_data.make_dataset(c, "train", 0, 1)))
+    again = next(iter(exo2ego_data.make_dataset(c, "train", 0, 1)))
+    np.testing.assert_array_equal(shifted["input_ids"], plain["input_ids"])  # same examples, same order
+    moved = 0
+    for key in ("ego_pixels", "exo_pixels"):
+        np.testing.assert_array_equal(shifted[key], again[key])  # seeded: reproducible
+        assert shifted[key].shape == plain[key].shape
+        for x, y in zip(plain[key], shifted[key]):  # one clip [videos, frames, H, W, C]
+            h, w = x.shape[-3:-1]
+            padded = np.pad(x, [(0, 0), (0, 0), (s, s), (s, s), (0, 0)], mode="edge")
+            crops = [(dy, dx) for dy in range(2 * s + 1) for dx in range(2 * s + 1)
+                     if np.array_equal(padded[..., dy:dy + h, dx:dx + w, :], y)]
+            assert crops, "every frame of a clip is the same edge-padded crop"
+            moved += (s, s) not in crops
+    assert moved > 0  # most clips actually move

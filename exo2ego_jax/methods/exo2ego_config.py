@@ -125,6 +125,10 @@ def data_block() -> ConfigDict:
     d.ego_caption_fraction = 1.0  # fraction of train takes whose ego clips carry text (demo: scarce)
     d.label_seed = 0  # picks the labelled ego takes (fixed across variants and stages)
     d.shuffle_seed = 0  # added to config.seed for the arrays source's shuffle
+    # Arrays source: random translation of each clip by up to this many pixels (edge-padded crop,
+    # same offset for every frame of a clip; 0 = off, the paper uses none). The demo's tiny towers
+    # from scratch memorise takes without it.
+    d.shift_augment = 0
     d.views = ("ego", "exo")  # filled per stage by make_dataset (which pixel keys a batch has)
     return d
 

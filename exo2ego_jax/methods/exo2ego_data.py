@@ -189,6 +189,24 @@ class _ArrayExample:
         return out
 
 
+class _Shift:
+    """Random translation by up to `pixels` (edge-padded crop), one offset per clip. Picklable."""
+
+    def __init__(self, pixels: int):
+        self.s = int(pixels)
+
+    def __call__(self, ex: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        s, ex = self.s, dict(ex)
+        for key in ("ego_pixels", "exo_pixels"):
+            if key in ex:
+                x = ex[key]  # [videos, frames, H, W, C]
+                h, w = x.shape[-3:-1]
+                dy, dx = rng.integers(0, 2 * s + 1, size=2)
+                pad = [(0, 0)] * (x.ndim - 3) + [(s, s), (s, s), (0, 0)]
+                ex[key] = np.pad(x, pad, mode="edge")[..., dy:dy + h, dx:dx + w, :]
+        return ex
+
+
 def _views(config) -> tuple[str, ...]:
     stage = config.exo2ego.stage
     if stage == 1:
@@ -226,7 +244,10 @@ def make_dataset(config, split: str, process_index: int, process_count: int):
         d.views = _views(config)
     fn = _ArrayExample(config, k)
     ds = (grain.MapDataset.source(recipes).shuffle(seed=config.seed + d.shuffle_seed).repeat()
-          [process_index::process_count].map(fn).batch(local, drop_remainder=True))
+          [process_index::process_count].map(fn))
+    if d.get("shift_augment", 0):
+        ds = ds.random_map(_Shift(d.shift_augment), seed=config.seed + d.shuffle_seed)
+    ds = ds.batch(local, drop_remainder=True)
     return ds.to_iter_dataset()
 
 
