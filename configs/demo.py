@@ -3,10 +3,10 @@
     python -m exo2ego_jax.main --config configs/demo.py --workdir /tmp/demo
 
 Args (`demo.py:key=value`): seeds=3 (number of seeds), steps=1.0 (scales every stage's steps),
-takes=160 (world size), fraction=0.2 (ego-caption fraction), image=64 (frame side),
-patch=16 (ViT patch side), exo_focal=2.0 (exo camera zoom), colours=8 (object palette size),
-shift=0 (random translation augment, pixels), s1_steps=600 / s2_steps=200 / s3_steps=120 (per
-stage, before `steps` scales them),
+takes=160 (world size), fraction=0.2 (ego-caption fraction), image=64 (frame side), patch=16 (ViT
+patch side), exo_focal=2.0 (exo camera zoom), colours=8 (object palette size), ego_look=1.0 (how far
+the ego gaze turns to the acting hand), shift=0 (random translation augment, pixels),
+s1_steps=600 / s2_steps=200 / s3_steps=120 (per stage, before `steps` scales them),
 variants=a_exo2ego+b_ego_only (any of a_exo2ego, b_ego_only, c_no_kl, joined by '+').
 See exo2ego_jax/methods/exo2ego_demo.py for what runs and docs/exo2ego.md for the numbers.
 """
@@ -69,8 +69,8 @@ def _variant(order, stages, sources=None) -> ConfigDict:
 def get_config(arg: str | None = None):
     # (c) w/o KL is opt-in: two more stages per seed do not fit the 10-minute CPU budget.
     a = config_lib.parse_arg(arg, seeds=3, steps=1.0, takes=160, fraction=0.2, image=64, patch=16,
-                             exo_focal=2.0, shift=0, colours=8, s1_steps=600, s2_steps=200, s3_steps=120,
-                             variants="a_exo2ego+b_ego_only")
+                             exo_focal=2.0, shift=0, colours=8, ego_look=1.0,
+                             s1_steps=600, s2_steps=200, s3_steps=120, variants="a_exo2ego+b_ego_only")
     image_size, num_frames = a.image, 4
     # Tokens per example: caption rows need up to 54 (16 visual + 16 mapped + prompt + caption), stage-3
     # questions with four options ~100. Short caption rows make stages 1-2 ~1.5x faster per step.
@@ -123,6 +123,7 @@ def get_config(arg: str | None = None):
     w.max_objects = 3
     w.floor_tint_range = (120.0, 120.0)  # one floor for all takes: a per-take tint lets tiny models memorise takes
     w.ego_size = 64  # small square ego videos
+    w.ego_look_hand = a.ego_look  # 1 = the ego gaze turns fully to the acting hand (world default)
     w.p_mention_marking = 0.0  # captions name what both views show: object, verb, hand
     w.p_mention_other_hand = 0.0
     w.p_mention_side = 0.0
