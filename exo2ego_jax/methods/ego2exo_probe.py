@@ -131,10 +131,9 @@ def build(world: str, clips: str, *, takes: int, image: int, frames: int, overri
     from exo2ego_jax.methods import exo2ego_data
     here = os.path.dirname(os.path.abspath(__file__))
     cfg_path = os.path.join(os.path.dirname(os.path.dirname(here)), "configs", "ego2exo", "demo.py")
-    demo = config_lib.load(cfg_path, f"takes={takes}")
-    wc = synthetic.world_config()
-    for k, v in {**demo.demo.world.to_dict(), **overrides}.items():
-        wc[k] = v
+    wc = config_lib.load(cfg_path, f"takes={takes}").demo.world  # a full world_config()
+    with wc.unlocked():
+        wc.update(overrides)
     if not os.path.exists(os.path.join(world, synthetic.META_FILE)):
         synthetic.write_world(wc, world)
     exo2ego_data.build_arrays(world, clips, num_frames=frames, image_size=image, mean=(0.5,) * 3, std=(0.5,) * 3)

@@ -171,7 +171,8 @@ def label(config, workdir: str) -> dict[str, Any]:
     shard, num_shards = jax.process_index(), jax.process_count()
     progress_path, out_path = _paths(workdir, lb, shard, num_shards)
     ds = EgoExo4D(lb.root, video_variant=lb.video_variant)
-    all_segments = segments_to_label(ds, lb.split, best_exo=lb.get("exo_view", "random") == "best")
+    exo_view = lb.get("exo_view", "random")  # configs saved before the field existed: the paper's draw
+    all_segments = segments_to_label(ds, lb.split, best_exo=exo_view == "best")
     if lb.max_segments:
         all_segments = all_segments[: lb.max_segments]
     mine = all_segments[shard::num_shards]
@@ -222,7 +223,7 @@ def label(config, workdir: str) -> dict[str, Any]:
                     answers = texts[j * per_seg:(j + 1) * per_seg]
                     entries.append((seg.segment_id, segment_records(seg, qs[j], answers, root=lb.root,
                                                                     seed=lb.seed, teacher=teacher,
-                                                                    exo_view=lb.get("exo_view", "random"))))
+                                                                    exo_view=exo_view)))
                 prompts_lib.append_progress(progress_path, entries)
                 done.update(entries)
                 stats["labelled"] += len(chunk)
