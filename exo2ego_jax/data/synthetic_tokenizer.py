@@ -6,6 +6,12 @@ their parameter count, so this builds a word-level tokenizer over the words that
 HF tokenizer directory (``tokenizer.json`` + ``tokenizer_config.json`` with a chat template) that
 ``transformers.AutoTokenizer.from_pretrained(dir)`` loads offline. The vocabulary order is
 deterministic (frequency, then alphabetical), so two builds over the same texts are identical.
+
+With ``stems=True`` a word that is another word of the corpus plus a final "s" ("picks" = "pick" +
+"s") is not a token of its own: it becomes the stem and a continuation piece ``##s`` (WordPiece),
+as subword vocabularies of pretrained LLMs share stems between inflections. A tiny LLM trained
+from scratch on narrations ("C picks up ...") then already has trained embeddings and output rows
+for the words that questions and answers use ("pick up").
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import re
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
-from tokenizers.models import WordLevel
+from tokenizers.models import WordLevel, WordPiece
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 VIDEO, PROBE = "<video>", "<probe>"
@@ -35,7 +41,8 @@ CHAT_TEMPLATE = (
 
 # Same split rule as the pre-tokenizer below (words and single punctuation marks), lower-cased.
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
-_UID_OR_PATH = re.compile(r"[0-9a-fA-F-]{8,}|\S*[/\\]\S*|\S+\.(mp4|json|jpg|png)")
+# Not words: uids, paths, file names, take names ("synth_drink_0184": one per take, never said).
+_UID_OR_PATH = re.compile(r"[0-9a-fA-F-]{8,}|\S*[/\\]\S*|\S+\.(mp4|json|jpg|png)|\w+_\d{3,}")
 
 
 def words(text: str) -> list[str]:
@@ -43,11 +50,24 @@ def words(text: str) -> list[str]:
     return _WORD_RE.findall(text.lower())
 
 
-def build_vocab(texts: Iterable[str], *, min_count: int = 1) -> dict[str, int]:
-    """Special tokens first, then words by descending count, ties alphabetical (deterministic)."""
+SUFFIX = "##s"  # the one continuation piece of stems=True
+MIN_STEM = 3  # "is" / "its" keep their own tokens
+
+
+def build_vocab(texts: Iterable[str], *, min_count: int = 1, stems: bool = False) -> dict[str, int]:
+    """Special tokens first, then words by descending count, ties alphabetical (deterministic).
+
+    ``stems``: words that are another corpus word + "s" are counted as that word + ``##s``.
+    """
     counts: collections.Counter[str] = collections.Counter()
     for text in texts:
         counts.update(w for w in words(text) if w not in SPECIAL_TOKENS)
+    if stems:
+        split = [w for w in counts if len(w) > MIN_STEM and w.endswith("s") and w[:-1] in counts]
+        for w in split:
+            n = counts.pop(w)
+            counts[w[:-1]] += n
+            counts[SUFFIX] += n
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for word, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         if n >= min_count and word not in vocab:
@@ -56,13 +76,17 @@ def build_vocab(texts: Iterable[str], *, min_count: int = 1) -> dict[str, int]:
 
 
 def build_tokenizer(texts: Iterable[str], out_dir: str, *, min_count: int = 1,
-                    model_max_length: int = 4096) -> str:
+                    model_max_length: int = 4096, stems: bool = False) -> str:
     """Builds the word-level tokenizer over ``texts`` and saves it as an HF tokenizer dir.
 
     Returns ``out_dir``. Load it with ``transformers.AutoTokenizer.from_pretrained(out_dir)``.
     """
-    vocab = build_vocab(texts, min_count=min_count)
-    tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    vocab = build_vocab(texts, min_count=min_count, stems=stems)
+    # WordPiece matches the longest vocabulary prefix of each word, then "##" pieces: with stems
+    # "picks" -> "pick", "##s"; a word with no split is one token, exactly as WordLevel gives.
+    model = WordPiece(vocab=vocab, unk_token=UNK, continuing_subword_prefix="##") if stems else \
+        WordLevel(vocab=vocab, unk_token=UNK)
+    tok = Tokenizer(model)
     tok.normalizer = normalizers.Lowercase()
     # Whitespace = the regex \w+|[^\w\s]+ ; Punctuation then splits runs like ".," into single marks.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
