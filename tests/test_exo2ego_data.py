@@ -75,6 +75,15 @@ def test_arrays_hold_every_clip(world):
     assert arr["ego"].dtype == np.uint8 and len(arr["text"]) == len(arr["ego"])
 
 
+def test_threaded_arrays_are_identical(world, tmp_path):
+    exo2ego_data.build_arrays(str(world / "world"), str(tmp_path / "t.npz"), num_frames=2, image_size=16,
+                              num_workers=2)
+    with np.load(world / "clips.npz") as a, np.load(tmp_path / "t.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_ego_labels_are_scarce_and_exo_abundant(world):
     arr = exo2ego_data.load_arrays(str(world / "clips.npz"))
     n_train = int(np.sum(arr["split"] == "train"))

@@ -37,46 +37,52 @@ CAPTION_PROMPT = "Describe what I am doing."  # [I] user turn of caption example
 
 # --- pre-decoded clips ------------------------------------------------------------------------
 def build_arrays(world_root: str, out_path: str, *, num_frames: int, image_size: int,
-                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> dict[str, Any]:
+                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_workers: int = 0) -> dict[str, Any]:
     """Decodes every narration clip (ego + all exo views) of a synthetic world into `out_path` (.npz).
 
     Frames are sampled uniformly in [start_sec, end_sec) of each narration, resized (squashed) to
-    `image_size` squares and stored as uint8. Returns a summary.
+    `image_size` squares and stored as uint8. `num_workers` > 1 decodes takes in that many
+    threads (same arrays, same order). Returns a summary.
     """
     with open(os.path.join(world_root, "synthetic_meta.json")) as f:
         meta = json.load(f)
     fps = float(meta["config"]["fps"])
-    exo_cams = sorted(meta["cameras"]["exo"])
-    ego_file = "aria01_214-1.mp4"
-    ego, exo, texts, takes, splits, nidx = [], [], [], [], [], []
-    for uid, take in sorted(meta["takes"].items(), key=lambda kv: kv[1]["take_name"]):
-        base = os.path.join(world_root, "takes", take["take_name"], "frame_aligned_videos")
-        idx = [video_lib.sample_frame_indices(int(n["start_sec"] * fps),
-                                              max(int(n["end_sec"] * fps), int(n["start_sec"] * fps) + 1),
-                                              num_frames=num_frames, video_fps=fps)
-               for n in take["narrations"]]
-        if not idx:
-            continue
-        flat = np.concatenate(idx)
-        last = take["num_frames"] - 1
-        flat = np.minimum(flat, last)
-
-        def clips(name):
-            fr = video_lib.decode_frames(os.path.join(base, name), flat.tolist())
-            fr = video_lib.resize(fr, image_size, image_size)
-            return np.clip(np.round(fr), 0, 255).astype(np.uint8).reshape(len(idx), num_frames, image_size,
-                                                                          image_size, 3)
-        ego.append(clips(ego_file))
-        exo.append(np.stack([clips(f"{c}.mp4") for c in exo_cams], axis=1))
-        for n in take["narrations"]:
-            texts.append(n["text"])
-            takes.append(take["take_name"])
-            splits.append(take["split"])
-            nidx.append(n["index"])
+    exo_cams = tuple(sorted(meta["cameras"]["exo"]))
+    takes = [t for _, t in sorted(meta["takes"].items(), key=lambda kv: kv[1]["take_name"]) if t["narrations"]]
+    jobs = [(world_root, t, fps, exo_cams, num_frames, image_size) for t in takes]
+    if num_workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+        # Threads, not processes: FFmpeg decodes outside the GIL, and ~1 GB of clips need no pickling.
+        with ThreadPoolExecutor(num_workers) as pool:
+            parts = list(pool.map(_take_clips, jobs))
+    else:
+        parts = [_take_clips(j) for j in jobs]
+    ego, exo = [p[0] for p in parts], [p[1] for p in parts]
+    texts = [n["text"] for t in takes for n in t["narrations"]]
     np.savez(out_path, ego=np.concatenate(ego), exo=np.concatenate(exo), text=np.array(texts),
-             take=np.array(takes), split=np.array(splits), narration=np.array(nidx, np.int32),
+             take=np.array([t["take_name"] for t in takes for _ in t["narrations"]]),
+             split=np.array([t["split"] for t in takes for _ in t["narrations"]]),
+             narration=np.array([n["index"] for t in takes for n in t["narrations"]], np.int32),
              mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
     return {"clips": len(texts), "exo_views": len(exo_cams), "path": out_path}
+
+
+def _take_clips(job) -> tuple[np.ndarray, np.ndarray]:
+    """(ego [N, F, S, S, 3], exo [N, views, F, S, S, 3]) uint8 clips of one take's N narrations."""
+    world_root, take, fps, exo_cams, num_frames, image_size = job
+    base = os.path.join(world_root, "takes", take["take_name"], "frame_aligned_videos")
+    idx = [video_lib.sample_frame_indices(int(n["start_sec"] * fps),
+                                          max(int(n["end_sec"] * fps), int(n["start_sec"] * fps) + 1),
+                                          num_frames=num_frames, video_fps=fps)
+           for n in take["narrations"]]
+    flat = np.minimum(np.concatenate(idx), take["num_frames"] - 1)
+
+    def clips(name):
+        fr = video_lib.decode_frames(os.path.join(base, name), flat.tolist())
+        fr = video_lib.resize(fr, image_size, image_size)
+        return np.clip(np.round(fr), 0, 255).astype(np.uint8).reshape(len(idx), num_frames, image_size,
+                                                                      image_size, 3)
+    return clips("aria01_214-1.mp4"), np.stack([clips(f"{c}.mp4") for c in exo_cams], axis=1)
 
 
 @functools.lru_cache(maxsize=4)
