@@ -26,25 +26,42 @@ def test_demo_config_regime():
     b = c.variants.b_ego_only
     assert all(s.exo2ego.kl_weight == 0 and s.exo2ego.cycle_weight == 0 for s in b.stages.values())
     assert b.stages.stage3.data.mode == a.stages.stage3.data.mode == "ego_qa"  # same ego data
+    assert b.stages.stage3.train.groups == a.stages.stage3.train.groups  # same stage-3 recipe
+    assert c.demo.teacher_stage in a.order and c.demo.teacher_seed == 0  # one shared demonstrator
+    assert c.demo.tokenizer_stems  # answers use the narrations' word tokens
 
 
-@pytest.mark.slow  # ~5-10 compiles of tiny train steps: minutes on 2 shared cores
+@pytest.mark.slow  # ~8 compiles of tiny train steps on 2 worker processes: minutes on 2 shared cores
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     from exo2ego_jax.methods import exo2ego_demo
-    c = demo_config("seeds=1,steps=0.01,takes=5,image=32,variants=a_exo2ego+b_ego_only")
+    c = demo_config("seeds=1,steps=0.01,takes=5,image=32,variants=a_exo2ego+b_ego_only+c_no_kl")
     with c.unlocked():
         c.demo.world.num_workers = 0
         c.demo.world.exo_size = (48, 28)
         c.demo.world.ego_size = 32
+        c.demo.world.val_fraction = 0.4  # 2 of the 5 takes held out
     out = exo2ego_demo.run(c, str(tmp_path))
-    assert set(out) == {"total_s", "a_exo2ego/seed0/accuracy", "b_ego_only/seed0/accuracy"}
+    assert set(out) == {"total_s", *(f"{v}/seed0/accuracy" for v in ("a_exo2ego", "b_ego_only", "c_no_kl"))}
     res = json.load(open(tmp_path / "results.json"))
     for r in res["runs"].values():
         assert 0.0 <= r["accuracy"] <= 100.0 and r["num_questions"] > 0
     assert (tmp_path / "demo.png").stat().st_size > 0
     assert "(a) Exo2Ego" in capsys.readouterr().out
-    for stage in ("stage1", "stage2", "stage3"):
-        assert os.path.exists(tmp_path / "seed0" / "a_exo2ego" / stage / "stage_done.json")
+    for v in ("a_exo2ego", "c_no_kl"):
+        for stage in ("stage1", "stage2", "stage3"):
+            assert os.path.exists(tmp_path / "seed0" / v / stage / "stage_done.json")
+    # (c) reuses (a)'s demonstrator: one stage-1 run, linked.
+    link = tmp_path / "seed0" / "c_no_kl" / "stage1"
+    assert link.is_symlink() and link.resolve() == (tmp_path / "seed0" / "a_exo2ego" / "stage1").resolve()
+    # A second run trains nothing and reproduces every number.
+    done = {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/*/stage_done.json")}
+    again = exo2ego_demo.run(c, str(tmp_path))
+    assert {k: v for k, v in again.items() if k != "total_s"} == {k: v for k, v in out.items() if k != "total_s"}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/*/stage_done.json")} == done
+    res2 = json.load(open(tmp_path / "results.json"))  # train seconds survive the resume
+    assert set(res2["shared"]) == {"a_exo2ego/seed0/first-stage"}
+    assert res2["shared"]["a_exo2ego/seed0/first-stage"]["train_s"] >= res["shared"]["a_exo2ego/seed0/first-stage"]["train_s"] > 0
+    assert all(res2["runs"][k]["train_s"] >= r["train_s"] > 0 for k, r in res["runs"].items())
     # The recognition probe reads the finished stages (exo view for stage 1, learner input after).
     from exo2ego_jax.methods import exo2ego_demo_probe as probe
     for stage in ("stage1", "stage2"):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -55,11 +56,11 @@ def _prepare(config, workdir: str) -> dict[str, Any]:
             for it in eb.generate(world, split, categories=d.categories, distractors=d.distractors):
                 texts += [it["answer"], *it["wrong_answers"],
                           exo2ego_data.qa_prompt(it["question"], [it["answer"], *it["wrong_answers"]])]
-        synthetic_tokenizer.build_tokenizer(texts, tok)
+        synthetic_tokenizer.build_tokenizer(texts, tok, stems=d.tokenizer_stems)
     clips = os.path.join(workdir, "clips.npz")
     if not os.path.exists(clips):
         exo2ego_data.build_arrays(world, clips, num_frames=d.num_frames, image_size=d.image_size,
-                                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+                                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_workers=d.world.num_workers)
     bench = os.path.join(workdir, "egobench", "val.json")
     if not os.path.exists(bench):
         eb.write(world, bench, "val", categories=d.categories, distractors=d.distractors)
@@ -82,24 +83,14 @@ def _with_paths(cfg, paths: dict[str, Any], seed: int):
 
 
 def _pipeline(config, variant: str, paths, seed: int):
-    stages = {name: _with_paths(config.variants[variant].stages[name], paths, seed)
-              for name in config.variants[variant].order}
+    d = config.demo
+    stages = {}
+    for name in config.variants[variant].order:
+        # The shared demonstrator: one stage-1 run (seed teacher_seed) for every seed's learner.
+        s = d.teacher_seed if name == d.teacher_stage and d.teacher_seed >= 0 else seed
+        stages[name] = _with_paths(config.variants[variant].stages[name], paths, s)
     sources = {k: tuple(v) for k, v in config.variants[variant].sources.items()}
     return pipeline_lib.pipeline_config(stages, sources=sources)
-
-
-def _share_stages(pcfg, run_dir: str, done: dict[str, str]) -> None:
-    """Links stages whose whole config chain equals one already trained ((a) and (c) share stage 1)."""
-    chain = []
-    for name in pcfg.order:
-        resolved = pipeline_lib.resolve_stage(pcfg, name, "<run>")
-        chain.append(resolved.to_json(sort_keys=True))
-        key = "\n".join(chain)
-        here = os.path.join(run_dir, name)
-        if key in done and not os.path.exists(here):
-            os.makedirs(run_dir, exist_ok=True)
-            os.symlink(done[key], here)
-        done.setdefault(key, here)
 
 
 def _curves(stage_dir: str) -> list[dict[str, Any]]:
@@ -110,33 +101,202 @@ def _curves(stage_dir: str) -> list[dict[str, Any]]:
         return [r for r in map(json.loads, f) if "loss" in r]
 
 
-def run(config, workdir: str) -> dict[str, Any]:
+# --- jobs and their schedule ------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One unit of work: a whole (seed, variant) run with its evaluation, or (``prefix``) only the
+    first stage of a run, when other runs share that stage's exact config and wait for it."""
+    seed: int
+    variant: str
+    prefix: bool = False
+    after: tuple[str, ...] = ()  # names of the jobs that must finish first
+    link: str = ""  # run dir (relative to the workdir) whose first stage this run reuses
+    cost: float = 0.0  # scheduling priority: rough compute of its stages
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}/seed{self.seed}" + ("/first-stage" if self.prefix else "")
+
+
+def _run_dir(workdir: str, seed: int, variant: str) -> str:
+    return os.path.join(workdir, f"seed{seed}", variant)
+
+
+def _cost(pcfg, names) -> float:
+    """~ compute of stages: steps x batch x tokens, doubled for two towers (ego-exo pairs)."""
+    return float(sum(c.train.steps * c.train.global_batch * c.data.max_len * (2 if c.data.mode == "pairs" else 1)
+                     for c in (pcfg.stages[n] for n in names)))
+
+
+def plan(config, paths) -> list[Job]:
+    """The demo's jobs. Runs whose first stage has the same config (the demonstrator of (a) and
+    (c), and of every seed when ``demo.teacher_seed`` >= 0) get one prefix job that trains it;
+    they wait for it and link to its directory."""
+    runs, groups = [], {}
+    for seed in config.demo.seeds:
+        for variant in config.demo.variants:
+            pcfg = _pipeline(config, variant, paths, seed)
+            key = pipeline_lib.resolve_stage(pcfg, pcfg.order[0], "<run>").to_json(sort_keys=True)
+            runs.append((seed, variant, pcfg, key))
+            groups.setdefault(key, []).append((seed, variant))
+    jobs, prefix_of = [], {}
+    for seed, variant, pcfg, key in runs:
+        if len(groups[key]) > 1 and groups[key][0] == (seed, variant):
+            job = Job(seed, variant, prefix=True, cost=_cost(pcfg, pcfg.order[:1]))
+            prefix_of[key] = job.name
+            jobs.append(job)
+    for seed, variant, pcfg, key in runs:
+        owner = groups[key][0]
+        shared = key in prefix_of
+        link = _run_dir("", *owner) if shared and owner != (seed, variant) else ""
+        jobs.append(Job(seed, variant, after=(prefix_of[key],) if shared else (), link=link,
+                        cost=_cost(pcfg, pcfg.order[1:] if shared else pcfg.order)))
+    return jobs
+
+
+def _timed_run(pcfg, run_dir: str, name: str) -> float:
+    """Runs (or resumes) a pipeline; returns its training seconds summed over every invocation, so
+    a resumed demo still reports what its runs cost (``train_s_<name>.json`` in the run dir)."""
+    path = os.path.join(run_dir, f"train_s_{name}.json")
+    before = json.load(open(path))["train_s"] if os.path.exists(path) else 0.0
+    t = time.time()
+    pipeline_lib.run(pcfg, run_dir)
+    total = before + time.time() - t
+    with open(path + ".tmp", "w") as f:
+        json.dump({"train_s": total}, f)
+    os.replace(path + ".tmp", path)
+    return total
+
+
+def run_job(config, workdir: str, paths, job: Job) -> dict[str, Any]:
+    """Trains (and, for a whole run, evaluates) one job in this process; returns its result rows."""
     from exo2ego_jax.methods import exo2ego_eval
+    pcfg = _pipeline(config, job.variant, paths, job.seed)
+    run_dir = _run_dir(workdir, job.seed, job.variant)
+    first = pcfg.order[0]
+    if job.prefix:
+        train_s = _timed_run(pipeline_lib.pipeline_config({first: pcfg.stages[first]}), run_dir, first)
+        return {job.name: {"variant": job.variant, "seed": job.seed, "stage": first, "train_s": train_s}}
+    if job.link:
+        here = os.path.join(run_dir, first)
+        if not os.path.lexists(here):
+            os.makedirs(run_dir, exist_ok=True)
+            os.symlink(os.path.relpath(os.path.join(workdir, job.link, first), run_dir), here)
+    # A run with a shared first stage counts only its own stages (the prefix job counts that one).
+    train_s = _timed_run(pcfg, run_dir, "run")
+    last = pipeline_lib.resolve_stage(pcfg, pcfg.order[-1], run_dir)
+    t = time.time()
+    acc = exo2ego_eval.evaluate_arrays(last, os.path.join(run_dir, pcfg.order[-1]), paths["bench"],
+                                       batch_size=config.demo.eval_batch)
+    logging.info("demo: %s: accuracy %.1f", job.name, acc["accuracy"])
+    return {job.name: {"variant": job.variant, "seed": job.seed, "train_s": train_s, "eval_s": time.time() - t,
+                       **acc, "curves": {n: _curves(os.path.join(run_dir, n)) for n in pcfg.order}}}
+
+
+def _compile_cache(workdir: str) -> None:
     import jax
-    t0 = time.time()
     # Seeds and variants share program shapes: the persistent cache compiles each step once.
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _worker_init(cores_queue) -> None:
+    """Pins a worker process to its cores before JAX starts, so XLA sizes its thread pool to them."""
+    os.sched_setaffinity(0, cores_queue.get())
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()  # grain reads absl flags; a spawned worker never parsed any
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s worker {os.getpid()} %(filename)s] %(message)s"))
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or f"{os.sep}exo2ego_jax{os.sep}" in r.pathname)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+
+
+class _JobRunner:
+    """`fn(job)` for `execute` (picklable, so worker processes can run it)."""
+
+    def __init__(self, config, workdir: str, paths):
+        self.config, self.workdir, self.paths = config, workdir, paths
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        _compile_cache(self.workdir)
+        return run_job(self.config, self.workdir, self.paths, job)
+
+
+def worker_cores(workers: int, num_jobs: int) -> list[list[int]]:
+    """Disjoint core sets, one per worker process ([] = run in this process).
+
+    `workers` -1 = one process per available core (at most one per job); 0 or 1 = in-process.
+    """
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    n = min(len(cores), num_jobs) if workers < 0 else min(workers, len(cores), num_jobs)
+    if n <= 1:
+        return []
+    return [cores[i::n] for i in range(n)]
+
+
+def _next(pending: list[Job], done: set[str]) -> Job | None:
+    """The ready job to start now: jobs others wait for first, then the most compute."""
+    ready = [j for j in pending if all(a in done for a in j.after)]
+    return max(ready, key=lambda j: (j.prefix, j.cost)) if ready else None
+
+
+def execute(jobs: list[Job], fn, cores: list[list[int]]) -> dict[str, Any]:
+    """Runs `fn(job)` for every job, each after its `after` jobs, in this process (`cores` = [])
+    or on one worker process per core set; returns the union of their result rows."""
+    pending, done, results = list(jobs), set(), {}
+    if not cores:
+        while pending:
+            job = _next(pending, done)
+            if job is None:
+                raise ValueError(f"demo: jobs wait for jobs that do not exist: {[j.after for j in pending]}")
+            pending.remove(job)
+            results.update(fn(job))
+            done.add(job.name)
+        return results
+    import multiprocessing
+    import queue as queue_lib
+    # spawn: this process already runs JAX threads, which fork would copy in a broken state.
+    ctx = multiprocessing.get_context("spawn")
+    core_queue = ctx.Queue()
+    for c in cores:
+        core_queue.put(c)
+    finished: queue_lib.Queue = queue_lib.Queue()
+    running = 0
+    with ctx.Pool(len(cores), initializer=_worker_init, initargs=(core_queue,)) as pool:
+        while pending or running:
+            while running < len(cores) and (job := _next(pending, done)) is not None:
+                pending.remove(job)
+                pool.apply_async(fn, (job,), callback=lambda r, j=job: finished.put((j, r, None)),
+                                 error_callback=lambda e, j=job: finished.put((j, None, e)))
+                running += 1
+            if not running:
+                raise ValueError(f"demo: jobs wait for jobs that do not exist: {[j.after for j in pending]}")
+            job, rows, error = finished.get()
+            running -= 1
+            if error is not None:
+                raise RuntimeError(f"demo: job {job.name} failed in its worker process: {error!r}") from error
+            results.update(rows)
+            done.add(job.name)
+            logging.info("demo: %s done (%d jobs left)", job.name, len(pending) + running)
+    return results
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    t0 = time.time()
+    _compile_cache(workdir)
     paths = _prepare(config, workdir)
-    results: dict[str, Any] = {"paths": paths, "runs": {}}
-    for seed in config.demo.seeds:
-        done: dict[str, str] = {}  # config chain of a stage -> the run dir that trained it
-        for variant in config.demo.variants:
-            run_dir = os.path.join(workdir, f"seed{seed}", variant)
-            pcfg = _pipeline(config, variant, paths, seed)
-            _share_stages(pcfg, run_dir, done)
-            t = time.time()
-            pipeline_lib.run(pcfg, run_dir)
-            train_s = time.time() - t
-            last = pipeline_lib.resolve_stage(pcfg, pcfg.order[-1], run_dir)
-            t = time.time()
-            acc = exo2ego_eval.evaluate_arrays(last, os.path.join(run_dir, pcfg.order[-1]), paths["bench"],
-                                               batch_size=config.demo.eval_batch)
-            results["runs"][f"{variant}/seed{seed}"] = {
-                "variant": variant, "seed": seed, "train_s": train_s, "eval_s": time.time() - t, **acc,
-                "curves": {name: _curves(os.path.join(run_dir, name)) for name in pcfg.order}}
-            logging.info("demo: %s seed %d: accuracy %.1f", variant, seed, acc["accuracy"])
+    jobs = plan(config, paths)
+    # Small XLA:CPU programs scale poorly over cores (1.3x from 1 to 2 here): one process per core
+    # runs two jobs at once for ~1.5x the throughput.
+    cores = worker_cores(config.demo.workers, len(jobs))
+    logging.info("demo: %d jobs on %s", len(jobs),
+                 f"{len(cores)} worker processes (cores {cores})" if cores else "this process")
+    runs = execute(jobs, _JobRunner(config, workdir, paths), cores)
+    order = [f"{v}/seed{s}" for s in config.demo.seeds for v in config.demo.variants]
+    results: dict[str, Any] = {"paths": paths, "workers": max(1, len(cores)), "runs": {k: runs[k] for k in order},
+                               "shared": {j.name: runs[j.name] for j in jobs if j.prefix}}
     results["total_s"] = time.time() - t0
     table = summary_table(results, config)
     results["table"] = table
@@ -171,6 +331,9 @@ def summary_table(results: dict[str, Any], config) -> str:
     lines.append(f"\nHeld-out synthetic EgoBench: {n} ego-view questions ({'/'.join(d.categories)}; "
                  f"{d.distractors} distractors; 4 options, chance 25%, 'hand' effectively 50%). "
                  f"Total {results.get('total_s', 0):.0f} s.")
+    for name, r in results.get("shared", {}).items():
+        lines.append(f"Shared {r['stage']} ({name}, trained once for the runs that start with it): "
+                     f"{r['train_s']:.0f} s; 'train s' above counts each run's own stages.")
     return "\n".join(lines)
 
 

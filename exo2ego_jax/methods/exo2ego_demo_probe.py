@@ -19,6 +19,7 @@ import numpy as np
 
 WORD_CLASSES = ("colour", "shape", "verb", "hand", "other")
 VERBS_3P = ("picks", "puts", "moves", "opens", "closes", "pours", "shakes")
+VERB_STEMS = ("pick", "put", "move", "open", "close", "pour", "shake")  # tokenizer stems=True
 
 
 def word_class(word: str, colours: set[str], shapes: set[str]) -> str:
@@ -27,7 +28,7 @@ def word_class(word: str, colours: set[str], shapes: set[str]) -> str:
         return "colour"
     if w in shapes:
         return "shape"
-    if w in VERBS_3P:
+    if w in VERBS_3P or w in VERB_STEMS:
         return "verb"
     if w in ("left", "right"):
         return "hand"
