@@ -3,7 +3,6 @@ import importlib.util
 import json
 import os
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +30,8 @@ def test_demo_config_regime():
     assert c.demo.tokenizer_stems  # answers use the narrations' word tokens
 
 
-@pytest.mark.slow  # ~8 compiles of tiny train steps on 2 worker processes: minutes on 2 shared cores
+# The README's main job at toy scale, in the fast suite: ~2 minutes on 2 cores (8 compiles of tiny steps
+# on 2 worker processes, then a resume that trains nothing).
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     from exo2ego_jax.methods import exo2ego_demo
     c = demo_config("seeds=1,steps=0.01,takes=5,image=32,variants=a_exo2ego+b_ego_only+c_no_kl")

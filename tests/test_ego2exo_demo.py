@@ -60,9 +60,8 @@ def _shapes(config, names):
     return {n: flat[n] for n in names}
 
 
-@pytest.mark.slow
 def test_small_demo_end_to_end(tmp_path):
-    """configs/ego2exo/demo.py:small - every phase, the table and the PNG (minutes on 2 cores)."""
+    """configs/ego2exo/demo.py:small - every phase, the table and the PNG (~1 minute on 2 cores)."""
     config = load_config("configs/ego2exo/demo.py", "small")
     out = ego2exo_demo.run(config, str(tmp_path))
     assert set(out) >= {f"exo_accuracy/{m}" for m in ego2exo_demo.MODELS}
