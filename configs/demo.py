@@ -123,7 +123,9 @@ def get_config(arg: str | None = None):
     # pretrained demonstrator does; -1 trains one per seed (3x the stage-1 time: over 10 minutes).
     dm.teacher_stage = "stage1"  # the variants' stage that teacher_seed applies to
     dm.teacher_seed = a.teacher_seed
-    dm.workers = a.workers  # processes running (seed, variant) jobs, one per core (-1: all cores; 0: in-process)
+    # Worker processes for the jobs on the CPU backend (-1: one per core; 0: in-process); on a GPU or
+    # TPU every job runs in this process, which owns the accelerator.
+    dm.workers = a.workers
     dm.variants = tuple(a.variants.split("+"))  # which of a_exo2ego, b_ego_only, c_no_kl run
     dm.num_frames = num_frames  # frames per pre-decoded clip
     dm.image_size = image_size  # side of pre-decoded frames

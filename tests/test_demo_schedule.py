@@ -51,6 +51,8 @@ def test_worker_cores(monkeypatch):
     assert demo.worker_cores(2, 10) == [[0, 2], [1, 3]]
     assert demo.worker_cores(-1, 3) == [[0, 3], [1], [2]]  # no idle worker: spare cores go to the first
     assert demo.worker_cores(0, 10) == demo.worker_cores(1, 10) == demo.worker_cores(-1, 1) == []
+    # An accelerator belongs to one process: every job runs in it.
+    assert demo.worker_cores(-1, 10, "gpu") == demo.worker_cores(2, 10, "tpu") == []
 
 
 def _jobs():

@@ -224,11 +224,14 @@ class _JobRunner:
         return run_job(self.config, self.workdir, self.paths, job)
 
 
-def worker_cores(workers: int, num_jobs: int) -> list[list[int]]:
+def worker_cores(workers: int, num_jobs: int, backend: str = "cpu") -> list[list[int]]:
     """Disjoint core sets, one per worker process ([] = run in this process).
 
     `workers` -1 = one process per available core (at most one per job); 0 or 1 = in-process.
+    Only on the CPU backend: a GPU or TPU belongs to one process (this one), which runs every job.
     """
+    if backend != "cpu":
+        return []
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     n = min(len(cores), num_jobs) if workers < 0 else min(workers, len(cores), num_jobs)
     if n <= 1:
@@ -290,7 +293,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     jobs = plan(config, paths)
     # Small XLA:CPU programs scale poorly over cores (1.3x from 1 to 2 here): one process per core
     # runs two jobs at once for ~1.5x the throughput.
-    cores = worker_cores(config.demo.workers, len(jobs))
+    import jax
+    cores = worker_cores(config.demo.workers, len(jobs), jax.default_backend())
     logging.info("demo: %d jobs on %s", len(jobs),
                  f"{len(cores)} worker processes (cores {cores})" if cores else "this process")
     runs = execute(jobs, _JobRunner(config, workdir, paths), cores)
