@@ -3,7 +3,7 @@
     python -m exo2ego_jax.main --config configs/ego2exo/demo.py --workdir /tmp/ego2exo_demo
     python -m exo2ego_jax.main --config configs/ego2exo/demo.py:small --workdir /tmp/ego2exo_small
 
-Tiny towers / LLM and a word-level tokenizer: about 6.5 CPU-minutes in all (user + sys; docs/ego2exo.md
+Tiny towers / LLM and a word-level tokenizer: about 8 CPU-minutes in all (user + sys; docs/ego2exo.md
 has the wall times measured, what it printed, and the probes behind the world settings); `small` is the
 minutes-long version of the slow test.
 Args: small, takes, teacher_steps, student_steps, image, patch, glove (dark glove on the right hand),
