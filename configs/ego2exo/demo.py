@@ -5,7 +5,7 @@
 
 Tiny towers / LLM and a word-level tokenizer: about 8 CPU-minutes in all (user + sys; docs/ego2exo.md
 has the wall times measured, what it printed, and the probes behind the world settings); `small` is the
-minutes-long version of the slow test.
+~1-minute version the test suite runs end to end.
 Args: small, takes, teacher_steps, student_steps, image, patch, glove (dark glove on the right hand),
 exo_view ("best": answers paired with the take's best exo camera; "random": the paper's random camera).
 """
