@@ -20,6 +20,7 @@ exo captions abundant (the paper's regime).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -49,14 +50,11 @@ def build_arrays(world_root: str, out_path: str, *, num_frames: int, image_size:
     fps = float(meta["config"]["fps"])
     exo_cams = tuple(sorted(meta["cameras"]["exo"]))
     takes = [t for _, t in sorted(meta["takes"].items(), key=lambda kv: kv[1]["take_name"]) if t["narrations"]]
-    jobs = [(world_root, t, fps, exo_cams, num_frames, image_size) for t in takes]
-    if num_workers > 1 and len(jobs) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-        # Threads, not processes: FFmpeg decodes outside the GIL, and ~1 GB of clips need no pickling.
-        with ThreadPoolExecutor(num_workers) as pool:
-            parts = list(pool.map(_take_clips, jobs))
-    else:
-        parts = [_take_clips(j) for j in jobs]
+    clips = functools.partial(_take_clips, world_root, fps=fps, exo_cams=exo_cams, num_frames=num_frames,
+                              image_size=image_size)
+    # Threads, not processes: FFmpeg decodes outside the GIL, and ~1 GB of clips need no pickling.
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
+        parts = list(pool.map(clips, takes))
     ego, exo = [p[0] for p in parts], [p[1] for p in parts]
     texts = [n["text"] for t in takes for n in t["narrations"]]
     np.savez(out_path, ego=np.concatenate(ego), exo=np.concatenate(exo), text=np.array(texts),
@@ -67,9 +65,9 @@ def build_arrays(world_root: str, out_path: str, *, num_frames: int, image_size:
     return {"clips": len(texts), "exo_views": len(exo_cams), "path": out_path}
 
 
-def _take_clips(job) -> tuple[np.ndarray, np.ndarray]:
+def _take_clips(world_root: str, take: dict[str, Any], *, fps: float, exo_cams: tuple[str, ...], num_frames: int,
+                image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(ego [N, F, S, S, 3], exo [N, views, F, S, S, 3]) uint8 clips of one take's N narrations."""
-    world_root, take, fps, exo_cams, num_frames, image_size = job
     base = os.path.join(world_root, "takes", take["take_name"], "frame_aligned_videos")
     idx = [video_lib.sample_frame_indices(int(n["start_sec"] * fps),
                                           max(int(n["end_sec"] * fps), int(n["start_sec"] * fps) + 1),

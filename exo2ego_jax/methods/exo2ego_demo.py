@@ -157,14 +157,16 @@ def plan(config, paths) -> list[Job]:
 def _timed_run(pcfg, run_dir: str, name: str) -> float:
     """Runs (or resumes) a pipeline; returns its training seconds summed over every invocation, so
     a resumed demo still reports what its runs cost (``train_s_<name>.json`` in the run dir)."""
+    from exo2ego_jax.eval import report
     path = os.path.join(run_dir, f"train_s_{name}.json")
-    before = json.load(open(path))["train_s"] if os.path.exists(path) else 0.0
+    before = 0.0
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)["train_s"]
     t = time.time()
     pipeline_lib.run(pcfg, run_dir)
     total = before + time.time() - t
-    with open(path + ".tmp", "w") as f:
-        json.dump({"train_s": total}, f)
-    os.replace(path + ".tmp", path)
+    report.write_json(path, {"train_s": total})
     return total
 
 
@@ -304,8 +306,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     results["total_s"] = time.time() - t0
     table = summary_table(results, config)
     results["table"] = table
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    from exo2ego_jax.eval import report
+    report.write_json(os.path.join(workdir, "results.json"), results)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(table + "\n")
     try:
