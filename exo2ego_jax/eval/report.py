@@ -62,6 +62,7 @@ EGOBENCH_COLUMNS = (
     ("EgoMCQ Inter", "egomcq", ("inter_accuracy",)),
     ("EgoMCQ Intra", "egomcq", ("intra_accuracy",)),
 )
+EGOBENCH_BENCHMARKS = tuple(dict.fromkeys(bench for _, bench, _ in EGOBENCH_COLUMNS))
 # Columns that are not percentages (the judge's 0-5 grade) stay out of the average.
 _NOT_PERCENT = {"QaEgo4D Open Score"}
 
@@ -149,7 +150,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     """One run: the EgoBench table (suite egobench), a headline table, warnings, per-category /
     per-view breakdowns, per-benchmark timing and the suite's skipped benchmarks."""
     lines = [f"# Evaluation: {results.get('run', '')}", ""]
-    egobench = {bench for _, bench, _ in EGOBENCH_COLUMNS}
+    egobench = set(EGOBENCH_BENCHMARKS)
     if results.get("suite") == "egobench" or egobench & set(results["benchmarks"]) == egobench:
         lines += ["## EgoBench", ""] + egobench_table({results.get("run", "") or "run": results}) + [""]
     rows = []
@@ -211,7 +212,7 @@ def compare_runs(runs: Mapping[str, Mapping[str, Any]] | Sequence[str]) -> str:
                 values[run_name][(bench, metric)] = v
     rows = [[b, m, *(values[r].get((b, m)) for r in runs)] for b, m in keys]
     lines = _table(["benchmark", "metric", *runs], rows)
-    egobench = {bench for _, bench, _ in EGOBENCH_COLUMNS}
+    egobench = set(EGOBENCH_BENCHMARKS)
     if any(egobench & set(r["benchmarks"]) for r in runs.values()):
         lines += ["", "EgoBench:", ""] + egobench_table(runs)
     return "\n".join(lines) + "\n"
