@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from exo2ego_jax.eval import report
 from test_eval_formats import write, write_all_fixtures
@@ -103,3 +104,51 @@ def test_unparsed_answers_are_flagged_in_results_md():
     assert "**egoschema: 353 of 446 answers unparsed** (79%" in md and "mode=loglik" in md
     assert "egoplan: 1 of" not in md
     assert "| egoschema | accuracy | 7.60 | 446 | 353 |" in md
+
+
+def test_mcq_json_and_first_person_cue_are_read(tmp_path):
+    from exo2ego_jax.eval import runner
+    from exo2ego_jax.eval.config import eval_config
+
+    paths = write_all_fixtures(tmp_path)
+    cfg = eval_config("ego_in_exo")
+    for k, v in paths["ego_in_exo"].items():
+        cfg.paths.ego_in_exo[k] = v
+    cfg.mcq_json = paths["qaego4d_closed"]["annotation"]  # synthetic EgoBench files use this format
+    cfg.mcq_json_video_dir = paths["qaego4d_closed"]["video_dir"]
+    cfg.prompt_style = "egobench"  # so the cue could appear in Ego-in-Exo prompts too
+    res = runner.evaluate(SuiteModel(), cfg, str(tmp_path / "a"), log=lambda s: None)
+    assert list(res["benchmarks"]) == ["ego_in_exo", "mcq_json"]
+    assert res["benchmarks"]["mcq_json"]["metrics"]["accuracy"] == 100.0
+    cue = "your own point of view"
+    assert cue in res["benchmarks"]["mcq_json"]["predictions"][0]["prompt"]
+    assert cue not in res["benchmarks"]["ego_in_exo"]["predictions"][0]["prompt"]  # exocentric: off
+    cfg.first_person_cue, cfg.exo_first_person_cue = False, True
+    res = runner.evaluate(SuiteModel(), cfg, str(tmp_path / "b"), log=lambda s: None)
+    assert cue not in res["benchmarks"]["mcq_json"]["predictions"][0]["prompt"]
+    assert cue in res["benchmarks"]["ego_in_exo"]["predictions"][0]["prompt"]
+
+
+def test_epic_max_examples_keeps_relevant_sentences(tmp_path):
+    from exo2ego_jax.eval import runner
+    from exo2ego_jax.eval.config import eval_config
+
+    cfg = eval_config("epic_mir")
+    for k, v in dict(write_epic(tmp_path), video_dir="/epic").items():
+        cfg.paths.epic_mir[k] = v
+    cfg.max_examples = 1  # clip 0 ("take plate"): only sentence 0 has relevance 1 to it
+    res = runner.evaluate(SuiteModel(), cfg, str(tmp_path / "e"), log=lambda s: None)
+    m = res["benchmarks"]["epic_mir"]["metrics"]
+    assert (m["num_videos"], m["num_sentences"], m["mAP"], m["nDCG"]) == (1, 1, 100.0, 100.0)
+    assert EPIC_SENTENCE_CSV.splitlines()[1].endswith("take plate")
+
+    class NoEmbedding:
+        def option_loglik(self, prompts, videos, options):
+            return [[0.0 if EPIC_NARRATION[v.start] == t else -1.0 for t in opts] for v, opts in zip(videos, options)]
+
+    cfg.max_examples = 0
+    with pytest.raises(ValueError, match="retrieval_scoring=likelihood"):
+        runner.evaluate(NoEmbedding(), cfg, str(tmp_path / "n"), log=lambda s: None)
+    cfg.retrieval_scoring = "likelihood"
+    res = runner.evaluate(NoEmbedding(), cfg, str(tmp_path / "l"), log=lambda s: None)
+    assert res["benchmarks"]["epic_mir"]["metrics"]["mAP"] == 100.0
