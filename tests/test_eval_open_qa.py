@@ -41,7 +41,8 @@ def test_judge_scores_and_prompt(tmp_path):
 
     def judge(prompts):
         seen.extend(prompts)
-        return ['{"pred": "yes", "score": 5}', '{"pred": "yes", "score": 3}', "no idea"][len(seen) - len(prompts):len(seen)]
+        replies = ['{"pred": "yes", "score": 5}', '{"pred": "yes", "score": 3}', "no idea"]
+        return replies[len(seen) - len(prompts):len(seen)]
 
     rows = _rows()
     m = open_qa.score_answers(rows, judge, template, batch_size=2)

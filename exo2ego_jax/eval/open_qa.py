@@ -99,9 +99,10 @@ def open_qa_metrics(rows: Sequence[dict[str, Any]], scorer: str) -> dict[str, An
     """Accuracy (%) and score (0-5) from the judge's verdicts, or exact match (%) without a judge;
     exact match and token F1 (%) always."""
     n = len(rows)
-    out: dict[str, Any] = {"scorer": scorer, "num": n,
-                           "exact_match": 100.0 * float(np.mean([r["exact_match"] for r in rows])) if n else float("nan"),
-                           "token_f1": 100.0 * float(np.mean([r["token_f1"] for r in rows])) if n else float("nan")}
+    def pct(key: str) -> float:
+        return 100.0 * float(np.mean([r[key] for r in rows])) if n else float("nan")
+
+    out: dict[str, Any] = {"scorer": scorer, "num": n, "exact_match": pct("exact_match"), "token_f1": pct("token_f1")}
     if scorer == "judge":
         out["accuracy"] = 100.0 * float(np.mean([bool(r["judge_correct"]) for r in rows])) if n else float("nan")
         out["score"] = float(np.mean([r["judge_score"] or 0.0 for r in rows])) if n else float("nan")
@@ -135,4 +136,5 @@ def judge_settings(judge_cfg) -> str:
     """What identifies a judge for the results cache (checkpoint + prompt text)."""
     if not judge_cfg.get("checkpoint"):
         return "match"
-    return json.dumps({"checkpoint": judge_cfg.checkpoint, "prompt": read_judge_prompt(judge_cfg.get("prompt_file", ""))})
+    prompt = read_judge_prompt(judge_cfg.get("prompt_file", ""))
+    return json.dumps({"checkpoint": judge_cfg.checkpoint, "prompt": prompt})

@@ -122,4 +122,5 @@ class MultiInstanceRetrievalSet:
     def __post_init__(self):
         shape = (len(self.videos), len(self.sentences))
         if self.relevance.shape != shape:
-            raise ValueError(f"relevance matrix has shape {self.relevance.shape}, expected [videos, sentences] = {shape}")
+            raise ValueError(f"relevance matrix has shape {self.relevance.shape}, "
+                             f"expected [videos, sentences] = {shape}")

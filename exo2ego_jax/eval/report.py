@@ -86,7 +86,9 @@ def egobench_row(results: Mapping[str, Any]) -> list[Any]:
                if col not in _NOT_PERCENT and isinstance(v, (int, float)) and math.isfinite(v)]
     num_percent = len(EGOBENCH_COLUMNS) - len(_NOT_PERCENT)
     avg = sum(percent) / len(percent) if percent else None
-    row.append(avg if len(percent) == num_percent else (f"{avg:.2f} ({len(percent)}/{num_percent})" if percent else None))
+    if percent and len(percent) < num_percent:
+        avg = f"{avg:.2f} ({len(percent)}/{num_percent})"  # say how many columns it averages
+    row.append(avg)
     return row
 
 
@@ -101,10 +103,12 @@ def egobench_table(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     for bench, res in (runs[next(iter(runs))]["benchmarks"].items() if len(runs) == 1 else []):
         m = res.get("metrics") or {}
         if res.get("kind") == "open_qa" and m:
-            notes.append(f"{bench}: scored by {'an LLM judge' if m['scorer'] == 'judge' else 'exact match (no judge set: Acc = exact match, no Score)'}; "
-                         f"token F1 {fmt(m['token_f1'])}")
+            how = ("an LLM judge" if m["scorer"] == "judge"
+                   else "exact match (no judge set: Acc = exact match, no Score)")
+            notes.append(f"{bench}: scored by {how}; token F1 {fmt(m['token_f1'])}")
         if bench == "egotaskqa" and m and "direct" not in m.get("per_category", {}):
-            notes.append(f"egotaskqa: the file has no direct/indirect `reference` field; overall accuracy {fmt(m['accuracy'])}")
+            notes.append("egotaskqa: the file has no direct/indirect `reference` field; "
+                         f"overall accuracy {fmt(m['accuracy'])}")
     return lines + [f"- {n}" for n in notes]
 
 
@@ -140,7 +144,8 @@ def unparsed_warnings(results: Mapping[str, Any]) -> list[str]:
         if res.get("kind") != "mcq" or not m.get("num") or res.get("settings", {}).get("mcq_mode") == "loglik":
             continue
         if m["unparsed"] > limit * m["num"]:
-            out.append(f"**{name}: {m['unparsed']} of {m['num']} answers unparsed** ({100 * m['unparsed'] / m['num']:.0f}%, "
+            share = 100 * m["unparsed"] / m["num"]
+            out.append(f"**{name}: {m['unparsed']} of {m['num']} answers unparsed** ({share:.0f}%, "
                        "counted wrong): the model does not answer with an option. For small or barely "
                        "instruction-tuned models use configs/eval.py:mode=loglik (docs/evaluation.md).")
     return out
@@ -168,7 +173,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             if groups:
                 lines += ["", f"## {name}: {key.replace('_', ' ')}", ""]
                 lines += _table(["group", "accuracy", "num"], [[g, r["accuracy"], r["num"]] for g, r in groups.items()])
-    timing = [[name, res.get("seconds"), len(res.get("predictions", []))] for name, res in results["benchmarks"].items()]
+    timing = [[name, res.get("seconds"), len(res.get("predictions", []))]
+              for name, res in results["benchmarks"].items()]
     lines += ["", "## Timing", ""] + _table(["benchmark", "seconds", "examples"], timing)
     if results.get("skipped"):
         lines += ["", f"Skipped (files not configured): {', '.join(results['skipped'])}"]

@@ -68,8 +68,9 @@ def load_video(ref: VideoRef, *, num_frames: int | None = None, fps: float | Non
     """uint8 [F, H, W, 3] frames of `ref`'s window, sampled like `data.video.sample_frame_indices`.
 
     `ref.frames` (preloaded, frame i at i / `FOLDER_FPS` s) wins over `ref.path`; a directory path is
-    a folder of numbered images (window by frame number, `folder_window`); anything else is decoded with PyAV. `size` = (height, width)
-    rescales (mp4 only: inside FFmpeg; preloaded/folder frames are returned as stored).
+    a folder of numbered images (window by frame number, `folder_window`); anything else is decoded
+    with PyAV. `size` = (height, width) rescales (mp4 only: inside FFmpeg; preloaded/folder frames
+    are returned as stored).
     """
     if ref.frames is not None or os.path.isdir(ref.path):
         if ref.frames is not None:
