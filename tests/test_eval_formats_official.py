@@ -96,6 +96,9 @@ def test_epic_mir_official_files(tmp_path):
     # The row with two nouns keeps both classes.
     assert data.meta[1]["all_noun_classes"] == [2, 45] and data.meta[1]["verb_class"] == [1]
     assert data.meta[0]["all_noun_classes"] == [2] and data.meta[2]["start_frame"] == 3714
+    flat = ret.load_epic_mir(p["annotation"], p["sentences"], p["relevance"], "/epic", video_ext="mp4",
+                             video_subdir="")
+    assert flat.videos[0].path == "/epic/P01/P01_11.mp4"
     np.testing.assert_array_equal(data.relevance, EPIC_RELEVANCE)
 
 

@@ -53,7 +53,7 @@ def _qaego4d_open(paths, cfg):
 def _epic_mir(paths, cfg):
     _need(paths, "epic_mir", "annotation", "sentences", "relevance", "video_dir")
     return ret.load_epic_mir(paths.annotation, paths.sentences, paths.relevance, paths.video_dir,
-                             video_ext=paths.video_ext)
+                             video_ext=paths.video_ext, video_subdir=paths.video_subdir)
 
 
 def _mcq_json(paths, cfg):

@@ -11,8 +11,8 @@ _EXTRA_PATHS = {
     "egoschema": {"answers": ""},  # subset_answers.json ({q_uid: 0..4}); empty: no accuracy
     "charades_ego": {"classes": ""},  # Charades_v1_classes.txt (157 'cNNN name' lines)
     # retrieval_annotations/: annotation = EPIC_100_retrieval_test.csv, plus these two; videos are
-    # <video_dir>/<participant_id>/videos/<video_id>.<video_ext>.
-    "epic_mir": {"sentences": "", "relevance": "", "video_ext": "MP4"},
+    # <video_dir>/<participant_id>/<video_subdir>/<video_id>.<video_ext>.
+    "epic_mir": {"sentences": "", "relevance": "", "video_ext": "MP4", "video_subdir": "videos"},
 }
 _ANNOTATION_HINT = {
     "egoschema": "questions.json", "egoplan": "EgoPlan_validation.json", "egoplan2": "egoplan2.json",

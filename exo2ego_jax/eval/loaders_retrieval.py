@@ -188,13 +188,14 @@ def load_relevance(path: str) -> np.ndarray:
 
 
 def load_epic_mir(test_csv: str, sentence_csv: str, relevance_pkl: str, video_dir: str,
-                  video_ext: str = "MP4") -> MultiInstanceRetrievalSet:
+                  video_ext: str = "MP4", video_subdir: str = "videos") -> MultiInstanceRetrievalSet:
     """EPIC-KITCHENS-100 `retrieval_annotations/`: the test CSV (one row per video clip), the sentence
     CSV (the unique narrations: id, narration) and the relevance pickle ([rows of the test CSV,
     rows of the sentence CSV]).
 
-    Clip i is `<video_dir>/<participant_id>/videos/<video_id>.<video_ext>` (the EPIC-KITCHENS
-    download layout) from `start_timestamp` to `stop_timestamp`. Rows with several noun (or verb)
+    Clip i is `<video_dir>/<participant_id>/<video_subdir>/<video_id>.<video_ext>` (the EPIC-KITCHENS
+    download layout has video_subdir "videos"; "" for `<participant_id>/<video_id>.MP4`) from
+    `start_timestamp` to `stop_timestamp`. Rows with several noun (or verb)
     classes keep all of them in `meta` (`all_noun_classes`, `all_verb_classes` where present);
     the relevance matrix already accounts for them.
     """
@@ -209,7 +210,7 @@ def load_epic_mir(test_csv: str, sentence_csv: str, relevance_pkl: str, video_di
         stop = epic_timestamp(row["stop_timestamp"], where)
         if stop < start:
             raise ValueError(f"{where}: stop_timestamp {row['stop_timestamp']} is before start_timestamp")
-        path = os.path.join(video_dir, row["participant_id"], "videos", f"{row['video_id']}.{video_ext}")
+        path = os.path.join(video_dir, row["participant_id"], video_subdir, f"{row['video_id']}.{video_ext}")
         videos.append(VideoRef(path, start, stop))
         uids.append(row["narration_id"])
         info = {"narration": row["narration"], "video_id": row["video_id"]}
