@@ -106,6 +106,19 @@ def test_unparsed_answers_are_flagged_in_results_md():
     assert "| egoschema | accuracy | 7.60 | 446 | 353 |" in md
 
 
+def test_suite_without_any_files_names_what_to_set(tmp_path):
+    from exo2ego_jax.eval import runner
+    from exo2ego_jax.eval.config import eval_config
+
+    cfg = eval_config()
+    cfg.suite = "egobench"
+    with pytest.raises(ValueError, match=r"none of its benchmarks has its files set.*egoschema, qaego4d_closed"):
+        runner.evaluate(SuiteModel(), cfg, str(tmp_path), log=lambda s: None)
+    cfg.suite = "egobenchh"
+    with pytest.raises(ValueError, match=r"known suites are \['ego2exo', 'egobench'\]"):
+        runner.evaluate(SuiteModel(), cfg, str(tmp_path), log=lambda s: None)
+
+
 def test_mcq_json_and_first_person_cue_are_read(tmp_path):
     from exo2ego_jax.eval import runner
     from exo2ego_jax.eval.config import eval_config

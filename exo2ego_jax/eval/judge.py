@@ -3,8 +3,10 @@
 
     --config.eval.judge.checkpoint=/models/Qwen2.5-7B-Instruct   (or a .gguf file)
 
-Prompts are batched (`eval.judge.batch_size`), left-padded to a multiple of `_PAD_MULTIPLE` tokens
-so a run compiles a handful of shapes, and decoded on every process (SPMD, like the adapters).
+Prompts are batched (`eval.judge.batch_size`) and left-padded to a multiple of `_PAD_MULTIPLE`
+tokens so a run compiles a handful of shapes. The judge is not sharded: every process decodes the
+same prompts on its first device (a few thousand short replies, small next to the model's own
+evaluation), so it needs a checkpoint that fits one device.
 """
 from __future__ import annotations
 

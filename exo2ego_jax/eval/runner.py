@@ -1,6 +1,7 @@
 """Run benchmarks with a model adapter and write `results.json` + `results.md` to the workdir.
 
-Job "eval": `python -m exo2ego_jax.main --config configs/eval.py --workdir DIR`. Finished
+Job "eval": `python -m exo2ego_jax.main --config configs/eval.py --workdir DIR` (`:suite=egobench`
+for the whole EgoBench table; docs/evaluation.md). Finished
 benchmarks are cached in `DIR/eval/<name>.json` and reused on a rerun with the same settings, so a
 preempted evaluation resumes where it stopped (at benchmark granularity).
 """
@@ -298,7 +299,11 @@ def benchmark_names(cfg) -> tuple[list[str], list[str]]:
         names.append("mcq_json")
     for n in names:
         get_benchmark(n)
-    if not names and not skipped:
+    if not names and skipped:
+        raise ValueError(f"eval.suite={cfg.suite}: none of its benchmarks has its files set; set "
+                         "--config.eval.paths.<name>.annotation and .video_dir for at least one of "
+                         f"{', '.join(skipped)} (docs/evaluation.md lists each one's files)")
+    if not names:
         raise ValueError("eval.benchmarks is empty: name at least one, e.g. --config.eval.benchmarks=egoschema, "
                          "or a suite (configs/eval.py:suite=egobench)")
     return names, skipped
