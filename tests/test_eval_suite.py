@@ -72,8 +72,9 @@ def test_suite_command_writes_the_egobench_table(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     md = (workdir / "results.md").read_text()
     header, rule, row = md.split("## EgoBench\n\n", 1)[1].splitlines()[:3]
-    assert header == ("| run | EgoSchema Acc | QaEgo4D Closed Acc | QaEgo4D Open Acc | QaEgo4D Open Score | "
-                      "EgoTaskQA Direct | EgoTaskQA Indirect | Charades-Ego mAP | EK-100 MIR mAP | EK-100 MIR nDCG | "
+    assert header == ("| run | EgoSchema Acc | QAEgo4D Closed Acc | QAEgo4D Open Acc | QAEgo4D Open Score | "
+                      "EgoTaskQA Direct | EgoTaskQA Indirect | Charades-Ego mAP | EPIC-KITCHENS-100 MIR mAP | "
+                      "EPIC-KITCHENS-100 MIR nDCG | "
                       "EgoPlan Acc | VLN-QA Acc | EgoMCQ Inter | EgoMCQ Intra | Avg |")
     # Open QA without a judge: exact match 2/3 and no 0-5 score; VLN-QA skipped; EgoMCQ has no
     # intra question. Avg over the 10 percentage cells present:

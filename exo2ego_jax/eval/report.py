@@ -49,14 +49,14 @@ def headline(result: Mapping[str, Any]) -> dict[str, float]:
 # The EgoBench table of the Exo2Ego paper: (column, benchmark, how to read it from the results).
 EGOBENCH_COLUMNS = (
     ("EgoSchema Acc", "egoschema", ("accuracy",)),
-    ("QaEgo4D Closed Acc", "qaego4d_closed", ("accuracy",)),
-    ("QaEgo4D Open Acc", "qaego4d_open", ("accuracy",)),
-    ("QaEgo4D Open Score", "qaego4d_open", ("score",)),
+    ("QAEgo4D Closed Acc", "qaego4d_closed", ("accuracy",)),
+    ("QAEgo4D Open Acc", "qaego4d_open", ("accuracy",)),
+    ("QAEgo4D Open Score", "qaego4d_open", ("score",)),
     ("EgoTaskQA Direct", "egotaskqa", ("per_category", "direct", "accuracy")),
     ("EgoTaskQA Indirect", "egotaskqa", ("per_category", "indirect", "accuracy")),
     ("Charades-Ego mAP", "charades_ego", ("mAP",)),
-    ("EK-100 MIR mAP", "epic_mir", ("mAP",)),
-    ("EK-100 MIR nDCG", "epic_mir", ("nDCG",)),
+    ("EPIC-KITCHENS-100 MIR mAP", "epic_mir", ("mAP",)),
+    ("EPIC-KITCHENS-100 MIR nDCG", "epic_mir", ("nDCG",)),
     ("EgoPlan Acc", "egoplan", ("accuracy",)),
     ("VLN-QA Acc", "vlnqa", ("accuracy",)),
     ("EgoMCQ Inter", "egomcq", ("inter_accuracy",)),
@@ -64,7 +64,7 @@ EGOBENCH_COLUMNS = (
 )
 EGOBENCH_BENCHMARKS = tuple(dict.fromkeys(bench for _, bench, _ in EGOBENCH_COLUMNS))
 # Columns that are not percentages (the judge's 0-5 grade) stay out of the average.
-_NOT_PERCENT = {"QaEgo4D Open Score"}
+_NOT_PERCENT = {"QAEgo4D Open Score"}
 
 
 def _lookup(metrics: Mapping[str, Any], path: Sequence[str]) -> Any:
