@@ -99,9 +99,14 @@ def test_unparsed_answers_are_flagged_in_results_md():
         return {"kind": "mcq", "settings": {"mcq_mode": mode}, "predictions": [],
                 "metrics": {"accuracy": 7.6, "num": num, "unparsed": unparsed, "num_unlabelled": 0}}
 
+    judged = {"kind": "open_qa", "settings": {}, "predictions": [],
+              "metrics": {"scorer": "judge", "num": 4, "accuracy": 0.0, "score": 0.0, "exact_match": 25.0,
+                          "token_f1": 45.0, "judge_unparsed": 4}}
     results = {"run": "demo", "unparsed_warn_fraction": 0.2,
-               "benchmarks": {"egoschema": mcq(353, 446, "generate"), "egoplan": mcq(1, 446, "generate")}}
+               "benchmarks": {"egoschema": mcq(353, 446, "generate"), "egoplan": mcq(1, 446, "generate"),
+                              "qaego4d_open": judged}}
     md = report.render_markdown(results)
+    assert "**qaego4d_open: the judge's reply could not be read for 4 of 4 answers**" in md
     assert "**egoschema: 353 of 446 answers unparsed** (79%" in md and "mode=loglik" in md
     assert "egoplan: 1 of" not in md
     assert "| egoschema | accuracy | 7.60 | 446 | 353 |" in md

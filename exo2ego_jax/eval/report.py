@@ -141,6 +141,11 @@ def unparsed_warnings(results: Mapping[str, Any]) -> list[str]:
     out = []
     for name, res in results["benchmarks"].items():
         m = res.get("metrics") or {}
+        if res.get("kind") == "open_qa" and m.get("judge_unparsed", 0) > limit * m.get("num", 0):
+            out.append(f"**{name}: the judge's reply could not be read for {m['judge_unparsed']} of {m['num']} "
+                       "answers** (counted wrong, grade 0): the judge model does not follow the judge prompt; "
+                       "use a larger instruction-tuned judge (--config.eval.judge.checkpoint).")
+            continue
         if res.get("kind") != "mcq" or not m.get("num") or res.get("settings", {}).get("mcq_mode") == "loglik":
             continue
         if m["unparsed"] > limit * m["num"]:
