@@ -166,8 +166,37 @@ def test_epic_max_examples_keeps_relevant_sentences(tmp_path):
             return [[0.0 if EPIC_NARRATION[v.start] == t else -1.0 for t in opts] for v, opts in zip(videos, options)]
 
     cfg.max_examples = 0
-    with pytest.raises(ValueError, match="retrieval_scoring=likelihood"):
+    cfg.retrieval_scoring = "embedding"
+    with pytest.raises(ValueError, match="needs an adapter with text_video_scores.*retrieval_scoring=likelihood"):
         runner.evaluate(NoEmbedding(), cfg, str(tmp_path / "n"), log=lambda s: None)
-    cfg.retrieval_scoring = "likelihood"
+    cfg.retrieval_scoring = "auto"  # no text_video_scores: caption likelihood
     res = runner.evaluate(NoEmbedding(), cfg, str(tmp_path / "l"), log=lambda s: None)
     assert res["benchmarks"]["epic_mir"]["metrics"]["mAP"] == 100.0
+
+
+def test_likelihood_scoring_for_charades_and_egomcq(tmp_path):
+    """An MLLM adapter (option_loglik only) scores texts as the clip's caption."""
+    from exo2ego_jax.eval import runner
+    from exo2ego_jax.eval.config import eval_config
+    from test_eval_runner import RELEVANT, _key
+
+    class CaptionModel:
+        calls = []
+
+        def option_loglik(self, prompts, videos, options):
+            self.calls.append((prompts[0], len(videos), len(options[0])))
+            return [[0.0 if o in RELEVANT.get(_key(v), ()) else -1.0 - len(o) / 100 for o in opts]
+                    for v, opts in zip(videos, options)]
+
+    cfg = eval_config("charades_ego,egomcq")
+    for name, p in write_all_fixtures(tmp_path).items():
+        if name in ("charades_ego", "egomcq"):
+            for k, v in p.items():
+                cfg.paths[name][k] = v
+    res = runner.evaluate(CaptionModel(), cfg, str(tmp_path / "c"), log=lambda s: None)
+    assert res["benchmarks"]["charades_ego"]["metrics"]["mAP"] == 100.0
+    assert res["benchmarks"]["egomcq"]["metrics"]["inter_accuracy"] == 100.0
+    # Charades: one call per batch of 8 videos with all 157 class names; EgoMCQ: 8 x 5 clips, one query each.
+    assert [c[1:] for c in CaptionModel.calls] == [(8, 157), (40, 1)]
+    assert CaptionModel.calls[0][0].endswith("Describe the action in the video in one short sentence.")
+    assert "your own point of view" in CaptionModel.calls[0][0]

@@ -41,7 +41,9 @@ def eval_config(benchmarks: str = "") -> ml_collections.ConfigDict:
     e.mcq_json = ""  # an extra MCQ file in QaEgo4D-closed format (e.g. the synthetic EgoBench), run as "mcq_json"
     e.mcq_json_video_dir = ""  # its videos ("": the file's folder)
     e.unparsed_warn_fraction = 0.2  # results.md flags a generate-mode benchmark with more unparsed answers
-    e.retrieval_scoring = "embedding"  # EPIC MIR: embedding (text_video_scores) | likelihood (option_loglik)
+    # Charades-Ego / EgoMCQ / EPIC MIR text-video scores: embedding (adapter's text_video_scores) |
+    # likelihood (caption log-likelihood by option_loglik) | auto (embedding if the adapter has it)
+    e.retrieval_scoring = "auto"
     e.text_batch_size = 256  # sentences per adapter call in EPIC MIR scoring
     e.judge = ml_collections.ConfigDict()
     e.judge.checkpoint = ""  # QaEgo4D open judge LLM (HF dir / .safetensors / .gguf); "": judge-free EM / F1

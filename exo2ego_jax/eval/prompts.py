@@ -23,6 +23,8 @@ TASK_DETAILS = {
     "ego_in_exo": "Answer the question about the person performing the activity in the video.",
     "adlx": "Answer the question about the daily activity in the video.",
     "epic_mir": "The video is a short egocentric clip of an action in a kitchen.",
+    "charades_ego": "The video shows a person's activity at home.",
+    "egomcq": "The video is a short egocentric clip; the camera wearer is referred to as C.",
 }
 DEFAULT_TASK_DETAIL = "Answer the multiple-choice question about the video."
 

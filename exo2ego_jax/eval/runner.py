@@ -90,9 +90,46 @@ def evaluate_mcq(model, records: Sequence[MCQRecord], family: str, *, mode: str 
     return {"kind": "mcq", "metrics": metrics_lib.mcq_metrics(rows), "predictions": rows}
 
 
-def evaluate_retrieval(model, records: Sequence[RetrievalRecord], *, batch_size: int = 8,
+SCORINGS = ("auto", "embedding", "likelihood")
+
+
+def resolve_scoring(model, scoring: str) -> str:
+    """`auto` -> `embedding` when the adapter has `text_video_scores` (a dual encoder scores a whole
+    [texts, videos] matrix from one encoding each), else `likelihood` (an MLLM scores a text as the
+    video's caption with `option_loglik`: the way both methods' models, which have no text encoder,
+    can compare text with video)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"eval.retrieval_scoring: expected one of {SCORINGS}, got {scoring!r}")
+    if scoring == "auto":
+        scoring = "embedding" if hasattr(model, "text_video_scores") else "likelihood"
+    need = "text_video_scores" if scoring == "embedding" else "option_loglik"
+    if not hasattr(model, need):
+        other = "likelihood" if scoring == "embedding" else "embedding"
+        raise ValueError(f"eval.retrieval_scoring={scoring!r} needs an adapter with {need}(...); this one has none: "
+                         f"use --config.eval.retrieval_scoring={other} (or auto)")
+    return scoring
+
+
+def caption_loglik(model, caption_prompt: str, videos: Sequence, texts: Sequence[Sequence[str]],
+                   loglik_normalize: str = "none") -> np.ndarray:
+    """[len(videos), T] log-likelihood of each text of video i as its caption after `caption_prompt`."""
+    out = model.option_loglik([caption_prompt] * len(videos), list(videos), [list(t) for t in texts])
+    scores = np.asarray(out, dtype=np.float64)
+    expected = (len(videos), len(texts[0]) if texts else 0)
+    if scores.shape != expected:
+        raise ValueError(f"model adapter option_loglik: expected shape {expected}, got {scores.shape}")
+    if loglik_normalize == "per_char":
+        scores = scores / np.array([[max(len(x), 1) for x in t] for t in texts])
+    return scores
+
+
+def evaluate_retrieval(model, records: Sequence[RetrievalRecord], *, batch_size: int = 8, scoring: str = "auto",
+                       caption_prompt: str = "", loglik_normalize: str = "none",
                        pad_batches: bool = True) -> dict[str, Any]:
-    """EgoMCQ: pick the candidate clip that scores highest against the query text."""
+    """EgoMCQ: pick the candidate clip that scores highest against the query text (`pair_scores`
+    if the adapter has it, else `text_video_scores` or the query's caption likelihood per clip)."""
+    if not hasattr(model, "pair_scores"):
+        scoring = resolve_scoring(model, scoring)
     rows = []
     for batch, n in batches(records, batch_size, pad_batches):
         if hasattr(model, "pair_scores"):
@@ -101,6 +138,14 @@ def evaluate_retrieval(model, records: Sequence[RetrievalRecord], *, batch_size:
             flat = np.asarray(model.pair_scores(texts, videos), dtype=np.float64)
             if flat.shape != (len(texts),):
                 raise ValueError(f"model adapter pair_scores: expected shape ({len(texts)},), got {flat.shape}")
+            per_record, offset = [], 0
+            for r in batch:
+                per_record.append(flat[offset:offset + len(r.candidates)])
+                offset += len(r.candidates)
+        elif scoring == "likelihood":
+            videos = [v for r in batch for v in r.candidates]
+            flat = caption_loglik(model, caption_prompt, videos, [[r.query] for r in batch for _ in r.candidates],
+                                  loglik_normalize)[:, 0]
             per_record, offset = [], 0
             for r in batch:
                 per_record.append(flat[offset:offset + len(r.candidates)])
@@ -123,13 +168,20 @@ def evaluate_retrieval(model, records: Sequence[RetrievalRecord], *, batch_size:
 
 
 def evaluate_classification(model, dataset: ClassificationSet, *, batch_size: int = 8,
-                            class_template: str = "{}", pad_batches: bool = True) -> dict[str, Any]:
-    """Charades-Ego: zero-shot multi-label scores = text_video_scores(class names, videos); mAP."""
+                            class_template: str = "{}", scoring: str = "auto", caption_prompt: str = "",
+                            loglik_normalize: str = "none", pad_batches: bool = True) -> dict[str, Any]:
+    """Charades-Ego: zero-shot multi-label scores of every class name against every video
+    (`text_video_scores`, or each name's caption likelihood); mAP."""
+    scoring = resolve_scoring(model, scoring)
     texts = [class_template.format(name) for name in dataset.class_names]
     num_classes = len(texts)
     scores, rows = [], []
     for batch, n in batches(dataset.records, batch_size, pad_batches):
-        sims = np.asarray(model.text_video_scores(texts, [r.video for r in batch]), dtype=np.float64)
+        videos = [r.video for r in batch]
+        if scoring == "likelihood":
+            scores.append(caption_loglik(model, caption_prompt, videos, [texts] * len(videos), loglik_normalize)[:n])
+            continue
+        sims = np.asarray(model.text_video_scores(texts, videos), dtype=np.float64)
         if sims.shape != (num_classes, len(batch)):
             raise ValueError(f"model adapter text_video_scores: expected shape {(num_classes, len(batch))}, "
                              f"got {sims.shape}")
@@ -171,7 +223,7 @@ def evaluate_open_qa(model, records: Sequence[OpenQARecord], family: str, *, jud
     return {"kind": "open_qa", "metrics": metrics, "predictions": rows}
 
 
-def mir_similarity(model, data: MultiInstanceRetrievalSet, *, scoring: str = "embedding", batch_size: int = 8,
+def mir_similarity(model, data: MultiInstanceRetrievalSet, *, scoring: str = "auto", batch_size: int = 8,
                    text_batch_size: int = 256, caption_prompt: str = "", loglik_normalize: str = "none",
                    pad_batches: bool = True) -> np.ndarray:
     """[videos, sentences] scores of every clip against every sentence.
@@ -180,11 +232,7 @@ def mir_similarity(model, data: MultiInstanceRetrievalSet, *, scoring: str = "em
     dual encoder scores the whole matrix from V + S encodings). likelihood: `option_loglik` of each
     sentence as the caption of each clip (`caption_prompt`): V x S scored continuations.
     """
-    if scoring not in ("embedding", "likelihood"):
-        raise ValueError(f"eval.retrieval_scoring: expected 'embedding' or 'likelihood', got {scoring!r}")
-    if scoring == "embedding" and not hasattr(model, "text_video_scores"):
-        raise ValueError("eval.retrieval_scoring='embedding' needs an adapter with text_video_scores(texts, videos); "
-                         "this one has none: use --config.eval.retrieval_scoring=likelihood (option_loglik)")
+    scoring = resolve_scoring(model, scoring)
     num_videos, num_sentences = len(data.videos), len(data.sentences)
     sim = np.zeros((num_videos, num_sentences), np.float64)
     for v0 in range(0, num_videos, batch_size):
@@ -198,13 +246,7 @@ def mir_similarity(model, data: MultiInstanceRetrievalSet, *, scoring: str = "em
                                      f"got {block.shape}")
                 block = block.T
             else:
-                out = model.option_loglik([caption_prompt] * len(vids), vids, [list(texts)] * len(vids))
-                block = np.asarray(out, dtype=np.float64)  # [V, T]
-                if block.shape != (len(vids), len(texts)):
-                    raise ValueError(f"model adapter option_loglik: expected shape {(len(vids), len(texts))}, "
-                                     f"got {block.shape}")
-                if loglik_normalize == "per_char":
-                    block = block / np.array([max(len(t), 1) for t in texts])
+                block = caption_loglik(model, caption_prompt, vids, [texts] * len(vids), loglik_normalize)  # [V, T]
             sim[v0:v0 + nv, t0:t0 + nt] = block[:nv, :nt]
     return sim
 
@@ -268,16 +310,16 @@ def evaluate_benchmark(model, name: str, cfg, judge: Judge | None = None) -> dic
         return evaluate_open_qa(model, data, bench.family, judge=judge, judge_template=template,
                                 judge_batch_size=cfg.judge.batch_size, batch_size=cfg.batch_size, first_person=cue,
                                 task_details=cfg.task_details, first_person_text=cfg.first_person_text)
+    caption = prompts_lib.build_caption_prompt(bench.family, first_person=cue, task_details=cfg.task_details,
+                                               first_person_text=cfg.first_person_text)
+    scoring = dict(scoring=cfg.retrieval_scoring, caption_prompt=caption, loglik_normalize=cfg.loglik_normalize)
     if bench.kind == "retrieval":
-        return evaluate_retrieval(model, data, batch_size=cfg.batch_size)
+        return evaluate_retrieval(model, data, batch_size=cfg.batch_size, **scoring)
     if bench.kind == "multi_instance_retrieval":
-        caption = prompts_lib.build_caption_prompt(bench.family, first_person=cue, task_details=cfg.task_details,
-                                                   first_person_text=cfg.first_person_text)
-        return evaluate_multi_instance_retrieval(model, data, scoring=cfg.retrieval_scoring,
-                                                 batch_size=cfg.batch_size, text_batch_size=cfg.text_batch_size,
-                                                 caption_prompt=caption, loglik_normalize=cfg.loglik_normalize)
+        return evaluate_multi_instance_retrieval(model, data, batch_size=cfg.batch_size,
+                                                 text_batch_size=cfg.text_batch_size, **scoring)
     return evaluate_classification(model, data, batch_size=cfg.batch_size,
-                                   class_template=cfg.charades_class_template)
+                                   class_template=cfg.charades_class_template, **scoring)
 
 
 def benchmark_names(cfg) -> tuple[list[str], list[str]]:
