@@ -8,13 +8,24 @@
         --config.eval.paths.vlnqa.annotation=/data/vlnqa/vlnqa.json \
         --config.eval.paths.vlnqa.video_dir=/data/vlnqa/videos --workdir /tmp/eval
 
+The whole EgoBench table in one job (every EgoBench benchmark whose files are set runs; the others
+are listed as skipped; results.md starts with the paper's table):
+
+    python -m exo2ego_jax.main --config configs/eval.py:base=exo2ego/stage3_practice,suite=egobench \
+        --config.train.init_from=/ckpt/stage3 --config.eval.paths.egoschema.annotation=... --workdir /tmp/egobench
+
+`mode=generate` (default, the papers' protocol) parses a letter from greedy answers; `mode=loglik`
+picks the option with the highest log-likelihood, for models that do not answer with a letter
+(results.md warns when many answers are unparsed). See docs/evaluation.md.
+
 `base` names the training config (configs/<base>.py; its own args go in `base_arg`, with ';'
 between them) whose model and method fields the evaluation reuses; without it, a bare config for
 `method` is built. The model comes from `exo2ego_jax/methods/<method>.py:eval_model(config, workdir)`
 (or `adapter=module:function`). Results: `results.json` and `results.md` in the workdir.
 Benchmarks (';'-separated here, ','-separated in --config.eval.benchmarks): egoschema, egoplan,
 egoplan2, qaego4d_closed, egotaskqa, vlnqa, ego_in_exo, adlx_charades_ar, adlx_smarthome_ar,
-adlx_lemma_tc, adlx_tsu_tc, egomcq, charades_ego (exo2ego_jax/eval/benchmarks.py).
+adlx_lemma_tc, adlx_tsu_tc, egomcq, charades_ego, qaego4d_open, epic_mir (exo2ego_jax/eval/benchmarks.py);
+suites (`suite=`): egobench, ego2exo.
 """
 import importlib.util
 import os
@@ -40,20 +51,22 @@ def _base_config(base: str, base_arg: str):
 
 def get_config(arg: str | None = None):
     a = config_lib.parse_arg(arg, base="", base_arg="", method="exo2ego", hardware="cpu", benchmarks="",
-                             mode="generate", adapter="", batch=8, max_examples=0)
+                             mode="generate", adapter="", batch=8, max_examples=0, suite="")
     if a.base:
         c = _base_config(a.base, a.base_arg)
     else:
         c = config_lib.base_config(method=a.method, job="eval", hardware=a.hardware)
     c.job = "eval"
     ours = eval_config(benchmarks=a.benchmarks.replace(";", ","))
+    ours.suite = a.suite
     ours.mcq_mode = a.mode
     ours.adapter = a.adapter
     ours.batch_size = a.batch
     ours.max_examples = a.max_examples
-    # Keep the method's own eval fields (e.g. its synthetic MCQ file) next to the harness fields.
+    # Keep the method's own eval fields next to the harness fields; the two a method sets for the
+    # harness (its synthetic MCQ file, its first-person cue) override the harness defaults.
     for key, value in c.get("eval", {}).items():
-        if key not in ours:
+        if key not in ours or key in ("mcq_json", "first_person_cue"):
             ours[key] = value
     c.eval = ours
     return config_lib.finalize(c)

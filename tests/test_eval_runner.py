@@ -125,7 +125,7 @@ def test_resume_reuses_finished_benchmarks(tmp_path):
     again = runner.evaluate(FailingModel(), cfg, workdir, log=lambda s: None)
     assert again["benchmarks"] == first["benchmarks"]
     # Different settings invalidate the cache.
-    cfg.first_person_prompt = False
+    cfg.first_person_cue = False
     model = LookupModel()
     runner.evaluate(model, cfg, workdir, log=lambda s: None)
     assert len(model.calls) == 2

@@ -10,6 +10,9 @@ from exo2ego_jax.eval.prompts import FIRST_PERSON_TEXT
 _EXTRA_PATHS = {
     "egoschema": {"answers": ""},  # subset_answers.json ({q_uid: 0..4}); empty: no accuracy
     "charades_ego": {"classes": ""},  # Charades_v1_classes.txt (157 'cNNN name' lines)
+    # retrieval_annotations/: annotation = EPIC_100_retrieval_test.csv, plus these two; videos are
+    # <video_dir>/<participant_id>/<video_subdir>/<video_id>.<video_ext>.
+    "epic_mir": {"sentences": "", "relevance": "", "video_ext": "MP4", "video_subdir": "videos"},
 }
 _ANNOTATION_HINT = {
     "egoschema": "questions.json", "egoplan": "EgoPlan_validation.json", "egoplan2": "egoplan2.json",
@@ -17,6 +20,8 @@ _ANNOTATION_HINT = {
     "vlnqa": "vlnqa.json", "ego_in_exo": "egoinexoperception.json", "adlx_charades_ar": "Charades-AR.json",
     "adlx_smarthome_ar": "Smarthome-AR.json", "adlx_lemma_tc": "LEMMA-TC.json", "adlx_tsu_tc": "TSU-TC.json",
     "egomcq": "egomcq.json", "charades_ego": "CharadesEgo_v1_test_only1st.csv",
+    "qaego4d_open": "annotations.test.json", "epic_mir": "EPIC_100_retrieval_test.csv",
+    "mcq_json": "(eval.mcq_json)",
 }
 
 
@@ -30,9 +35,28 @@ def eval_config(benchmarks: str = "") -> ml_collections.ConfigDict:
     e.max_examples = 0  # evaluate only the first N records of each benchmark (0: all)
     e.resume = True  # reuse workdir/eval/<name>.json of a finished benchmark with the same settings
     e.save_scores = False  # keep the [videos, classes] score matrix of classification benchmarks
-    e.mcq_mode = "generate"  # generate (greedy + letter parsing) | loglik (argmax option log-likelihood)
+    # generate (greedy + letter parsing; the papers' protocol) | loglik (argmax option log-likelihood:
+    # no parsing, for small / barely instruction-tuned models; docs/evaluation.md says when)
+    e.mcq_mode = "generate"
+    e.mcq_json = ""  # an extra MCQ file in QaEgo4D-closed format (e.g. the synthetic EgoBench), run as "mcq_json"
+    e.mcq_json_video_dir = ""  # its videos ("": the file's folder)
+    e.unparsed_warn_fraction = 0.2  # results.md flags a generate-mode benchmark with more unparsed answers
+    # Charades-Ego / EgoMCQ / EPIC MIR text-video scores: embedding (adapter's text_video_scores) |
+    # likelihood (caption log-likelihood by option_loglik) | auto (embedding if the adapter has it)
+    e.retrieval_scoring = "auto"
+    e.text_batch_size = 256  # sentences per adapter call in EPIC MIR scoring
+    e.judge = ml_collections.ConfigDict()
+    e.judge.checkpoint = ""  # QaEgo4D open judge LLM (HF dir / .safetensors / .gguf); "": judge-free EM / F1
+    e.judge.tokenizer = ""  # its tokenizer ("": the checkpoint's)
+    e.judge.prompt_file = ""  # judge template ("": exo2ego_jax/eval/judge_prompt.txt)
+    e.judge.batch_size = 8  # judge prompts per decode
+    e.judge.max_new_tokens = 24  # a one-line JSON verdict
     e.prompt_style = "auto"  # auto (ego2exo for Ego-in-Exo/ADL-X, else egobench) | egobench | ego2exo | raw
-    e.first_person_prompt = True  # Exo2Ego: add the first-person cue (paper: +1.1 avg); egobench style only
+    e.suite = ""  # egobench | ego2exo: run the suite's benchmarks whose files are set, list the others
+    # Exo2Ego: the first-person cue in EgoBench prompts (paper: +1.1 avg). Ego-in-Exo / ADL-X test
+    # exocentric videos, where "your own point of view" would be false: their own switch, off.
+    e.first_person_cue = True
+    e.exo_first_person_cue = False
     e.first_person_text = FIRST_PERSON_TEXT  # the cue's wording (paper's exact sentence not published)
     e.task_details = True  # Exo2Ego: start the prompt with the benchmark's task description
     e.parse_overlap_threshold = 0.5  # min token F1 for the last-resort option-text match

@@ -5,6 +5,7 @@ to, and fails on a malformed record with the file, the record index, the key and
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -260,6 +261,102 @@ def load_ego_in_exo(annotation: str, video_dir: str, views: Sequence[str] = ("ex
     return load_answer_choices(annotation, video_dir, views=views)
 
 
+_LEGACY_OPTION = re.compile(r"(\d+)\.\s*(\[.*?\])(?=\s*\d+\.\s*\[|\s*$)", re.S)
+
+
+def _legacy_option_lists(text: str, path: str, where: Any) -> list[list[str]]:
+    """LEGACY-Charades-AR `Options`: "1. ['a', 'b'] 2. ['c'] ..." -> [['a', 'b'], ['c'], ...]."""
+    lists = []
+    for number, body in _LEGACY_OPTION.findall(text):
+        try:
+            items = ast.literal_eval(body)
+        except (SyntaxError, ValueError):
+            # ADL-X's own reader splits on commas; an item with a stray quote still parses that way.
+            items = [x.strip().strip("'\"") for x in body.strip("[]").split(",")]
+        if int(number) != len(lists) + 1 or not isinstance(items, list):
+            raise ValueError(f"{path} record {where}: Options is not '1. [..] 2. [..] ...': {text[:200]!r}")
+        lists.append([str(x) for x in items])
+    if len(lists) < 2:
+        raise ValueError(f"{path} record {where}: found {len(lists)} numbered option lists in Options, need >= 2")
+    return lists
+
+
+def _adlx_legacy_charades_ar(items: list, path: str, video_dir: str) -> list[MCQRecord]:
+    """LEGACY-Charades-AR.json: {id, Q, Options (string of numbered lists), Ground Truth (list)}.
+
+    As ADL-X's legacy evaluation does: option k is its action list joined by ", ", the answer is
+    the option whose list equals `Ground Truth`, the video is `<video_dir>/<id>.mp4`.
+    """
+    records = []
+    for i, item in enumerate(items):
+        require(item, ["id", "Q", "Options", "Ground Truth"], path, i)
+        lists = _legacy_option_lists(str(item["Options"]), path, i)
+        truth = [str(x) for x in item["Ground Truth"]]
+        if truth not in lists:
+            raise ValueError(f"{path} record {i}: `Ground Truth` {truth!r} is none of the option lists")
+        records.append(MCQRecord(
+            uid=str(item["id"]), video=VideoRef(os.path.join(video_dir, f"{item['id']}.mp4")), question=item["Q"],
+            options=[", ".join(x) for x in lists], answer_index=lists.index(truth), meta={"release": "legacy"}))
+    return records
+
+
+def _adlx_legacy_tsu_tc(items: list, path: str, video_dir: str) -> list[MCQRecord]:
+    """LEGACY-TSU-TC.json: {video_path, question, options{A..D}, correct_answer (letter)}."""
+    records = []
+    for i, item in enumerate(items):
+        require(item, ["video_path", "question", "options", "correct_answer"], path, i)
+        letters, options = _letter_dict_options(item["options"], path, i, "options")
+        records.append(MCQRecord(
+            uid=str(i), video=VideoRef(os.path.join(video_dir, item["video_path"])), question=item["question"],
+            options=options, answer_index=_letter_to_index(item["correct_answer"], letters, path, i, "correct_answer"),
+            meta={"release": "legacy"}))
+    return records
+
+
+def _adlx_legacy_keyed(data: dict, path: str, video_dir: str) -> list[MCQRecord]:
+    """LEGACY-Smarthome-AR.json / LEGACY-LEMMA-TC.json: objects keyed by "0".."N-1".
+
+    Smarthome-AR: {video_id (a path; its file name is joined to video_dir), question, choices{"1".."4"},
+    ground_truth (the right choice's text)}. LEMMA-TC: {video_id, question, choices{"A".."F"},
+    answer (letter), start_timestamp, end_timestamp}: the clip is `<video_dir>/<video_id>.mp4` from
+    start to end (ADL-X publishes no legacy LEMMA reader; the window is what the record times).
+    """
+    records = []
+    for key in sorted(data, key=lambda k: int(k) if str(k).isdigit() else str(k)):
+        item = data[key]
+        require(item, ["video_id", "question", "choices"], path, key)
+        keys, options = _letter_dict_options(item["choices"], path, key, "choices")
+        if "ground_truth" in item:  # Smarthome-AR
+            truth = str(item["ground_truth"]).strip().lower()
+            matches = [j for j, o in enumerate(options) if o.strip().lower() == truth]
+            if not matches:
+                raise ValueError(f"{path} record {key}: ground_truth {item['ground_truth']!r} is none of the "
+                                 f"choices {options}")
+            video = VideoRef(os.path.join(video_dir, os.path.basename(str(item["video_id"]))))
+            answer = matches[0]
+        else:  # LEMMA-TC
+            require(item, ["answer", "start_timestamp", "end_timestamp"], path, key)
+            answer = _letter_to_index(item["answer"], keys, path, key, "answer")
+            video = VideoRef(os.path.join(video_dir, f"{item['video_id']}.mp4"), float(item["start_timestamp"]),
+                             float(item["end_timestamp"]))
+        records.append(MCQRecord(uid=str(key), video=video, question=str(item["question"]).strip(), options=options,
+                                 answer_index=answer, meta={"release": "legacy"}))
+    return records
+
+
 def load_adlx(annotation: str, video_dir: str) -> list[MCQRecord]:
-    """ADL-X MCQ files (Charades-AR, Smarthome-AR, LEMMA-TC, TSU-TC)."""
+    """ADL-X MCQ files (Charades-AR, Smarthome-AR, LEMMA-TC, TSU-TC), current or legacy release.
+
+    Current (HF `ADL-X-Evals`): a list of {video_filename, question, answer_choices,
+    ground_truth_letter}. Legacy (`legacy/eval_data/LEGACY-*.json`) is recognised by its keys.
+    """
+    data = read_json(annotation)
+    if isinstance(data, dict):
+        return _adlx_legacy_keyed(data, annotation, video_dir)
+    items = _as_list(data, annotation)
+    first = items[0] if items and isinstance(items[0], dict) else {}
+    if "Options" in first and "Ground Truth" in first:
+        return _adlx_legacy_charades_ar(items, annotation, video_dir)
+    if "correct_answer" in first:
+        return _adlx_legacy_tsu_tc(items, annotation, video_dir)
     return load_answer_choices(annotation, video_dir)

@@ -1,14 +1,20 @@
-"""Loaders of the video-text benchmarks that are not VLM text MCQs (FORMATS.md 2.2, 2.3):
-EgoMCQ (text -> clip retrieval among 5) and Charades-Ego (157-way multi-label classification).
+"""Loaders of the video-text benchmarks that are not VLM text MCQs: EgoMCQ (text -> clip retrieval
+among 5), Charades-Ego (157-way multi-label classification) and EPIC-KITCHENS-100 multi-instance
+retrieval (videos <-> sentences with a semantic relevance matrix).
 """
 from __future__ import annotations
 
+import ast
 import csv
 import os
+import pickle
 import re
 
+import numpy as np
+
 from exo2ego_jax.eval.loaders_mcq import read_json, require
-from exo2ego_jax.eval.records import ClassificationRecord, ClassificationSet, RetrievalRecord, VideoRef
+from exo2ego_jax.eval.records import (ClassificationRecord, ClassificationSet, MultiInstanceRetrievalSet,
+                                      RetrievalRecord, VideoRef)
 
 # EgoVLP stores Ego4D videos as 600-s chunks `<video_uid>/<int(sec // 600)>.mp4` (README, loader).
 EGOMCQ_CHUNK_SEC = 600.0
@@ -112,11 +118,118 @@ def load_charades_ego(csv_path: str, video_dir: str, classes_path: str,
         missing = {"id", "actions"} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{csv_path}: header lacks {sorted(missing)}; got {reader.fieldnames}")
+        # A v0 CSV has no `egocentric` column: filtering it would silently keep third-person videos
+        # and report an mAP over a different set, so refuse instead of guessing.
+        if only_egocentric and "egocentric" not in reader.fieldnames:
+            raise ValueError(
+                f"{csv_path}: eval.charades_only_egocentric=True needs the v1 `egocentric` column, but the header "
+                f"is {reader.fieldnames} (a v0 CSV?). Use CharadesEgo_v1_test_only1st.csv (already egocentric) "
+                "with --config.eval.charades_only_egocentric=False, or the full v1 CSV.")
         for n, row in enumerate(reader, 2):
-            if only_egocentric and row.get("egocentric", "Yes").strip() != "Yes":
+            if only_egocentric and (row["egocentric"] or "").strip() != "Yes":
                 continue
             labels = parse_charades_actions(row["actions"] or "", len(class_names), f"{csv_path} line {n}")
             records.append(ClassificationRecord(
                 uid=row["id"], video=VideoRef(os.path.join(video_dir, f"{row['id']}.mp4")), labels=labels,
                 meta={k: row[k] for k in ("charades_video", "length") if row.get(k)}))
     return ClassificationSet(records=records, class_names=class_names)
+
+
+# EPIC_100_retrieval_test.csv has the columns of the EPIC-KITCHENS-100 action CSVs.
+EPIC_MIR_COLUMNS = ("narration_id", "participant_id", "video_id", "start_timestamp", "stop_timestamp", "narration")
+
+
+def epic_timestamp(text: str, where: str) -> float:
+    """'00:01:02.35' -> 62.35 seconds."""
+    parts = text.strip().split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        return int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2])
+    except ValueError:
+        raise ValueError(f"{where}: timestamp {text!r} is not HH:MM:SS.ff") from None
+
+
+def _class_list(text: str | None, where: str) -> list[int]:
+    """'[3, 10]' (all_noun_classes) or '7' -> [3, 10] / [7]; '' -> []."""
+    if text is None or not text.strip():
+        return []
+    try:
+        value = ast.literal_eval(text.strip())
+    except (SyntaxError, ValueError):
+        raise ValueError(f"{where}: {text!r} is not a class index or a list of them") from None
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [int(v) for v in values]
+
+
+def _read_csv(path: str, what: str) -> tuple[list[str], list[dict[str, str]]]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist (eval.paths.epic_mir.*)")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def load_relevance(path: str) -> np.ndarray:
+    """The relevance pickle (caption_relevancy_EPIC_100_retrieval_test.pkl): a [videos, sentences] array."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"EPIC relevance matrix {path!r} does not exist (eval.paths.epic_mir.relevance)")
+    with open(path, "rb") as f:
+        try:
+            # The official file is a pickled numpy array; pickle is the only way to read it.
+            obj = pickle.load(f)
+        except ModuleNotFoundError as e:
+            raise ValueError(f"{path}: the pickle needs module {e.name!r}; save the matrix as a numpy array "
+                             "(np.asarray(obj)) and point eval.paths.epic_mir.relevance at that") from e
+    rel = np.asarray(obj.to_numpy() if hasattr(obj, "to_numpy") else obj, dtype=np.float64)
+    if rel.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D [videos, sentences] matrix, got shape {rel.shape}")
+    return rel
+
+
+def load_epic_mir(test_csv: str, sentence_csv: str, relevance_pkl: str, video_dir: str,
+                  video_ext: str = "MP4", video_subdir: str = "videos") -> MultiInstanceRetrievalSet:
+    """EPIC-KITCHENS-100 `retrieval_annotations/`: the test CSV (one row per video clip), the sentence
+    CSV (the unique narrations: id, narration) and the relevance pickle ([rows of the test CSV,
+    rows of the sentence CSV]).
+
+    Clip i is `<video_dir>/<participant_id>/<video_subdir>/<video_id>.<video_ext>` (the EPIC-KITCHENS
+    download layout has video_subdir "videos"; "" for `<participant_id>/<video_id>.MP4`) from
+    `start_timestamp` to `stop_timestamp`. Rows with several noun (or verb)
+    classes keep all of them in `meta` (`all_noun_classes`, `all_verb_classes` where present);
+    the relevance matrix already accounts for them.
+    """
+    header, rows = _read_csv(test_csv, "EPIC test CSV")
+    missing = [c for c in EPIC_MIR_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"{test_csv}: header lacks {missing}; got {header}. Expected EPIC_100_retrieval_test.csv")
+    videos, uids, meta = [], [], []
+    for n, row in enumerate(rows, 2):
+        where = f"{test_csv} line {n}"
+        start = epic_timestamp(row["start_timestamp"], where)
+        stop = epic_timestamp(row["stop_timestamp"], where)
+        if stop < start:
+            raise ValueError(f"{where}: stop_timestamp {row['stop_timestamp']} is before start_timestamp")
+        path = os.path.join(video_dir, row["participant_id"], video_subdir, f"{row['video_id']}.{video_ext}")
+        videos.append(VideoRef(path, start, stop))
+        uids.append(row["narration_id"])
+        info = {"narration": row["narration"], "video_id": row["video_id"]}
+        for key in ("verb_class", "noun_class", "all_verb_classes", "all_noun_classes"):
+            if key in row:
+                info[key] = _class_list(row[key], f"{where} column {key}")
+        for key in ("start_frame", "stop_frame"):
+            if row.get(key):
+                info[key] = int(row[key])
+        meta.append(info)
+    s_header, s_rows = _read_csv(sentence_csv, "EPIC sentence CSV")
+    if len(s_header) < 2:
+        raise ValueError(f"{sentence_csv}: expected columns (id, narration), got {s_header}")
+    text_col = "narration" if "narration" in s_header else s_header[1]
+    sentence_uids = [r[s_header[0]] for r in s_rows]
+    sentences = [r[text_col] for r in s_rows]
+    rel = load_relevance(relevance_pkl)
+    if rel.shape != (len(videos), len(sentences)):
+        raise ValueError(f"{relevance_pkl}: relevance shape {rel.shape} != (rows of {os.path.basename(test_csv)}, "
+                         f"rows of {os.path.basename(sentence_csv)}) = {(len(videos), len(sentences))}")
+    return MultiInstanceRetrievalSet(video_uids=uids, videos=videos, sentence_uids=sentence_uids,
+                                     sentences=sentences, relevance=rel, meta=meta)

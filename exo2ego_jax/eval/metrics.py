@@ -89,3 +89,68 @@ def retrieval_metrics(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         out[f"{group}_accuracy"] = res["accuracy"]
         out[f"{group}_num"] = res["num"]
     return out
+
+
+def _check_pair(similarity: np.ndarray, relevance: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    sim = np.asarray(similarity, dtype=np.float64)
+    rel = np.asarray(relevance, dtype=np.float64)
+    if sim.shape != rel.shape or sim.ndim != 2:
+        raise ValueError(f"{what}: similarity {sim.shape} and relevance {rel.shape} must be equal 2-D shapes")
+    return sim, rel
+
+
+def mir_average_precision(similarity: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+    """[N] AP of each query row (EPIC-KITCHENS-100 MIR `calculate_mAP`, before the mean).
+
+    Items are ranked by descending similarity; only relevance exactly 1 counts as relevant;
+    AP = sum over relevant ranks k of precision@k / number of relevant items.
+    """
+    sim, rel = _check_pair(similarity, relevance, "mir_average_precision")
+    order = np.argsort(-sim, axis=1, kind="stable")
+    ranked = np.take_along_axis(rel, order, axis=1) == 1
+    hits = np.cumsum(ranked, axis=1)
+    precision = np.where(ranked, hits / np.arange(1, sim.shape[1] + 1), 0.0)
+    num_relevant = ranked.sum(axis=1)
+    if (num_relevant == 0).any():
+        raise ValueError(f"mir_average_precision: {int((num_relevant == 0).sum())} query rows have no item of "
+                         "relevance 1 (the official relevance matrix has one for every video and sentence); "
+                         "check that the relevance matrix matches the CSV rows")
+    return precision.sum(axis=1) / num_relevant
+
+
+def mir_ndcg(similarity: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+    """[N] nDCG of each query row (EPIC-KITCHENS-100 MIR `calculate_nDCG`, before the mean).
+
+    DCG sums rel_i / log2(i + 1) over the first k retrieved items (rank i from 1), where k is the
+    number of items with relevance > 0 for that query; IDCG is the same sum with the items in
+    descending relevance. Ranking as the official code: `argsort(similarity)` reversed.
+    """
+    sim, rel = _check_pair(similarity, relevance, "mir_ndcg")
+    n_items = sim.shape[1]
+    k_mask = np.sort(rel, axis=1)[:, ::-1] > 0  # first k positions of each row
+    discount = np.log2(np.arange(n_items) + 2.0)
+
+    def dcg(scores: np.ndarray) -> np.ndarray:
+        order = np.argsort(scores, axis=1, kind="stable")[:, ::-1]
+        return np.sum(np.take_along_axis(rel, order, axis=1) * k_mask / discount, axis=1)
+
+    ideal = dcg(rel)
+    if (ideal == 0).any():
+        raise ValueError(f"mir_ndcg: {int((ideal == 0).sum())} query rows have no relevant item")
+    return dcg(sim) / ideal
+
+
+def multi_instance_retrieval_metrics(similarity: np.ndarray, relevance: np.ndarray) -> dict[str, Any]:
+    """EPIC-KITCHENS-100 MIR: mAP and nDCG for video->text (rows of [videos, sentences]) and
+    text->video (the transpose), and their averages, in percent."""
+    sim, rel = _check_pair(similarity, relevance, "multi_instance_retrieval_metrics")
+    out = {
+        "mAP_v2t": 100.0 * float(mir_average_precision(sim, rel).mean()),
+        "mAP_t2v": 100.0 * float(mir_average_precision(sim.T, rel.T).mean()),
+        "nDCG_v2t": 100.0 * float(mir_ndcg(sim, rel).mean()),
+        "nDCG_t2v": 100.0 * float(mir_ndcg(sim.T, rel.T).mean()),
+    }
+    out["mAP"] = (out["mAP_v2t"] + out["mAP_t2v"]) / 2
+    out["nDCG"] = (out["nDCG_v2t"] + out["nDCG_t2v"]) / 2
+    out["num_videos"], out["num_sentences"] = int(sim.shape[0]), int(sim.shape[1])
+    return out

@@ -22,6 +22,9 @@ TASK_DETAILS = {
     "vlnqa": "The video shows what an agent sees while navigating. Choose the next action it should take.",
     "ego_in_exo": "Answer the question about the person performing the activity in the video.",
     "adlx": "Answer the question about the daily activity in the video.",
+    "epic_mir": "The video is a short egocentric clip of an action in a kitchen.",
+    "charades_ego": "The video shows a person's activity at home.",
+    "egomcq": "The video is a short egocentric clip; the camera wearer is referred to as C.",
 }
 DEFAULT_TASK_DETAIL = "Answer the multiple-choice question about the video."
 
@@ -55,11 +58,7 @@ def ego2exo_prompt(record: MCQRecord) -> str:
 def egobench_prompt(record: MCQRecord, family: str, *, first_person: bool, task_details: bool,
                     first_person_text: str = FIRST_PERSON_TEXT) -> str:
     """Exo2Ego EgoBench style: task detail, first-person cue, question, lettered options."""
-    lines = []
-    if task_details:
-        lines.append(TASK_DETAILS.get(family, DEFAULT_TASK_DETAIL))
-    if first_person:
-        lines.append(first_person_text)
+    lines = _preamble(family, first_person, task_details, first_person_text)
     lines.append(f"Question: {record.question}")
     lines.append("Options:")
     lines.extend(f"({letter}) {option}" for letter, option in zip(record.letters, record.options))
@@ -78,6 +77,34 @@ def build_mcq_prompt(record: MCQRecord, family: str, *, style: str = "auto", fir
         return record.meta["raw_prompt"]
     return egobench_prompt(record, family, first_person=first_person, task_details=task_details,
                            first_person_text=first_person_text)
+
+
+# QaEgo4D open-ended answers are short phrases ("on the table"); ask for one so EM / F1 are fair.
+OPEN_SUFFIX = "Answer the question with a short phrase."
+# EPIC-KITCHENS MIR likelihood scoring: the log-likelihood of each sentence as the clip's caption.
+CAPTION_INSTRUCTION = "Describe the action in the video in one short sentence."
+
+
+def _preamble(family: str, first_person: bool, task_details: bool, first_person_text: str) -> list[str]:
+    lines = []
+    if task_details:
+        lines.append(TASK_DETAILS.get(family, DEFAULT_TASK_DETAIL))
+    if first_person:
+        lines.append(first_person_text)
+    return lines
+
+
+def build_open_prompt(question: str, family: str, *, first_person: bool = True, task_details: bool = True,
+                      first_person_text: str = FIRST_PERSON_TEXT) -> str:
+    """An open-ended question in EgoBench style: task detail, first-person cue, question, short-answer ask."""
+    return "\n".join(_preamble(family, first_person, task_details, first_person_text)
+                     + [f"Question: {question}", OPEN_SUFFIX])
+
+
+def build_caption_prompt(family: str, *, first_person: bool = True, task_details: bool = True,
+                         first_person_text: str = FIRST_PERSON_TEXT) -> str:
+    """The prompt whose continuation (a sentence) is scored in likelihood retrieval."""
+    return "\n".join(_preamble(family, first_person, task_details, first_person_text) + [CAPTION_INSTRUCTION])
 
 
 def option_targets(record: MCQRecord, target: str = "text") -> list[str]:

@@ -91,3 +91,36 @@ class ClassificationSet:
 
     records: list[ClassificationRecord]
     class_names: list[str]
+
+
+@dataclasses.dataclass
+class OpenQARecord:
+    """One open-ended question about one video, answered in free text (QaEgo4D open)."""
+
+    uid: str
+    video: VideoRef
+    question: str
+    answer: str
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class MultiInstanceRetrievalSet:
+    """EPIC-KITCHENS-100 multi-instance retrieval: videos, unique sentences, semantic relevance.
+
+    `relevance[i, j]` in [0, 1] is how relevant sentence j is to video i (1 = same verb and noun
+    classes); the official metrics rank sentences per video and videos per sentence with it.
+    """
+
+    video_uids: list[str]
+    videos: list[VideoRef]
+    sentence_uids: list[str]
+    sentences: list[str]
+    relevance: np.ndarray  # [num_videos, num_sentences] float
+    meta: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per video: narration, classes
+
+    def __post_init__(self):
+        shape = (len(self.videos), len(self.sentences))
+        if self.relevance.shape != shape:
+            raise ValueError(f"relevance matrix has shape {self.relevance.shape}, "
+                             f"expected [videos, sentences] = {shape}")

@@ -1,6 +1,7 @@
 """Run benchmarks with a model adapter and write `results.json` + `results.md` to the workdir.
 
-Job "eval": `python -m exo2ego_jax.main --config configs/eval.py --workdir DIR`. Finished
+Job "eval": `python -m exo2ego_jax.main --config configs/eval.py --workdir DIR` (`:suite=egobench`
+for the whole EgoBench table; docs/evaluation.md). Finished
 benchmarks are cached in `DIR/eval/<name>.json` and reused on a rerun with the same settings, so a
 preempted evaluation resumes where it stopped (at benchmark granularity).
 """
@@ -8,19 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 from absl import logging
 
 from exo2ego_jax.eval import metrics as metrics_lib
+from exo2ego_jax.eval import open_qa
 from exo2ego_jax.eval import prompts as prompts_lib
 from exo2ego_jax.eval import report
 from exo2ego_jax.eval.adapter import build_adapter
-from exo2ego_jax.eval.benchmarks import get_benchmark
+from exo2ego_jax.eval.benchmarks import SUITES, get_benchmark, is_configured
 from exo2ego_jax.eval.config import with_defaults
 from exo2ego_jax.eval.parsing import parse_answer
-from exo2ego_jax.eval.records import ClassificationSet, MCQRecord, RetrievalRecord
+from exo2ego_jax.eval.records import (ClassificationSet, MCQRecord, MultiInstanceRetrievalSet, OpenQARecord,
+                                      RetrievalRecord)
+
+Judge = Callable[[list[str]], list[str]]
 
 T = TypeVar("T")
 
@@ -84,9 +90,46 @@ def evaluate_mcq(model, records: Sequence[MCQRecord], family: str, *, mode: str 
     return {"kind": "mcq", "metrics": metrics_lib.mcq_metrics(rows), "predictions": rows}
 
 
-def evaluate_retrieval(model, records: Sequence[RetrievalRecord], *, batch_size: int = 8,
+SCORINGS = ("auto", "embedding", "likelihood")
+
+
+def resolve_scoring(model, scoring: str) -> str:
+    """`auto` -> `embedding` when the adapter has `text_video_scores` (a dual encoder scores a whole
+    [texts, videos] matrix from one encoding each), else `likelihood` (an MLLM scores a text as the
+    video's caption with `option_loglik`: the way both methods' models, which have no text encoder,
+    can compare text with video)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"eval.retrieval_scoring: expected one of {SCORINGS}, got {scoring!r}")
+    if scoring == "auto":
+        scoring = "embedding" if hasattr(model, "text_video_scores") else "likelihood"
+    need = "text_video_scores" if scoring == "embedding" else "option_loglik"
+    if not hasattr(model, need):
+        other = "likelihood" if scoring == "embedding" else "embedding"
+        raise ValueError(f"eval.retrieval_scoring={scoring!r} needs an adapter with {need}(...); this one has none: "
+                         f"use --config.eval.retrieval_scoring={other} (or auto)")
+    return scoring
+
+
+def caption_loglik(model, caption_prompt: str, videos: Sequence, texts: Sequence[Sequence[str]],
+                   loglik_normalize: str = "none") -> np.ndarray:
+    """[len(videos), T] log-likelihood of each text of video i as its caption after `caption_prompt`."""
+    out = model.option_loglik([caption_prompt] * len(videos), list(videos), [list(t) for t in texts])
+    scores = np.asarray(out, dtype=np.float64)
+    expected = (len(videos), len(texts[0]) if texts else 0)
+    if scores.shape != expected:
+        raise ValueError(f"model adapter option_loglik: expected shape {expected}, got {scores.shape}")
+    if loglik_normalize == "per_char":
+        scores = scores / np.array([[max(len(x), 1) for x in t] for t in texts])
+    return scores
+
+
+def evaluate_retrieval(model, records: Sequence[RetrievalRecord], *, batch_size: int = 8, scoring: str = "auto",
+                       caption_prompt: str = "", loglik_normalize: str = "none",
                        pad_batches: bool = True) -> dict[str, Any]:
-    """EgoMCQ: pick the candidate clip that scores highest against the query text."""
+    """EgoMCQ: pick the candidate clip that scores highest against the query text (`pair_scores`
+    if the adapter has it, else `text_video_scores` or the query's caption likelihood per clip)."""
+    if not hasattr(model, "pair_scores"):
+        scoring = resolve_scoring(model, scoring)
     rows = []
     for batch, n in batches(records, batch_size, pad_batches):
         if hasattr(model, "pair_scores"):
@@ -95,6 +138,14 @@ def evaluate_retrieval(model, records: Sequence[RetrievalRecord], *, batch_size:
             flat = np.asarray(model.pair_scores(texts, videos), dtype=np.float64)
             if flat.shape != (len(texts),):
                 raise ValueError(f"model adapter pair_scores: expected shape ({len(texts)},), got {flat.shape}")
+            per_record, offset = [], 0
+            for r in batch:
+                per_record.append(flat[offset:offset + len(r.candidates)])
+                offset += len(r.candidates)
+        elif scoring == "likelihood":
+            videos = [v for r in batch for v in r.candidates]
+            flat = caption_loglik(model, caption_prompt, videos, [[r.query] for r in batch for _ in r.candidates],
+                                  loglik_normalize)[:, 0]
             per_record, offset = [], 0
             for r in batch:
                 per_record.append(flat[offset:offset + len(r.candidates)])
@@ -117,13 +168,20 @@ def evaluate_retrieval(model, records: Sequence[RetrievalRecord], *, batch_size:
 
 
 def evaluate_classification(model, dataset: ClassificationSet, *, batch_size: int = 8,
-                            class_template: str = "{}", pad_batches: bool = True) -> dict[str, Any]:
-    """Charades-Ego: zero-shot multi-label scores = text_video_scores(class names, videos); mAP."""
+                            class_template: str = "{}", scoring: str = "auto", caption_prompt: str = "",
+                            loglik_normalize: str = "none", pad_batches: bool = True) -> dict[str, Any]:
+    """Charades-Ego: zero-shot multi-label scores of every class name against every video
+    (`text_video_scores`, or each name's caption likelihood); mAP."""
+    scoring = resolve_scoring(model, scoring)
     texts = [class_template.format(name) for name in dataset.class_names]
     num_classes = len(texts)
     scores, rows = [], []
     for batch, n in batches(dataset.records, batch_size, pad_batches):
-        sims = np.asarray(model.text_video_scores(texts, [r.video for r in batch]), dtype=np.float64)
+        videos = [r.video for r in batch]
+        if scoring == "likelihood":
+            scores.append(caption_loglik(model, caption_prompt, videos, [texts] * len(videos), loglik_normalize)[:n])
+            continue
+        sims = np.asarray(model.text_video_scores(texts, videos), dtype=np.float64)
         if sims.shape != (num_classes, len(batch)):
             raise ValueError(f"model adapter text_video_scores: expected shape {(num_classes, len(batch))}, "
                              f"got {sims.shape}")
@@ -140,34 +198,157 @@ def evaluate_classification(model, dataset: ClassificationSet, *, batch_size: in
     return result
 
 
+def generate_open_answers(model, records: Sequence[OpenQARecord], family: str, *, batch_size: int = 8,
+                          first_person: bool = True, task_details: bool = True,
+                          first_person_text: str = prompts_lib.FIRST_PERSON_TEXT,
+                          pad_batches: bool = True) -> list[dict[str, Any]]:
+    """Greedy free-text answers to open-ended questions (scored by `open_qa.score_answers`)."""
+    rows = []
+    for batch, n in batches(records, batch_size, pad_batches):
+        prompts = [prompts_lib.build_open_prompt(r.question, family, first_person=first_person,
+                                                 task_details=task_details, first_person_text=first_person_text)
+                   for r in batch]
+        outputs = _check_len(model.generate(prompts, [r.video for r in batch]), len(batch), "generate")
+        for rec, prompt, out in zip(batch[:n], prompts[:n], outputs[:n]):
+            rows.append({"uid": rec.uid, "video": rec.video.to_json(), "prompt": prompt, "question": rec.question,
+                         "answer": rec.answer, "response": str(out).strip()})
+    return rows
+
+
+def evaluate_open_qa(model, records: Sequence[OpenQARecord], family: str, *, judge: Judge | None = None,
+                     judge_template: str = "", judge_batch_size: int = 8, **generate_kw) -> dict[str, Any]:
+    """QaEgo4D open: generate, then score with the judge (accuracy + 0-5 score) or judge-free (EM / F1)."""
+    rows = generate_open_answers(model, records, family, **generate_kw)
+    metrics = open_qa.score_answers(rows, judge, judge_template, judge_batch_size)
+    return {"kind": "open_qa", "metrics": metrics, "predictions": rows}
+
+
+def mir_similarity(model, data: MultiInstanceRetrievalSet, *, scoring: str = "auto", batch_size: int = 8,
+                   text_batch_size: int = 256, caption_prompt: str = "", loglik_normalize: str = "none",
+                   pad_batches: bool = True) -> np.ndarray:
+    """[videos, sentences] scores of every clip against every sentence.
+
+    embedding: `text_video_scores(sentences, clips)` in [text_batch_size x batch_size] tiles (a
+    dual encoder scores the whole matrix from V + S encodings). likelihood: `option_loglik` of each
+    sentence as the caption of each clip (`caption_prompt`): V x S scored continuations.
+    """
+    scoring = resolve_scoring(model, scoring)
+    num_videos, num_sentences = len(data.videos), len(data.sentences)
+    sim = np.zeros((num_videos, num_sentences), np.float64)
+    for v0 in range(0, num_videos, batch_size):
+        vids, nv = next(batches(data.videos[v0:v0 + batch_size], batch_size, pad_batches))
+        for t0 in range(0, num_sentences, text_batch_size):
+            texts, nt = next(batches(data.sentences[t0:t0 + text_batch_size], text_batch_size, pad_batches))
+            if scoring == "embedding":
+                block = np.asarray(model.text_video_scores(texts, vids), dtype=np.float64)  # [T, V]
+                if block.shape != (len(texts), len(vids)):
+                    raise ValueError(f"model adapter text_video_scores: expected shape {(len(texts), len(vids))}, "
+                                     f"got {block.shape}")
+                block = block.T
+            else:
+                block = caption_loglik(model, caption_prompt, vids, [texts] * len(vids), loglik_normalize)  # [V, T]
+            sim[v0:v0 + nv, t0:t0 + nt] = block[:nv, :nt]
+    return sim
+
+
+def evaluate_multi_instance_retrieval(model, data: MultiInstanceRetrievalSet, **kw) -> dict[str, Any]:
+    """EPIC-KITCHENS-100 MIR: mAP / nDCG (video->text, text->video, average) from the score matrix."""
+    sim = mir_similarity(model, data, **kw)
+    rows = []
+    for i, uid in enumerate(data.video_uids):
+        top = np.argsort(-sim[i], kind="stable")[:5]
+        rows.append({"uid": uid, "narration": data.meta[i].get("narration") if data.meta else None,
+                     "top5_sentences": [data.sentence_uids[j] for j in top]})
+    return {"kind": "multi_instance_retrieval", "metrics": metrics_lib.multi_instance_retrieval_metrics(
+        sim, data.relevance), "predictions": rows, "scores": sim.tolist()}
+
+
+def first_person(cfg, family: str) -> bool:
+    """The cue is on for EgoBench (`first_person_cue`) and separately set for the exocentric
+    Ego-in-Exo / ADL-X benchmarks (`exo_first_person_cue`, off)."""
+    return bool(cfg.exo_first_person_cue if family in prompts_lib.EGO2EXO_BENCHMARKS else cfg.first_person_cue)
+
+
 def _settings(cfg) -> dict[str, Any]:
     """The eval settings that change results (a cached benchmark is reused only if they match)."""
-    keys = ["mcq_mode", "prompt_style", "first_person_prompt", "task_details", "first_person_text",
-            "parse_overlap_threshold", "loglik_target", "loglik_normalize", "max_examples",
+    keys = ["mcq_mode", "prompt_style", "first_person_cue", "exo_first_person_cue", "task_details",
+            "first_person_text", "parse_overlap_threshold", "loglik_target", "loglik_normalize", "max_examples",
             "qaego4d_shuffle_seed", "egoschema_labelled_only", "ego_in_exo_views", "egomcq_strip_tags",
-            "charades_only_egocentric", "charades_class_template"]
-    return {k: cfg.get(k) for k in keys}
+            "charades_only_egocentric", "charades_class_template", "retrieval_scoring", "mcq_json"]
+    out = {k: cfg.get(k) for k in keys}
+    out["judge"] = open_qa.judge_settings(cfg.judge)
+    return out
 
 
-def evaluate_benchmark(model, name: str, cfg) -> dict[str, Any]:
+def evaluate_benchmark(model, name: str, cfg, judge: Judge | None = None) -> dict[str, Any]:
     """Load benchmark `name` from `cfg.paths.<name>` and evaluate it."""
     bench = get_benchmark(name)
-    data = bench.load(cfg.paths[name], cfg)
+    data = bench.load(cfg.paths[name] if name in cfg.paths else None, cfg)
     if cfg.max_examples:
         if isinstance(data, ClassificationSet):
             data = ClassificationSet(data.records[:cfg.max_examples], data.class_names)
+        elif isinstance(data, MultiInstanceRetrievalSet):
+            # Keep the first N clips and the sentences relevant (=1) to any of them, so every query
+            # row still has a relevant item.
+            n = cfg.max_examples
+            keep = np.flatnonzero((data.relevance[:n] == 1).any(axis=0))
+            data = MultiInstanceRetrievalSet(data.video_uids[:n], data.videos[:n],
+                                             [data.sentence_uids[j] for j in keep],
+                                             [data.sentences[j] for j in keep], data.relevance[:n][:, keep],
+                                             data.meta[:n])
         else:
             data = data[:cfg.max_examples]
+    cue = first_person(cfg, bench.family)
     if bench.kind == "mcq":
         return evaluate_mcq(model, data, bench.family, mode=cfg.mcq_mode, batch_size=cfg.batch_size,
-                            prompt_style=cfg.prompt_style, first_person=cfg.first_person_prompt,
+                            prompt_style=cfg.prompt_style, first_person=cue,
                             task_details=cfg.task_details, first_person_text=cfg.first_person_text,
                             overlap_threshold=cfg.parse_overlap_threshold, loglik_target=cfg.loglik_target,
                             loglik_normalize=cfg.loglik_normalize)
+    if bench.kind == "open_qa":
+        template = open_qa.read_judge_prompt(cfg.judge.prompt_file) if judge is not None else ""
+        return evaluate_open_qa(model, data, bench.family, judge=judge, judge_template=template,
+                                judge_batch_size=cfg.judge.batch_size, batch_size=cfg.batch_size, first_person=cue,
+                                task_details=cfg.task_details, first_person_text=cfg.first_person_text)
+    caption = prompts_lib.build_caption_prompt(bench.family, first_person=cue, task_details=cfg.task_details,
+                                               first_person_text=cfg.first_person_text)
+    scoring = dict(scoring=cfg.retrieval_scoring, caption_prompt=caption, loglik_normalize=cfg.loglik_normalize)
     if bench.kind == "retrieval":
-        return evaluate_retrieval(model, data, batch_size=cfg.batch_size)
+        return evaluate_retrieval(model, data, batch_size=cfg.batch_size, **scoring)
+    if bench.kind == "multi_instance_retrieval":
+        return evaluate_multi_instance_retrieval(model, data, batch_size=cfg.batch_size,
+                                                 text_batch_size=cfg.text_batch_size, **scoring)
     return evaluate_classification(model, data, batch_size=cfg.batch_size,
-                                   class_template=cfg.charades_class_template)
+                                   class_template=cfg.charades_class_template, **scoring)
+
+
+def benchmark_names(cfg) -> tuple[list[str], list[str]]:
+    """(benchmarks to run, suite benchmarks skipped because their files are not set).
+
+    `eval.suite` adds its benchmarks whose files are configured; `eval.benchmarks` are always run
+    (a missing file there is an error); `eval.mcq_json` adds the "mcq_json" benchmark.
+    """
+    names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
+    skipped = []
+    if cfg.get("suite"):
+        if cfg.suite not in SUITES:
+            raise ValueError(f"eval.suite={cfg.suite!r}: known suites are {sorted(SUITES)}")
+        for n in SUITES[cfg.suite]:
+            if n in names:
+                continue
+            (names if is_configured(n, cfg) else skipped).append(n)
+    if cfg.get("mcq_json") and "mcq_json" not in names:
+        names.append("mcq_json")
+    for n in names:
+        get_benchmark(n)
+    if not names and skipped:
+        raise ValueError(f"eval.suite={cfg.suite}: none of its benchmarks has its files set; set "
+                         "--config.eval.paths.<name>.annotation and .video_dir for at least one of "
+                         f"{', '.join(skipped)} (docs/evaluation.md lists each one's files)")
+    if not names:
+        raise ValueError("eval.benchmarks is empty: name at least one, e.g. --config.eval.benchmarks=egoschema, "
+                         "or a suite (configs/eval.py:suite=egobench)")
+    return names, skipped
 
 
 def _read_cache(path: str, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -180,23 +361,25 @@ def _read_cache(path: str, settings: dict[str, Any]) -> dict[str, Any] | None:
 
 def evaluate(model, cfg, workdir: str, run_name: str = "", is_writer: bool = True,
              log: Callable[[str], None] = logging.info,
-             agree: Callable[[bool], bool] | None = None) -> dict[str, Any]:
-    """Evaluate every benchmark in `cfg.benchmarks` (comma-separated), caching each in
+             agree: Callable[[bool], bool] | None = None, judge: Judge | None = None) -> dict[str, Any]:
+    """Evaluate every benchmark of `cfg` (`benchmark_names`), caching each in
     `workdir/eval/<name>.json`, then write `results.json` and `results.md`.
 
-    Every process must call this (adapters run sharded SPMD computations); only `is_writer`
-    writes files. `agree(flag)` returns process 0's flag on every process, so all processes skip
-    or run a cached benchmark together even when the workdir is not on a shared file system.
+    Every process must call this (adapters run sharded SPMD computations: each batch of
+    `eval.batch_size` is the global batch, split over the data axis by the adapter); only
+    `is_writer` writes files. `agree(flag)` returns process 0's flag on every process, so all
+    processes skip or run a cached benchmark together even when the workdir is not on a shared file
+    system. `judge` scores open-ended answers (None: judge-free exact match / token F1).
     """
-    names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
-    if not names:
-        raise ValueError("eval.benchmarks is empty: name at least one, e.g. --config.eval.benchmarks=egoschema")
-    for n in names:
-        get_benchmark(n)
+    names, skipped = benchmark_names(cfg)
+    if skipped:
+        log(f"eval: suite {cfg.suite}: skipping {', '.join(skipped)} (files not set: "
+            + ", ".join(f"--config.eval.paths.{n}.annotation/video_dir" for n in skipped) + ")")
     settings = _settings(cfg)
     cache_dir = os.path.join(workdir, "eval")
     results: dict[str, Any] = {"run": run_name or os.path.basename(os.path.normpath(workdir)),
-                               "settings": settings, "benchmarks": {}}
+                               "settings": settings, "suite": cfg.get("suite", ""), "skipped": skipped,
+                               "unparsed_warn_fraction": cfg.get("unparsed_warn_fraction", 0.2), "benchmarks": {}}
     for name in names:
         cache = os.path.join(cache_dir, f"{name}.json")
         cached = _read_cache(cache, settings) if cfg.resume else None
@@ -209,12 +392,16 @@ def evaluate(model, cfg, workdir: str, run_name: str = "", is_writer: bool = Tru
             results["benchmarks"][name] = cached or {"kind": get_benchmark(name).kind, "metrics": {},
                                                      "predictions": [], "settings": settings}
             continue
-        res = evaluate_benchmark(model, name, cfg)
+        log(f"eval: {name}: running")
+        t0 = time.perf_counter()
+        res = evaluate_benchmark(model, name, cfg, judge=judge)
+        res["seconds"] = time.perf_counter() - t0
         res["settings"] = settings
         if not cfg.save_scores:
-            res.pop("scores", None)  # [N, 157] floats: large, only needed to recompute mAP
+            res.pop("scores", None)  # [N, classes] / [videos, sentences] floats: large, only to recompute metrics
         results["benchmarks"][name] = res
-        log(f"eval: {name}: " + ", ".join(f"{k}={report.fmt(v)}" for k, v in report.headline(res).items()))
+        log(f"eval: {name}: " + ", ".join(f"{k}={report.fmt(v)}" for k, v in report.headline(res).items())
+            + f" ({res['seconds']:.1f}s)")
         if is_writer:
             os.makedirs(cache_dir, exist_ok=True)
             report.write_json(cache, res)
@@ -229,6 +416,13 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     cfg = with_defaults(config.eval)
     model = build_adapter(config, workdir)
+    judge = None
+    names, _ = benchmark_names(cfg)
+    if cfg.judge.checkpoint and any(get_benchmark(n).kind == "open_qa" for n in names):
+        from exo2ego_jax.eval.judge import LLMJudge  # deferred: loads JAX and a checkpoint, only with a judge
+
+        judge = LLMJudge(cfg.judge.checkpoint, tokenizer=cfg.judge.tokenizer, max_new_tokens=cfg.judge.max_new_tokens,
+                         attention_impl=config.hardware.attention, batch_size=cfg.judge.batch_size)
     agree = None
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -236,7 +430,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         def agree(flag: bool) -> bool:
             return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
     is_writer = jax.process_index() == 0
-    results = evaluate(model, cfg, workdir, run_name=cfg.run_name, is_writer=is_writer, agree=agree)
+    results = evaluate(model, cfg, workdir, run_name=cfg.run_name, is_writer=is_writer, agree=agree, judge=judge)
     if is_writer:
         print(report.render_markdown(results))
     return {f"{name}/{k}": v for name, res in results["benchmarks"].items() for k, v in report.headline(res).items()}
