@@ -17,6 +17,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from exo2ego_jax.generate import generate  # noqa: E402
 from exo2ego_jax.models import videollama3 as vl3  # noqa: E402
 from exo2ego_jax.weights import safetensors_io as sio  # noqa: E402
 from exo2ego_jax.weights import videollama3_weights as vw  # noqa: E402
@@ -233,3 +234,26 @@ def test_load_errors_name_keys(hf_dir, ours, tmp_path):
     assert "model.vision_model.encoder.layers.1.mlp.fc2.bias" in msg
     assert "projector/fc1/kernel: expected (32, 32)" in msg
     assert "model.extra.weight" in msg and "transformers key layout" in msg
+
+
+def test_greedy_generation_matches_transformers(hf_dir, ours, batch):
+    """KV-cache greedy decoding of 16 tokens, batch of 2 left-padded prompts with clips of 3 and 2 frames."""
+    hf = hf_dir[0]
+    ids, mask = torch.from_numpy(batch["ids"]), torch.from_numpy(batch["mask"])
+    pv, thw, ms = _hf_visual(batch["videos"], 2)
+    ipv, ithw, ims = _hf_visual(batch["images"], 1)
+    # EOS = 2 on both sides: row 0 emits it after 13 tokens (then pads), row 1 runs all 16.
+    gen_cfg = transformers.GenerationConfig(max_new_tokens=16, do_sample=False, eos_token_id=2, pad_token_id=0)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=mask, pixel_values_videos=pv, video_grid_thw=thw,
+                          video_merge_sizes=ms, pixel_values=ipv, image_grid_thw=ithw, image_merge_sizes=ims,
+                          generation_config=gen_cfg)
+    ref = ref[:, ids.shape[1]:].numpy()
+    vids, imgs = _bucket(batch["videos"], 3, 24), _bucket(batch["images"], 1, 16)
+    embed = nnx.jit(lambda m, i, v, im: m.embed_inputs(i, videos=v, images=im))
+    embeds = embed(ours, jnp.asarray(batch["ids"]), vids, imgs)
+    out = generate(ours.llm, inputs_embeds=embeds, attention_mask=batch["mask"], max_new_tokens=16,
+                   eos_token_id=2, pad_token_id=0)
+    print("generated", out.tokens.tolist())
+    assert ref.shape == (2, 16) and out.lengths.tolist() == [14, 16]
+    np.testing.assert_array_equal(out.tokens, ref)
