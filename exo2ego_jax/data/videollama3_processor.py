@@ -25,7 +25,9 @@ pixels.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,6 +61,36 @@ class VideoLlama3ProcessorConfig:
     image_std: tuple[float, float, float] = IMAGE_STD
     image_token: str = "<|image_pad|>"
     video_token: str = "<|video_pad|>"
+
+    @classmethod
+    def from_dir(cls, path: str, **overrides) -> "VideoLlama3ProcessorConfig":
+        """Reads a checkpoint's ``preprocessor_config.json`` (images) and ``video_preprocessor_config.json``
+        (videos) where present (transformers' field names: ``size.shortest_edge / longest_edge`` or
+        ``min_pixels / max_pixels``, ``patch_size``, ``merge_size``, ``image_mean`` ...); defaults otherwise."""
+        kw: dict = {}
+        for name, prefix in (("preprocessor_config.json", "image"), ("video_preprocessor_config.json", "video")):
+            f = os.path.join(path, name)
+            if not os.path.exists(f):
+                continue
+            with open(f) as fh:
+                d = json.load(fh)
+            size = d.get("size") or {}
+            lo, hi = size.get("shortest_edge", d.get("min_pixels")), size.get("longest_edge", d.get("max_pixels"))
+            if lo is not None:
+                kw[f"{prefix}_min_pixels"] = int(lo)
+            if hi is not None:
+                kw[f"{prefix}_max_pixels"] = int(hi)
+            if "merge_size" in d:
+                kw[f"{prefix}_merge_size"] = int(d["merge_size"])
+            for k in ("patch_size", "image_mean", "image_std"):
+                if k in d:
+                    kw[k] = tuple(d[k]) if isinstance(d[k], list) else d[k]
+            if prefix == "video":
+                for k in ("min_frames", "max_frames", "use_token_compression"):
+                    if d.get(k) is not None:
+                        kw[k] = d[k]
+        kw.update(overrides)
+        return cls(**kw)
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
