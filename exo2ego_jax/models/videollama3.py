@@ -397,14 +397,22 @@ class VideoLlama3(nnx.Module):
         are in its own row). Counts are checked on the host (``check_visual_placeholders``).
         """
         cfg = self.cfg
-        ids = [t for t, v in ((cfg.image_token_id, images), (cfg.video_token_id, videos)) if v is not None]
+        encoded = {}
+        if images is not None:
+            encoded[cfg.image_token_id] = self.encode(images, cfg.image_merge_size)
+        if videos is not None:
+            encoded[cfg.video_token_id] = self.encode(videos, cfg.video_merge_size)
+        return self.splice(input_ids, encoded)
+
+    def splice(self, input_ids: Array, encoded: Mapping[int, tuple[Array, Array]],
+               extra_ids: Sequence[int] = ()) -> Array:
+        """Text embeddings [B, T, D] with ``encoded[token_id] = (tokens [B, F, N, D], valid [B, F, N])``
+        written at that id's placeholders. Placeholder ids (and ``extra_ids``, spliced by the caller
+        afterwards) are embedded as id 0, so they may lie outside the vocabulary."""
+        ids = [*encoded, *extra_ids]
         safe = jnp.where(jnp.isin(input_ids, jnp.asarray(ids or [-1])), 0, input_ids)
         embeds = self.llm.embed(safe)
-        for token_id, merge, visual in ((cfg.image_token_id, cfg.image_merge_size, images),
-                                        (cfg.video_token_id, cfg.video_merge_size, videos)):
-            if visual is None:
-                continue
-            tokens, valid = self.encode(visual, merge)
+        for token_id, (tokens, valid) in encoded.items():
             b = tokens.shape[0]
             tokens, valid = tokens.reshape(b, -1, tokens.shape[-1]), valid.reshape(b, -1)
             order = jnp.argsort(~valid, axis=1, stable=True)  # real tokens first, in frame order
