@@ -97,3 +97,25 @@ def test_compression_and_timestamped_prompt_match_reference():
 def test_expand_prompt_errors():
     with pytest.raises(ValueError, match="1 <|video_pad|> but 0 items"):
         vp.expand_prompt("<|video_pad|>", videos=[])
+
+
+def test_collate_buckets_left_pads_and_keeps_masks():
+    from exo2ego_jax.models.videollama3 import check_visual_placeholders
+
+    cfg = vp.VideoLlama3ProcessorConfig(video_min_pixels=28 * 28, video_max_pixels=56 * 84 * 4)
+    a = vp.process_video(np.stack([_image(56, 84, s) for s in range(4)]), [0, 1, 2, 3], cfg)  # 4 x (4x6)
+    still = _image(60, 30, 9)
+    b = vp.process_video(np.stack([still, still]), [0, 1], cfg)  # 2 identical frames: compression
+    assert b.grid_thw[1:] != a.grid_thw[1:]
+    ids = [[1] + [50] * int(v.keep.sum()) + [2, 3] for v in (a, b)]
+    batch = vp.collate(ids, [a, b], pad_id=0, length_buckets=(16, 64, 128), frame_buckets=(4, 8),
+                       patch_buckets=(16, 32, 64))
+    n_a, n_b = len(ids[0]), len(ids[1])
+    assert batch.input_ids.shape == (2, 64) and batch.patches.shape == (2, 4, 32, 3 * 14 * 14)
+    assert batch.attention_mask.sum(1).tolist() == [n_a, n_b] and batch.attention_mask[1, -n_b:].all()
+    assert batch.grid_hw[1].tolist() == [[b.grid_thw[1], b.grid_thw[2]], [b.grid_thw[1], b.grid_thw[2]], [0, 0], [0, 0]]
+    np.testing.assert_array_equal(batch.patches[0, 2, :24], a.pixel_values[48:72])
+    assert not batch.patches[1, 2:].any() and not batch.keep[1, 2:].any()
+    check_visual_placeholders(batch.input_ids, 50, batch.grid_hw, 2, batch.keep)
+    with pytest.raises(ValueError, match="4 frames exceed the largest bucket 2"):
+        vp.collate(ids, [a, b], length_buckets=(64,), frame_buckets=(2,), patch_buckets=(32,))

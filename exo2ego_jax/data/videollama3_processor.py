@@ -250,3 +250,55 @@ def expand_prompt(text: str, *, images: Sequence[VisualFeatures] = (), videos: S
             raise ValueError(f"expand_prompt: the text has {len(parts) - 1} {token} but {len(items)} items were given.")
         text = parts[0] + "".join(fn(item, token) + rest for item, rest in zip(items, parts[1:]))
     return text
+
+
+def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
+    fits = [b for b in sorted(buckets) if b >= n]
+    if not fits:
+        raise ValueError(f"collate: {n} {what} exceed the largest bucket {max(buckets)}; add a bucket or lower "
+                         "the frame cap / pixel budget.")
+    return fits[0]
+
+
+@dataclasses.dataclass
+class VideoBatch:
+    """A left-padded batch for ``VideoLlama3.embed_inputs`` + ``generate`` (static shapes per bucket)."""
+
+    input_ids: np.ndarray  # [B, T] int32, left-padded
+    attention_mask: np.ndarray  # [B, T] int32
+    patches: np.ndarray  # [B, F, P, C*p*p] float32
+    grid_hw: np.ndarray  # [B, F, 2] int32; (0, 0) = padding frame
+    keep: np.ndarray  # [B, F, P / m**2] bool: token-compression mask (False on padding)
+
+
+def collate(ids: Sequence[Sequence[int]], videos: Sequence[VisualFeatures], *, pad_id: int = 0,
+            length_buckets: Sequence[int], frame_buckets: Sequence[int], patch_buckets: Sequence[int]) -> VideoBatch:
+    """One clip per sample -> a padded batch whose shapes are the smallest buckets that fit.
+
+    ``ids`` are each sample's prompt ids with its video already expanded (``expand_prompt``);
+    prompts are left-padded (batched decoding), frames and patch slots zero-padded. Bucketing keeps
+    the number of compiled shapes small when clip lengths and frame sizes vary (teacher labelling).
+    """
+    if len(ids) != len(videos):
+        raise ValueError(f"collate: {len(ids)} prompts but {len(videos)} videos.")
+    m = {v.merge_size for v in videos}
+    if len(m) != 1:
+        raise ValueError(f"collate: videos with merge sizes {sorted(m)} cannot share a batch.")
+    m = m.pop()
+    t = _bucket(max(len(x) for x in ids), length_buckets, "prompt tokens")
+    f = _bucket(max(v.grid_thw[0] for v in videos), frame_buckets, "frames")
+    p = _bucket(max(v.grid_thw[1] * v.grid_thw[2] for v in videos), patch_buckets, "patches per frame")
+    if p % (m * m):
+        raise ValueError(f"collate: patch bucket {p} is not a multiple of merge_size**2 = {m * m}.")
+    b, dim = len(ids), videos[0].pixel_values.shape[-1]
+    out = VideoBatch(np.full((b, t), pad_id, np.int32), np.zeros((b, t), np.int32), np.zeros((b, f, p, dim), np.float32),
+                     np.zeros((b, f, 2), np.int32), np.zeros((b, f, p // (m * m)), bool))
+    for i, (row, v) in enumerate(zip(ids, videos)):
+        out.input_ids[i, t - len(row):] = row
+        out.attention_mask[i, t - len(row):] = 1
+        keep = v.keep_per_frame()
+        for j, (patches, (h, w)) in enumerate(v.frames()):
+            out.patches[i, j, : h * w] = patches
+            out.grid_hw[i, j] = (h, w)
+            out.keep[i, j, : keep.shape[1]] = keep[j]
+    return out
