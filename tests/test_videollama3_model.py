@@ -4,6 +4,7 @@ Frames of several sizes and clips of several lengths share one batch (padded per
 vision features, projector outputs and final logits must agree within 1e-4 in float32.
 """
 
+import functools
 import json
 import os
 
@@ -122,6 +123,13 @@ def test_merge_weights_match_torch_bilinear():
         np.testing.assert_allclose(blocks @ vl3.merge_weights(m), ref, atol=1e-6)
 
 
+@functools.partial(nnx.jit, static_argnums=2)
+def _encode_and_project(model, visual, merge):
+    hidden = model.vision(visual.patches, visual.grid_hw, merge_size=merge)
+    merged, valid = vl3.merge_frames(hidden, visual.grid_hw, merge)
+    return merged, valid, model.projector(merged)
+
+
 @pytest.mark.parametrize("attention_impl", ["xla", "dot_product"])
 def test_vision_and_projector_parity(hf_dir, ours, batch, attention_impl):
     """Several frame sizes and clip lengths in one bucket; both attention paths."""
@@ -135,10 +143,9 @@ def test_vision_and_projector_parity(hf_dir, ours, batch, attention_impl):
         vis_in = _bucket(samples, frames, slots)
         encoder = ours.vision
         encoder.layers.attn.impl = attention_impl  # the switch is read at trace time
-        hidden = encoder(vis_in.patches, vis_in.grid_hw, merge_size=merge)
-        merged, valid = vl3.merge_frames(hidden, vis_in.grid_hw, merge)
+        merged, valid, proj = _encode_and_project(ours, vis_in, merge)
         got_vis = np.asarray(merged)[np.asarray(valid)]
-        got_proj = np.asarray(ours.projector(merged))[np.asarray(valid)]
+        got_proj = np.asarray(proj)[np.asarray(valid)]
         assert got_vis.shape == ref_vis.shape
         np.testing.assert_allclose(got_vis, ref_vis, atol=TOL, rtol=0)
         np.testing.assert_allclose(got_proj, ref_proj, atol=TOL, rtol=0)

@@ -42,7 +42,8 @@ def test_init_copies_layer_attention_and_projector(setup):
             np.testing.assert_array_equal(ours[f"cross_attn/attn/{p}/{w}"].get_value(),
                                           src[f"vision/layers/attn/{p}/{w}"].get_value())
     for p in ("fc1", "fc2"):
-        np.testing.assert_array_equal(ours[f"projector/{p}/kernel"].get_value(), src[f"projector/{p}/kernel"].get_value())
+        np.testing.assert_array_equal(ours[f"projector/{p}/kernel"].get_value(),
+                                      src[f"projector/{p}/kernel"].get_value())
     assert ours["probes"].get_value().shape == (4, 16)
     with pytest.raises(ValueError, match="has 3 layers"):
         vp3.VideoLlama3EAVT(vp3.VideoLlama3EAVTConfig(layers=(3,)), model, rngs=nnx.Rngs(1))

@@ -244,7 +244,8 @@ def image_placeholder(image: VisualFeatures, token: str = "<|image_pad|>") -> st
 def expand_prompt(text: str, *, images: Sequence[VisualFeatures] = (), videos: Sequence[VisualFeatures] = (),
                   cfg: VideoLlama3ProcessorConfig = VideoLlama3ProcessorConfig()) -> str:
     """Replaces the k-th image / video token of ``text`` with the k-th item's placeholder text."""
-    for token, items, fn in ((cfg.image_token, images, image_placeholder), (cfg.video_token, videos, video_placeholder)):
+    for token, items, fn in ((cfg.image_token, images, image_placeholder),
+                             (cfg.video_token, videos, video_placeholder)):
         parts = text.split(token)
         if len(parts) - 1 != len(items):
             raise ValueError(f"expand_prompt: the text has {len(parts) - 1} {token} but {len(items)} items were given.")
@@ -291,7 +292,8 @@ def collate(ids: Sequence[Sequence[int]], videos: Sequence[VisualFeatures], *, p
     if p % (m * m):
         raise ValueError(f"collate: patch bucket {p} is not a multiple of merge_size**2 = {m * m}.")
     b, dim = len(ids), videos[0].pixel_values.shape[-1]
-    out = VideoBatch(np.full((b, t), pad_id, np.int32), np.zeros((b, t), np.int32), np.zeros((b, f, p, dim), np.float32),
+    out = VideoBatch(np.full((b, t), pad_id, np.int32), np.zeros((b, t), np.int32),
+                     np.zeros((b, f, p, dim), np.float32),
                      np.zeros((b, f, 2), np.int32), np.zeros((b, f, p // (m * m)), bool))
     for i, (row, v) in enumerate(zip(ids, videos)):
         out.input_ids[i, t - len(row):] = row

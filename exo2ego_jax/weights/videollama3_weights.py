@@ -65,12 +65,14 @@ def _rows(cfg: VideoLlama3Config, layout: Layout) -> list[Row]:
         return [Row(f"{path}/scale", f"{key}.weight", layers=layers), Row(f"{path}/bias", f"{key}.bias", layers=layers)]
 
     def linear(path, key, layers=0):
-        return [Row(f"{path}/kernel", f"{key}.weight", "linear", layers), Row(f"{path}/bias", f"{key}.bias", layers=layers)]
+        return [Row(f"{path}/kernel", f"{key}.weight", "linear", layers),
+                Row(f"{path}/bias", f"{key}.bias", layers=layers)]
 
     rows += ln("vision/layers/norm1", f"{layer}.layer_norm1", n) + ln("vision/layers/norm2", f"{layer}.layer_norm2", n)
     for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
         rows += linear(f"vision/layers/attn/{p}", f"{layer}.self_attn.{p}", n)
-    rows += linear("vision/layers/mlp/fc1", f"{layer}.mlp.fc1", n) + linear("vision/layers/mlp/fc2", f"{layer}.mlp.fc2", n)
+    for fc in ("fc1", "fc2"):
+        rows += linear(f"vision/layers/mlp/{fc}", f"{layer}.mlp.{fc}", n)
     rows += ln("vision/post_norm", f"{layout.vision}post_layernorm")
     rows += linear("projector/fc1", f"{layout.projector}0") + linear("projector/fc2", f"{layout.projector}2")
     return rows
