@@ -19,6 +19,7 @@ import json
 import os
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -77,6 +78,19 @@ def _embeds(model, input_ids, videos):
     return model.embed_inputs(input_ids, videos=videos)
 
 
+def batch_embeddings(model: vl3.VideoLlama3, batch: vp.VideoBatch) -> tuple[jax.Array, np.ndarray]:
+    """(inputs_embeds [B, T, D], attention_mask [B, T]) of a ``videollama3_processor.collate`` batch,
+    ready for ``generate.generate(model.llm, inputs_embeds=..., attention_mask=...)``.
+
+    The placeholder counts are checked on the host first (the error names the sample); one compile
+    per bucket shape.
+    """
+    vl3.check_visual_placeholders(batch.input_ids, model.cfg.video_token_id, batch.grid_hw,
+                                  model.cfg.video_merge_size, batch.keep)
+    videos = vl3.VisualInput(jnp.asarray(batch.patches), jnp.asarray(batch.grid_hw), jnp.asarray(batch.keep))
+    return _embeds(model, jnp.asarray(batch.input_ids), videos), batch.attention_mask
+
+
 def run_video(config, workdir: str, *, dtypes, render, encode, decode, finish) -> dict:
     """Loads the checkpoint, answers ``config.prompt`` about ``config.video``. The chat job passes its
     dtype table and its prompt / decoding / result helpers (shared with its other paths)."""
@@ -98,16 +112,12 @@ def run_video(config, workdir: str, *, dtypes, render, encode, decode, finish) -
     ids = prompt_ids(tok, config.prompt, c.system, video, video_token, pcfg,
                      model.cfg.llm.max_position_embeddings - c.max_new_tokens, render=render, encode=encode)
     t, h, w = video.grid_thw
-    patches, grid = vl3.pad_frames(video.frames(), t, h * w)
-    videos = vl3.VisualInput(jnp.asarray(patches[None]), jnp.asarray(grid[None]),
-                             jnp.asarray(video.keep_per_frame()[None]))
-    vl3.check_visual_placeholders(ids[None], model.cfg.video_token_id, grid[None], model.cfg.video_merge_size,
-                                  video.keep_per_frame()[None])
-    embeds = _embeds(model, jnp.asarray(ids[None]), videos)
+    batch = vp.collate([ids], [video], length_buckets=(len(ids),), frame_buckets=(t,), patch_buckets=(h * w,))
+    embeds, mask = batch_embeddings(model, batch)
     if not c.scan_layers:
         unstack_layers(model.llm)
     t0 = time.perf_counter()
-    out = decode(model.llm, config, tok, inputs_embeds=embeds, attention_mask=np.ones((1, len(ids)), np.int32))
+    out = decode(model.llm, config, tok, inputs_embeds=embeds, attention_mask=mask)
     return finish(config, workdir, out, time.perf_counter() - t0, video=config.video, frames=int(t),
                   visual_tokens=int(video.keep.sum()), prompt_tokens=int(len(ids)),
                   timestamps=[round(s, 3) for s in video.timestamps])

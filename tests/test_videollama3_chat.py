@@ -104,3 +104,29 @@ def test_chat_answers_about_video_like_transformers(setup):
     print("chat", result["token_ids"], "transformers", want, "visual tokens", result["visual_tokens"])
     assert result["token_ids"] == want
     assert json.load(open(os.path.join(workdir, "chat.json")))["token_ids"] == result["token_ids"]
+
+
+def test_batched_teacher_answers_equal_single_runs(setup):
+    """Labelling path: clips of 5 and 4 frames, different frame sizes, one bucketed left-padded batch
+    (collate -> batch_embeddings -> generate) gives each clip's batch-of-1 tokens."""
+    from exo2ego_jax.generate import generate
+    from exo2ego_jax.videollama3_chat import batch_embeddings
+    from exo2ego_jax.weights import videollama3_weights
+
+    model = videollama3_weights.load_videollama3_dir(setup["ckpt"])
+    pcfg = vp.VideoLlama3ProcessorConfig.from_dir(setup["ckpt"], patch_size=4)
+    a = vp.sample_video(video_lib.decode_frames(setup["video"], range(10)), 2.0, pcfg)
+    rng = np.random.default_rng(5)
+    b = vp.process_video(rng.integers(0, 256, size=(4, 40, 24, 3), dtype=np.uint8), [0, 1, 2, 3], pcfg)
+    assert a.grid_thw[0] == 5 and b.grid_thw[0] == 4 and a.grid_thw[1:] != b.grid_thw[1:]
+    ids = [[2, 7, 8] + [VIDEO_ID] * int(v.keep.sum()) + [9, 10] for v in (a, b)]
+    buckets = dict(length_buckets=(128,), frame_buckets=(8,), patch_buckets=(64,))
+    embeds, mask = batch_embeddings(model, vp.collate(ids, [a, b], **buckets))
+    both = generate(model.llm, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=NEW, eos_token_id=EOS)
+    for i, v in enumerate((a, b)):
+        t, h, w = v.grid_thw
+        one = vp.collate([ids[i]], [v], length_buckets=(len(ids[i]),), frame_buckets=(t,), patch_buckets=(h * w,))
+        e1, m1 = batch_embeddings(model, one)
+        single = generate(model.llm, inputs_embeds=e1, attention_mask=m1, max_new_tokens=NEW, eos_token_id=EOS)
+        n = int(single.lengths[0])
+        assert both.tokens[i, :n].tolist() == single.tokens[0, :n].tolist() and both.lengths[i] == n
