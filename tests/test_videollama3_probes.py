@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -113,3 +114,20 @@ def test_embed_inputs_places_probe_tokens(setup):
         real = np.asarray(tokens[b])[np.asarray(valid[b])]
         np.testing.assert_allclose(embeds[b, 1:1 + n[b]], real, atol=1e-6)
         np.testing.assert_allclose(embeds[b, 1 + n[b]:3 + n[b]], np.asarray(probe_tokens[b]), atol=1e-6)
+
+
+def test_remat_gives_the_same_gradients(setup):
+    import dataclasses
+
+    cfg, model, videos = setup
+
+    def grads(remat):
+        m = nnx.clone(model)
+        m.vision.cfg = dataclasses.replace(m.vision.cfg, remat=remat)
+        loss = lambda mm: jnp.sum(mm.encode(videos, 2)[0] ** 2)  # noqa: E731
+        return nnx.jit(nnx.grad(loss))(m)
+
+    g0, g1 = nnx.state(grads(False), nnx.Param), nnx.state(grads(True), nnx.Param)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert float(jnp.abs(g0["vision"]["layers"]["attn"]["q_proj"]["kernel"][...]).sum()) > 0
