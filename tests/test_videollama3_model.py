@@ -281,3 +281,20 @@ def test_sharded_load_and_forward_under_mesh(hf_dir, batch):
     ref = _hf_logits(hf_dir[0], batch)
     real = batch["mask"].astype(bool)
     assert np.abs(got - ref)[real].max() <= TOL
+
+
+def test_lora_student_exports_merged(ours, batch, tmp_path):
+    """LoRA on the decoder (the student's adapters): HF export folds them in; reloading gives the same logits."""
+    from exo2ego_jax.models import lora
+
+    student = nnx.clone(ours)
+    paths = lora.apply_lora(student.llm, rank=4, rngs=nnx.Rngs(3))
+    assert paths and all(p.startswith("layers/") for p in paths)
+    for _, lin in lora.lora_targets(student.llm, ".*"):
+        if lin.lora_b is not None:
+            lin.lora_b.set_value(0.05 * jax.random.normal(jax.random.key(1), lin.lora_b.get_value().shape))
+    want = _our_logits(student, batch)
+    assert np.abs(want - _our_logits(ours, batch)).max() > 1e-3  # the adapters change the output
+    vw.save_hf(student, str(tmp_path))
+    got = _our_logits(vw.load_videollama3_dir(str(tmp_path)), batch)
+    np.testing.assert_allclose(got, want, atol=1e-4)
