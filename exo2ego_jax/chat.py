@@ -25,6 +25,7 @@ from absl import logging
 from flax import nnx
 
 from exo2ego_jax import generate as gen
+from exo2ego_jax import videollama3_chat
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.data import video as video_lib
 from exo2ego_jax.tokenizer import load_tokenizer
@@ -144,10 +145,13 @@ def run_video(config, workdir: str) -> dict:
     c = config.chat
     ckpt = config.checkpoint
     if not ckpt or not os.path.isdir(ckpt):
-        raise FileNotFoundError(f"--config.checkpoint={ckpt!r}: video chat needs a LLaVA / VideoLLaMA2 checkpoint "
-                                "directory (config.json, model.safetensors, tokenizer files).")
+        raise FileNotFoundError(f"--config.checkpoint={ckpt!r}: video chat needs a LLaVA / VideoLLaMA2 / VideoLLaMA3 "
+                                "checkpoint directory (config.json, model.safetensors, tokenizer files).")
     if not os.path.isfile(config.video):
         raise FileNotFoundError(f"--config.video={config.video!r} does not exist.")
+    if videollama3_chat.is_videollama3_dir(ckpt):
+        return videollama3_chat.run_video(config, workdir, dtypes=_DTYPES, render=build_prompt, encode=encode_text,
+                                          decode=_decode, finish=_finish)
     t0 = time.perf_counter()
     tok = load_tokenizer(c.tokenizer or ckpt, extra_special_tokens=(VIDEO_TOKEN,))
     video_id = text_lib.special_id(tok, VIDEO_TOKEN)
