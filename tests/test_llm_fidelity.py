@@ -295,3 +295,19 @@ def test_config_is_hashable_with_any_rope_scaling():
         rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=16)}))
     with pytest.raises(ValueError, match="GGUF"):
         LLMConfig.from_hf("model.gguf")
+
+
+def test_export_refuses_what_transformers_cannot_express(cases):
+    g = llm_weights.llm_config(cases("llama3_gguf").path)
+    with pytest.raises(ValueError, match="rope_freqs"):
+        export.hf_config(g)
+    windowed_llama = LLMConfig(num_layers=2, sliding_window=4, model_type="llama")
+    with pytest.raises(ValueError, match="Llama has no sliding window"):
+        export.hf_config(windowed_llama)
+
+
+def test_gguf_is_dispatched_in_weights_not_in_the_safetensors_reader(tmp_path):
+    from exo2ego_jax.weights import safetensors_io as sio
+
+    with pytest.raises(ValueError, match="open_gguf"):
+        sio.open_checkpoint(str(tmp_path / "model.gguf"))
