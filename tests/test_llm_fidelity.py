@@ -311,3 +311,37 @@ def test_gguf_is_dispatched_in_weights_not_in_the_safetensors_reader(tmp_path):
 
     with pytest.raises(ValueError, match="open_gguf"):
         sio.open_checkpoint(str(tmp_path / "model.gguf"))
+
+
+def _metadata_gguf(path, scaling_type, **scaling):
+    """A llama GGUF with the converter's rope-scaling keys and one tensor (config reading only)."""
+    import gguf as gguf_pkg
+
+    w = gguf_pkg.GGUFWriter(str(path), "llama")
+    for add, value in ((w.add_context_length, 64), (w.add_embedding_length, 64), (w.add_block_count, 2),
+                       (w.add_feed_forward_length, 96), (w.add_head_count, 4), (w.add_head_count_kv, 2),
+                       (w.add_vocab_size, 97), (w.add_rope_freq_base, 1e4), (w.add_layer_norm_rms_eps, 1e-6)):
+        add(value)
+    w.add_rope_scaling_type(getattr(gguf_pkg.RopeScalingType, scaling_type.upper()))
+    w.add_rope_scaling_factor(4.0)
+    for key, value in scaling.items():
+        w.add_float32(f"llama.rope.scaling.{key}", value)
+    w.add_tensor("token_embd.weight", np.zeros((97, 64), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def test_gguf_rope_scaling_metadata_is_read_or_refused(tmp_path):
+    from exo2ego_jax.weights import gguf
+
+    cfg = gguf.config_from_gguf(_metadata_gguf(tmp_path / "yarn.gguf", "yarn", yarn_beta_fast=16.0))
+    assert cfg.rope_dict == dict(rope_type="yarn", factor=4.0, beta_fast=16.0)
+    with pytest.raises(ValueError, match="attn_factor"):
+        gguf.config_from_gguf(_metadata_gguf(tmp_path / "attn.gguf", "yarn", attn_factor=0.7))
+    with pytest.raises(ValueError, match="'longrope'"):
+        gguf.config_from_gguf(_metadata_gguf(tmp_path / "longrope.gguf", "longrope"))
+    cfg = gguf.config_from_gguf(_metadata_gguf(tmp_path / "linear.gguf", "linear"))
+    assert cfg.rope_dict == dict(rope_type="linear", factor=4.0)

@@ -131,6 +131,13 @@ def _rope_scaling(r: GGUFCheckpoint, f, head_dim: int) -> dict | None:
         out = {"rope_type": "yarn", "factor": float(f("rope.scaling.factor"))}
         if f("rope.scaling.original_context_length"):
             out["original_max_position_embeddings"] = int(f("rope.scaling.original_context_length"))
+        for key, ours in (("rope.scaling.yarn_beta_fast", "beta_fast"), ("rope.scaling.yarn_beta_slow", "beta_slow")):
+            if f(key) is not None:
+                out[ours] = float(f(key))
+        for key, neutral in (("rope.scaling.attn_factor", 1.0), ("rope.scaling.yarn_log_multiplier", 0.0)):
+            if f(key) not in (None, neutral):
+                raise ValueError(f"{r.path}: {r.field('general.architecture')}.{key}={f(key)} is not supported "
+                                 f"(yarn with {key} = {neutral} only).")
         return out
     raise ValueError(f"{r.path}: rope scaling type {kind!r} is not supported (none, linear, yarn, or "
                      "llama3 as rope_freqs.weight); its positions would differ from the model's.")
