@@ -51,8 +51,11 @@ def test_matches_transformers_gguf(path, ours):
     ids = tok([text], return_tensors="np", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         ref_logits = ref(torch.tensor(ids)).logits.numpy()
-        ref_out = ref.generate(torch.tensor(ids), max_new_tokens=32, do_sample=False, min_new_tokens=32,
-                               eos_token_id=None, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        # The pad id (<|im_end|>) occurs inside chat prompts: without an explicit mask transformers
+        # would infer one from it and hide those prompt tokens.
+        ref_out = ref.generate(torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                               max_new_tokens=32, do_sample=False, min_new_tokens=32, eos_token_id=None,
+                               pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
     logits, _ = ours(jnp.asarray(ids))
     # float32 through 30 layers with different matmul kernels (XLA vs PyTorch, thread-count dependent
     # accumulation order): measured max |diff| 2e-3..1.1e-2 on logits of magnitude ~30 (<= 4e-4

@@ -1,13 +1,15 @@
 """Attention dispatch: the fused-kernel call path (jax.nn.dot_product_attention) equals the XLA path."""
 
+import dataclasses
 import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
-from exo2ego_jax.models import attention
+from exo2ego_jax.models import attention, splash
 from exo2ego_jax.models.llm import DecoderLM, LLMConfig
 
 CFG = LLMConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -22,10 +24,13 @@ def test_fallback_logs_on_cpu(caplog):
     assert attention.resolve_impl("auto") == "xla"
 
 
-def test_dot_product_path_matches_xla_right_padded():
+@pytest.mark.parametrize("window", [None, 3])
+def test_dot_product_path_matches_xla_right_padded(window):
+    """With a sliding window the fused call takes it as local_window_size; XLA as a mask."""
+    cfg = dataclasses.replace(CFG, sliding_window=window)
     with nnx.use_eager_sharding(False):
-        xla = DecoderLM(CFG, rngs=nnx.Rngs(0), attention_impl="xla")
-        fused = DecoderLM(CFG, rngs=nnx.Rngs(1), attention_impl="dot_product")
+        xla = DecoderLM(cfg, rngs=nnx.Rngs(0), attention_impl="xla")
+        fused = DecoderLM(cfg, rngs=nnx.Rngs(1), attention_impl="dot_product")
     nnx.update(fused, nnx.state(xla, nnx.Param))
     ids = jnp.asarray([[3, 14, 15, 9, 26, 5], [7, 1, 8, 0, 0, 0]])
     mask = jnp.asarray([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])  # right padding, as in training
@@ -35,3 +40,18 @@ def test_dot_product_path_matches_xla_right_padded():
     np.testing.assert_allclose(np.asarray(a)[real], np.asarray(b)[real], atol=1e-5)
     g = nnx.jit(nnx.grad(lambda m: (m(ids, attention_mask=mask)[0] * mask[..., None]).sum()))
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-4, rtol=1e-4), g(xla), g(fused))
+
+
+def test_splash_sliding_window_equals_windowed_xla_mask():
+    """The splash kernel's local mask (interpret mode on CPU) keeps the query and window - 1 keys."""
+    b, t, h, k, d, window = 2, 128, 4, 2, 32, 40
+    r = np.random.RandomState(0)
+    q, kk, v = (jnp.asarray(r.randn(b, t, n, d).astype(np.float32)) for n in (h, k, k))
+    lengths = jnp.asarray([t, 77], jnp.int32)
+    i = jnp.arange(t)
+    mask = ((i[None, :, None] >= i[None, None, :]) & (i[None, :, None] - i[None, None, :] < window)
+            & (i[None, None, :] < lengths[:, None, None]))
+    want = attention.xla_attention(q, kk, v, mask, d ** -0.5)
+    got = splash.splash_attention(q, kk, v, lengths, d ** -0.5, interpret=True, window=window)
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(got[1, :77]), np.asarray(want[1, :77]), atol=2e-5)

@@ -27,6 +27,7 @@ from exo2ego_jax.models import lora as lora_lib
 from exo2ego_jax.models.llm import LLMConfig
 from exo2ego_jax.models.mllm import VideoLLMConfig
 from exo2ego_jax.models.vit import VisionConfig
+from exo2ego_jax.weights import llm_weights
 
 IGNORE_INDEX = -100
 
@@ -36,7 +37,7 @@ def model_configs(config) -> tuple[LLMConfig, VisionConfig, conn_lib.ConnectorCo
     """(LLM, vision, connector) configs from config.model (HF config.json files where given)."""
     m = config.model
     llm_kw = dict(m.llm)
-    llm = LLMConfig.from_hf(m.llm_hf) if m.llm_hf else LLMConfig(**llm_kw)
+    llm = llm_weights.llm_config(m.llm_hf) if m.llm_hf else LLMConfig(**llm_kw)
     v_kw = dict(m.vision)
     vision = (VisionConfig.from_hf(m.vision_hf, feature_layer=v_kw.get("feature_layer", -2),
                                    remat=v_kw.get("remat", False)) if m.vision_hf else VisionConfig(**v_kw))
@@ -99,8 +100,7 @@ def load_pretrained(model: Ego2ExoModel, config) -> None:
     this hook, so a tower coming from init_from is read here first for the copy)."""
     m = config.model
     if m.llm_hf:
-        from exo2ego_jax.weights.llm_weights import load_hf_llm
-        load_hf_llm(model.llm, m.llm_hf, strict=False)
+        llm_weights.load_llm_params(model.llm, m.llm_hf, strict=False)
     if m.vision_hf or m.connector_hf:
         from exo2ego_jax.weights import vision_weights
         if m.vision_hf:

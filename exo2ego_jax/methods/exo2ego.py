@@ -30,6 +30,7 @@ from exo2ego_jax.models import connectors as conn_lib
 from exo2ego_jax.models.llm import LLMConfig
 from exo2ego_jax.models.mapping import MappingConfig
 from exo2ego_jax.models.vit import VisionConfig
+from exo2ego_jax.weights import llm_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,7 @@ class LossConfig:
 # --- model ------------------------------------------------------------------------------------
 def model_configs(config) -> tuple[LLMConfig, VisionConfig, conn_lib.ConnectorConfig, MappingConfig]:
     m = config.model
-    llm = LLMConfig(**dict(m.llm)) if not m.llm_hf else LLMConfig.from_hf(m.llm_hf)
+    llm = LLMConfig(**dict(m.llm)) if not m.llm_hf else llm_weights.llm_config(m.llm_hf)
     vision_kw = dict(m.vision)
     vision = VisionConfig(**vision_kw) if not m.vision_hf else VisionConfig.from_hf(
         m.vision_hf, feature_layer=vision_kw.get("feature_layer", -2), remat=vision_kw.get("remat", False))
@@ -220,8 +221,7 @@ def load_pretrained(model: Exo2EgoModel, config) -> None:
     `config.exo2ego.init_sources` checkpoints; the trainer applies `train.init_from` after this."""
     m = config.model
     if m.llm_hf:
-        from exo2ego_jax.weights.llm_weights import load_hf_llm
-        load_hf_llm(model.llm, m.llm_hf, strict=False)
+        llm_weights.load_llm_params(model.llm, m.llm_hf, strict=False)
     if m.vision_hf or m.connector_hf:
         from exo2ego_jax.weights import vision_weights
         for enc in (model.ego, model.exo):

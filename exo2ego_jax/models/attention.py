@@ -31,7 +31,7 @@ def resolve_impl(impl: str) -> str:
 
 
 @functools.cache
-def _warn_once(msg: str) -> None:
+def warn_once(msg: str) -> None:
     log.warning(msg)
 
 
@@ -70,11 +70,12 @@ def cached_attention(q, k_t, v, mask, scale: float):
     return out.reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
-def attention(q, k, v, mask, scale: float, impl: str, *, causal_lengths=None):
+def attention(q, k, v, mask, scale: float, impl: str, *, causal_lengths=None, window: int = 0):
     """Dispatches to a kernel. ``causal_lengths`` [B] (right-padded, no cache) enables fused paths.
 
-    The fused paths take causal masking plus per-row key lengths (right padding, as in training);
-    arbitrary masks (left padding, KV cache) always use the XLA path.
+    The fused paths take causal masking plus per-row key lengths (right padding, as in training)
+    and ``window`` (sliding window in tokens, 0 = none; ``mask`` already carries it for the XLA
+    path); arbitrary masks (left padding, KV cache) always use the XLA path.
     """
     impl = resolve_impl(impl)
     if impl == "xla" or causal_lengths is None:
@@ -83,12 +84,14 @@ def attention(q, k, v, mask, scale: float, impl: str, *, causal_lengths=None):
         from exo2ego_jax.models import splash
 
         if splash.supported(q.shape[1]):
-            return splash.splash_attention(q, k, v, causal_lengths, scale)
-        _warn_once(f"splash attention needs lengths that are multiples of {splash.BLOCK}; got "
+            return splash.splash_attention(q, k, v, causal_lengths, scale, window=window)
+        warn_once(f"splash attention needs lengths that are multiples of {splash.BLOCK}; got "
                    f"{q.shape[1]}: using the XLA path for this shape.")
         return xla_attention(q, k, v, mask, scale)
     kwargs = dict(scale=scale, is_causal=True, query_seq_lengths=causal_lengths,
-                  key_value_seq_lengths=causal_lengths)
+                  key_value_seq_lengths=causal_lengths,
+                  # (left, right) keys around the query: the query and window - 1 before it.
+                  local_window_size=(window - 1, 0) if window else None)
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
     return jax.nn.dot_product_attention(q, k, v, **kwargs)

@@ -1,9 +1,9 @@
 """Decoder-only LLM for the Llama / Mistral / Qwen2 families (Flax NNX).
 
-RMSNorm, RoPE (theta + scaling from the config), grouped-query attention, SwiGLU MLP, optional
-q/k/v bias, tied or untied embeddings. Layers are stacked on a leading ``layers`` axis and run with
-``jax.lax.scan`` over the split layer state (remat optional), so compile time does not grow with
-depth. Parameter paths follow HF names (``layers/attn/q_proj/kernel``) so weight mappings stay
+RMSNorm, RoPE (theta + scaling from the config), grouped-query attention with optional sliding
+windows (per layer), SwiGLU MLP, optional q/k/v/o and MLP biases, tied or untied embeddings.
+Layers are stacked on a leading ``layers`` axis and run with ``jax.lax.scan`` over the split layer
+state (remat optional), so compile time does not grow with depth. Parameter paths follow HF names (``layers/attn/q_proj/kernel``) so weight mappings stay
 one-liners; kernels are [in, out] (HF stores [out, in]).
 """
 
@@ -28,9 +28,67 @@ Cache = dict[str, jax.Array]
 _FEW_TOKENS = 64
 
 
+# ---------------------------------------------------------------------------------------------
+# Which HF config fields (LlamaConfig, MistralConfig, Qwen2Config and the PreTrainedConfig base)
+# LLMConfig.from_hf honours. tests/test_llm_fidelity.py walks the fields of each class and fails on
+# a field that is in none of the three sets, so a new transformers field is triaged, not ignored.
+
+# Read and implemented (they change the forward pass, or generation's stop tokens).
+HF_IMPLEMENTED_FIELDS = frozenset({
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings",
+    "rope_parameters", "rope_scaling", "rope_theta",  # transformers 5 / legacy spellings of the rope
+    "original_max_position_embeddings",  # top-level override of the rope's pretraining length
+    "max_position_embeddings",  # yarn / llama3 default pretraining length
+    "attention_bias", "mlp_bias",  # Llama: q/k/v/o and gate/up/down biases
+    "sliding_window", "use_sliding_window", "max_window_layers", "layer_types",  # Mistral / Qwen2 windows
+    "initializer_range",  # init of parameters a checkpoint does not hold (e.g. added tokens)
+    "bos_token_id", "eos_token_id",  # generation stops at eos
+})
+
+# Change the forward pass and are not implemented: refused unless they hold the neutral value.
+# field -> (neutral value, what to do).
+HF_REFUSED_FIELDS: dict[str, tuple[Any, str]] = {
+    "hidden_act": ("silu", "the MLP implements SiLU only"),
+    "attention_dropout": (0.0, "this decoder has no attention dropout (transformers applies it in training)"),
+    "partial_rotary_factor": (1.0, "RoPE here rotates the whole head_dim"),
+}
+
+# Do not change the forward pass of these decoders (why, per field).
+HF_FIELDS_WITHOUT_FORWARD_EFFECT = frozenset({
+    "transformers_version", "architectures", "_name_or_path",  # bookkeeping
+    "output_hidden_states", "output_attentions", "return_dict",  # what transformers returns, not its values
+    "dtype", "torch_dtype",  # storage dtype of the checkpoint; the compute dtype is the caller's choice
+    "chunk_size_feed_forward",  # read by no Llama / Mistral / Qwen2 module in transformers 5
+    "is_encoder_decoder",  # False for these decoder-only models (generation bookkeeping)
+    "id2label", "label2id", "problem_type",  # sequence-classification heads only
+    "use_cache",  # decoding speed only
+    "pad_token_id",  # embedding padding_idx only zeroes that row's gradient; generation fills with it
+    "pretraining_tp",  # transformers 5 Llama no longer reads it (it only split matmuls into slices)
+})
+
+# Keys of a rope dict (transformers' RopeParameters) that change nothing for the types implemented
+# in models/rope.py: they belong to types refused by name there (longrope, mrope).
+ROPE_KEYS_OF_REFUSED_TYPES = frozenset({"short_factor", "long_factor", "mrope_section"})
+
+
+def _freeze(value: Any) -> Any:
+    """Mappings -> (key, value) tuples sorted by key, lists -> tuples, recursively (hashable)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
-    """Architecture hyper-parameters (names follow HF's LlamaConfig, shortened)."""
+    """Architecture hyper-parameters (names follow HF's LlamaConfig, shortened).
+
+    Frozen and hashable (it is static data of the model graph, e.g. a ``jax.jit`` static argument in
+    generate.py): ``rope_scaling`` given as a dict is stored as sorted (key, value) pairs; read it
+    with ``rope_dict``.
+    """
 
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -40,45 +98,84 @@ class LLMConfig:
     num_kv_heads: int = 32
     head_dim: int = 128
     rope_theta: float = 10000.0
-    rope_scaling: Mapping[str, Any] | None = None
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None  # see models/rope.py for the types
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
-    attention_bias: bool = False  # q/k/v bias (Qwen2: True); o_proj never has one here
+    attention_bias: bool = False  # q/k/v bias (Qwen2; Llama attention_bias)
+    o_proj_bias: bool = False  # o_proj bias (Llama attention_bias; Qwen2 has none)
+    mlp_bias: bool = False  # gate/up/down bias (Llama mlp_bias)
+    # Sliding-window attention: a query attends to keys fewer than this many tokens back (itself
+    # included), as transformers' sliding_window_overlay (kv_idx > q_idx - sliding_window).
+    sliding_window: int | None = None
+    # Which layers use the window (Qwen2's layer_types); None = every layer (Mistral).
+    sliding_window_layers: tuple[bool, ...] | None = None
     max_position_embeddings: int = 4096
     initializer_range: float = 0.02
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     model_type: str = "llama"
 
+    def __post_init__(self):
+        if isinstance(self.rope_scaling, Mapping) or isinstance(self.rope_scaling, list):
+            object.__setattr__(self, "rope_scaling", _freeze(dict(self.rope_scaling)) or None)
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if isinstance(self.sliding_window_layers, list):
+            object.__setattr__(self, "sliding_window_layers", tuple(bool(x) for x in self.sliding_window_layers))
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"LLMConfig.sliding_window={self.sliding_window}; expected a positive number of "
+                             "tokens or None (full attention).")
+        if self.sliding_window_layers is not None and len(self.sliding_window_layers) != self.num_layers:
+            raise ValueError(f"LLMConfig.sliding_window_layers has {len(self.sliding_window_layers)} entries for "
+                             f"{self.num_layers} layers.")
+
+    @property
+    def rope_dict(self) -> dict[str, Any] | None:
+        return dict(self.rope_scaling) if self.rope_scaling else None
+
+    @property
+    def layer_windows(self) -> tuple[int, ...]:
+        """Per layer, the sliding window in tokens; 0 = full causal attention."""
+        if not self.sliding_window:
+            return (0,) * self.num_layers
+        use = self.sliding_window_layers or (True,) * self.num_layers
+        return tuple(self.sliding_window if u else 0 for u in use)
+
     @classmethod
     def from_hf(cls, src: str | os.PathLike | Mapping[str, Any]) -> "LLMConfig":
-        """From a HF config.json (dir, file, dict or transformers config) or a .gguf file."""
+        """From a HF config.json (dir, file, dict or transformers config).
+
+        Options that change the forward pass and are not implemented are refused by name (see
+        HF_REFUSED_FIELDS and models/rope.py). A ``.gguf`` file's config is read in weights/
+        (``weights.llm_weights.llm_config``), which owns the GGUF reader.
+        """
+        where = "config"
         if isinstance(src, (str, os.PathLike)):
             path = os.fspath(src)
             if path.endswith(".gguf"):
-                from exo2ego_jax.weights.gguf import config_from_gguf
-
-                return config_from_gguf(path)
+                raise ValueError(f"{path} is a GGUF file: read its config with "
+                                 "exo2ego_jax.weights.llm_weights.llm_config(path).")
             if os.path.isdir(path):
                 path = os.path.join(path, "config.json")
             with open(path) as fh:
                 d = json.load(fh)
+            where = path
         elif hasattr(src, "to_dict"):
             d = src.to_dict()
         else:
             d = dict(src)
         mt = d.get("model_type", "llama")
         if mt not in ("llama", "mistral", "qwen2"):
-            raise ValueError(f"model_type={mt!r} is not a supported decoder (llama, mistral, qwen2).")
+            raise ValueError(f"{where}: model_type={mt!r} is not a supported decoder (llama, mistral, qwen2).")
+        for field, (neutral, why) in HF_REFUSED_FIELDS.items():
+            value = d.get(field)
+            if value is not None and value != neutral:
+                raise ValueError(f"{where}: {field}={value!r} is not supported ({why}); only {neutral!r} is. "
+                                 "Loading it anyway would give different outputs than the checkpoint's.")
+        theta, scaling = _hf_rope(d, where)
         heads = d["num_attention_heads"]
-        rope_scaling = d.get("rope_scaling")
-        theta = d.get("rope_theta")
-        if theta is None:  # transformers 5 moved theta into rope_parameters
-            params = d.get("rope_parameters") or {}
-            theta = params.get("rope_theta", 10000.0)
-            if params.get("rope_type", "default") != "default":
-                rope_scaling = params
-        eos = d.get("eos_token_id")
+        window, window_layers = _hf_windows(d, mt, where)
+        llama_bias = mt == "llama" and bool(d.get("attention_bias", False))
         return cls(
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
@@ -87,17 +184,67 @@ class LLMConfig:
             num_heads=heads,
             num_kv_heads=d.get("num_key_value_heads") or heads,
             head_dim=d.get("head_dim") or d["hidden_size"] // heads,
-            rope_theta=float(theta),
-            rope_scaling=dict(rope_scaling) if rope_scaling else None,
+            rope_theta=theta,
+            rope_scaling=scaling,
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=bool(d.get("attention_bias", mt == "qwen2")),
+            # transformers hard-codes Qwen2's q/k/v bias and Mistral's none; Llama reads its flags.
+            attention_bias=mt == "qwen2" or llama_bias,
+            o_proj_bias=llama_bias,
+            mlp_bias=mt == "llama" and bool(d.get("mlp_bias", False)),
+            sliding_window=window,
+            sliding_window_layers=window_layers,
             max_position_embeddings=d.get("max_position_embeddings", 4096),
             initializer_range=d.get("initializer_range", 0.02),
             bos_token_id=d.get("bos_token_id"),
-            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            eos_token_id=d.get("eos_token_id"),
             model_type=mt,
         )
+
+
+def _hf_rope(d: Mapping[str, Any], where: str) -> tuple[float, dict[str, Any] | None]:
+    """(theta, rope dict or None) with transformers 5's precedence: rope_scaling, rope_parameters,
+    then top-level rope_theta / original_max_position_embeddings."""
+    params = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
+    nested = sorted(k for k, v in params.items() if isinstance(v, Mapping))
+    if nested:
+        raise ValueError(f"{where}: rope parameters per layer type ({nested}) are not supported.")
+    theta = float(params.pop("rope_theta", None) or d.get("rope_theta") or 10000.0)
+    kind = rope_lib.rope_type(params)
+    if kind not in rope_lib.SUPPORTED_ROPE_TYPES or kind == "rope_freqs":
+        raise ValueError(f"{where}: rope type {kind!r} is not supported (supported: default, linear, llama3, "
+                         "yarn); its positions would differ from the checkpoint's.")
+    prf = params.get("partial_rotary_factor")
+    if prf is not None and prf != 1.0:
+        raise ValueError(f"{where}: rope partial_rotary_factor={prf!r} is not supported "
+                         f"({HF_REFUSED_FIELDS['partial_rotary_factor'][1]}).")
+    if kind == "default":
+        return theta, None
+    if kind in ("llama3", "yarn") and d.get("original_max_position_embeddings"):
+        params["original_max_position_embeddings"] = d["original_max_position_embeddings"]
+    params["rope_type"] = kind
+    params.pop("type", None)
+    return theta, params
+
+
+def _hf_windows(d: Mapping[str, Any], mt: str, where: str) -> tuple[int | None, tuple[bool, ...] | None]:
+    """(window, per-layer use) as transformers' Mistral (every layer) and Qwen2 (layer_types) use them."""
+    n = d["num_hidden_layers"]
+    if mt == "mistral":
+        return d.get("sliding_window") or None, None
+    if mt != "qwen2":
+        return None, None  # LlamaConfig has no window; transformers' Llama ignores one
+    window = d.get("sliding_window") if d.get("use_sliding_window", False) else None
+    if not window:
+        return None, None
+    types = d.get("layer_types") or ["sliding_attention" if i >= d.get("max_window_layers", 28)
+                                     else "full_attention" for i in range(n)]
+    unknown = sorted(set(types) - {"sliding_attention", "full_attention"})
+    if unknown or len(types) != n:
+        raise ValueError(f"{where}: layer_types {unknown or types} are not supported (expected {n} entries of "
+                         "'full_attention' / 'sliding_attention').")
+    use = tuple(t == "sliding_attention" for t in types)
+    return (int(window), use) if any(use) else (None, None)
 
 
 def _init(cfg: LLMConfig):
@@ -162,13 +309,17 @@ class Attention(nnx.Module):
         self.q_proj = Linear(d, cfg.num_heads * hd, ("embed", "heads"), use_bias=cfg.attention_bias, **kw)
         self.k_proj = Linear(d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), use_bias=cfg.attention_bias, **kw)
         self.v_proj = Linear(d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), use_bias=cfg.attention_bias, **kw)
-        self.o_proj = Linear(cfg.num_heads * hd, d, ("heads", "embed"), **kw)
+        self.o_proj = Linear(cfg.num_heads * hd, d, ("heads", "embed"), use_bias=cfg.o_proj_bias, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
         self.impl = impl
-        inv, att_scale = rope_lib.inv_frequencies(hd, cfg.rope_theta, cfg.rope_scaling,
+        inv, att_scale = rope_lib.inv_frequencies(hd, cfg.rope_theta, cfg.rope_dict,
                                                   cfg.max_position_embeddings)
         self.inv_freq = tuple(float(f) for f in inv)  # static metadata, not a param
         self.rope_attention_scaling = att_scale
+        # The fused kernels take a static window: one shared by every layer (DecoderLM sends mixed
+        # windows down the XLA path, whose mask carries each layer's window).
+        windows = set(cfg.layer_windows)
+        self.fused_window = windows.pop() if len(windows) == 1 else 0
 
     def __call__(self, x, positions, mask, cache_kv=None, cache_index=None, causal_lengths=None, rng=None):
         b, t, _ = x.shape
@@ -192,13 +343,15 @@ class Attention(nnx.Module):
             new_kv = (ck, cv)
             out = attn_lib.cached_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, scale)
         else:
-            out = attn_lib.attention(q, k, v, mask, scale, self.impl, causal_lengths=causal_lengths)
+            out = attn_lib.attention(q, k, v, mask, scale, self.impl, causal_lengths=causal_lengths,
+                                     window=self.fused_window)
         return self.o_proj(out.reshape(b, t, -1), r[3]), new_kv
 
 
 class MLP(nnx.Module):
     def __init__(self, cfg: LLMConfig, *, stack, dtype, param_dtype, rngs):
         kw = dict(cfg=cfg, stack=stack, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw["use_bias"] = cfg.mlp_bias
         self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), **kw)
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), **kw)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), **kw)
@@ -288,12 +441,12 @@ class DecoderLM(nnx.Module):
         return {"k": k, "v": v, "mask": jnp.zeros((batch, max_len), jnp.int32),
                 "index": jnp.zeros((), jnp.int32), "pos": jnp.zeros((batch,), jnp.int32)}
 
-    def _run_unstacked(self, x, positions, mask, cache, idx, causal_lengths, dropout_rng):
+    def _run_unstacked(self, x, positions, masks, cache, idx, causal_lengths, dropout_rng):
         rngs = _split(dropout_rng, len(self.layers))
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             kv = (cache["k"][i], cache["v"][i]) if cache is not None else None
-            x, new_kv = layer(x, positions, mask, kv, idx, causal_lengths, rngs[i])
+            x, new_kv = layer(x, positions, masks[i], kv, idx, causal_lengths, rngs[i])
             if new_kv is not None:
                 ks.append(new_kv[0])
                 vs.append(new_kv[1])
@@ -317,7 +470,9 @@ class DecoderLM(nnx.Module):
 
         attention_mask [B, T]: 1 = real token. Without a cache, queries attend causally to real
         tokens; with a cache the T tokens are written at slot ``cache['index']`` and attend to all
-        earlier real slots, so left-padded prompts and batched decoding share one code path.
+        earlier real slots, so left-padded prompts and batched decoding share one code path. Layers
+        with a sliding window (``cfg.layer_windows``) see only the slots of their window, with or
+        without a cache.
         positions default to the running count of real tokens (so left padding does not shift RoPE).
         ``last_only`` returns logits for the last position only ([B, 1, V]; for generation).
         ``dropout_rng`` turns on LoRA dropout (training only).
@@ -334,21 +489,38 @@ class DecoderLM(nnx.Module):
             positions = jnp.maximum(start + jnp.cumsum(attention_mask, axis=1) - 1, 0)
         q_idx = jnp.arange(t)
         causal_lengths = None
+        windows = self.cfg.layer_windows
         if cache is None:
+            q_slot, k_slot = q_idx, q_idx
             mask = (q_idx[None, :, None] >= q_idx[None, None, :]) & (attention_mask[:, None, :] > 0)
             idx = None
-            # Fused kernels take causal + per-row lengths; only valid for right padding.
-            causal_lengths = attention_mask.sum(-1) if attn_lib.resolve_impl(self._attn_impl) != "xla" else None
+            # Fused kernels take causal (+ one static window) and per-row lengths; only valid for
+            # right padding. Layers with different windows need per-layer masks: XLA path.
+            if attn_lib.resolve_impl(self._attn_impl) != "xla":
+                if len(set(windows)) == 1:
+                    causal_lengths = attention_mask.sum(-1)
+                else:
+                    attn_lib.warn_once("layers with different sliding windows run the XLA attention path "
+                                       f"(the fused kernels take one static window); windows {windows}.")
         else:
             idx = cache["index"]
-            slots = jnp.arange(cache["mask"].shape[1])
+            q_slot, k_slot = idx + q_idx, jnp.arange(cache["mask"].shape[1])
             slot_mask = jax.lax.dynamic_update_slice_in_dim(cache["mask"], attention_mask, idx, axis=1)
-            mask = (slots[None, None, :] <= idx + q_idx[None, :, None]) & (slot_mask[:, None, :] > 0)
+            mask = (k_slot[None, None, :] <= q_slot[None, :, None]) & (slot_mask[:, None, :] > 0)
         # Padded queries see nothing; give them their own slot so softmax stays finite.
-        mask = mask | (attention_mask[:, :, None] == 0) & (jnp.arange(mask.shape[2])[None, None, :] == 0)
+        pad_rows = (attention_mask[:, :, None] == 0) & (k_slot[None, None, :] == 0)
+        # Sliding windows count slots, as transformers counts cache positions; padding only sits
+        # before (left) or after (right) a row's tokens, so slot and token distances agree.
+        distance = q_slot[:, None] - k_slot[None, :]  # [T, S]
+
+        def layer_mask(window: int):  # [B, T, S] bool
+            return ((mask & (distance < window)[None]) if window else mask) | pad_rows
+
+        masks = {w: layer_mask(w) for w in sorted(set(windows))}
 
         if not isinstance(self.layers, Block):  # unstacked (see unstack_layers): plain loop
-            x, cache_kv = self._run_unstacked(x, positions, mask, cache, idx, causal_lengths, dropout_rng)
+            x, cache_kv = self._run_unstacked(x, positions, [masks[w] for w in windows], cache, idx,
+                                              causal_lengths, dropout_rng)
             if last_only:
                 x = x[:, -1:]
             logits = self.logits(self.final_norm(x))
@@ -360,11 +532,19 @@ class DecoderLM(nnx.Module):
         # Only params carry the stacked layer axis; anything else is broadcast to every layer.
         graphdef, layer_state, rest = nnx.split(self.layers, nnx.Param, ...)
 
+        # One mask for every layer, or (Qwen2 max_window_layers) a per-layer choice of two.
+        if len(masks) == 1:
+            mask, windowed = next(iter(masks.values())), None
+        else:
+            (_, mask), (_, window_mask) = sorted(masks.items())
+            windowed = jnp.asarray([w > 0 for w in windows])
+
         def body(carry, xs):
             h = constrain(carry, ("act_batch", "act_len", "act_embed"))  # no-op without a mesh
-            state, kv, rng = xs
+            state, kv, rng, use_window = xs
             layer = nnx.merge(graphdef, state, rest)
-            h, new_kv = layer(h, positions, mask, kv, idx, causal_lengths, rng)
+            m = mask if use_window is None else jnp.where(use_window, window_mask, mask)
+            h, new_kv = layer(h, positions, m, kv, idx, causal_lengths, rng)
             return h, new_kv
 
         policy = _REMAT[self.remat_policy]
@@ -372,7 +552,7 @@ class DecoderLM(nnx.Module):
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
         kv_in = (cache["k"], cache["v"]) if cache is not None else None
         rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.cfg.num_layers)
-        x, kv_out = jax.lax.scan(body, x, (layer_state, kv_in, rngs))
+        x, kv_out = jax.lax.scan(body, x, (layer_state, kv_in, rngs, windowed))
         if last_only:
             x = x[:, -1:]
         logits = self.logits(self.final_norm(x))

@@ -27,18 +27,21 @@ def supported(seq_len: int) -> bool:
 
 
 @functools.cache
-def _kernel(num_heads: int, seq_len: int, interpret: bool):
-    mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(num_heads)])
+def _kernel(num_heads: int, seq_len: int, interpret: bool, window: int = 0):
+    # A sliding window is a causal local mask: the query and the window - 1 keys before it.
+    one = (sm.LocalMask((seq_len, seq_len), window_size=(window - 1, 0), offset=0) if window
+           else sm.CausalMask((seq_len, seq_len)))
+    mask = sm.MultiHeadMask([one for _ in range(num_heads)])
     blocks = sk.BlockSizes(block_q=BLOCK, block_kv=BLOCK, block_kv_compute=BLOCK, block_q_dkv=BLOCK,
                            block_kv_dkv=BLOCK, block_kv_dkv_compute=BLOCK, block_q_dq=BLOCK,
                            block_kv_dq=BLOCK)
     return sk.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def _local(q, k, v, lengths, scale: float, interpret: bool):
+def _local(q, k, v, lengths, scale: float, interpret: bool, window: int = 0):
     """Per device: q [B,T,H,D], k/v [B,T,K,D], lengths [B] -> [B,T,H,D]."""
     b, t, h, _ = q.shape
-    kernel = _kernel(h, t, interpret)
+    kernel = _kernel(h, t, interpret, window)
     seg = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)  # 1 = real token
 
     def one(q1, k1, v1, s1):
@@ -48,8 +51,10 @@ def _local(q, k, v, lengths, scale: float, interpret: bool):
     return jax.vmap(one)(q, k, v, seg).swapaxes(1, 2).astype(q.dtype)
 
 
-def splash_attention(q, k, v, lengths, scale: float, *, interpret: bool | None = None):
+def splash_attention(q, k, v, lengths, scale: float, *, interpret: bool | None = None, window: int = 0):
     """Causal GQA over right-padded rows: q [B,T,H,D], k/v [B,T,K,D], lengths [B] -> [B,T,H,D].
+
+    ``window`` > 0: sliding-window attention (a query sees itself and the window - 1 keys before it).
 
     Padded queries attend to padded keys only (segment 0), so their outputs stay finite; the
     loss masks them anyway.
@@ -60,7 +65,7 @@ def splash_attention(q, k, v, lengths, scale: float, *, interpret: bool | None =
                          f"{t}. Pad data.max_len to a multiple of {BLOCK} or use hardware.attention=xla.")
     if interpret is None:
         interpret = jax.default_backend() != "tpu"
-    fn = functools.partial(_local, scale=scale, interpret=interpret)
+    fn = functools.partial(_local, scale=scale, interpret=interpret, window=window)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn(q, k, v, lengths)

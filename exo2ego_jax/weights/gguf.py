@@ -2,7 +2,9 @@
 
 Quantised tensors (Q4_1, Q8_0, ...) are dequantised by ``gguf.quants.dequantize`` on first read.
 llama.cpp's converter permutes the rows of attn_q / attn_k to interleave the rotary halves; the
-mapping undoes it (``PermuteQK``) because our RoPE uses HF's rotate-half layout.
+mapping undoes it (``PermuteQK``) because our RoPE uses HF's rotate-half layout. Llama-3 style RoPE
+scaling is stored by the converter as the ``rope_freqs.weight`` tensor (one divisor per rotary
+frequency, no metadata); the config carries it as rope type ``rope_freqs`` (models/rope.py).
 """
 
 from __future__ import annotations
@@ -94,21 +96,51 @@ def config_from_gguf(path_or_reader) -> LLMConfig:
     heads = int(f("attention.head_count"))
     hidden = int(f("embedding_length"))
     vocab = f("vocab_size") or len(r.fields["tokenizer.ggml.tokens"].data)
-    scaling = None
-    if f("rope.scaling.type") == "linear":
-        scaling = {"rope_type": "linear", "factor": float(f("rope.scaling.factor"))}
+    head_dim = int(f("attention.key_length") or f("rope.dimension_count") or hidden // heads)
+    scaling = _rope_scaling(r, f, head_dim)
+    window = f("attention.sliding_window")
     return LLMConfig(
         vocab_size=int(vocab), hidden_size=hidden, intermediate_size=int(f("feed_forward_length")),
         num_layers=int(f("block_count")), num_heads=heads,
         num_kv_heads=int(f("attention.head_count_kv", heads)),
-        head_dim=int(f("attention.key_length") or f("rope.dimension_count") or hidden // heads),
-        rope_theta=float(f("rope.freq_base", 10000.0)), rope_scaling=scaling,
+        head_dim=head_dim, rope_theta=float(f("rope.freq_base", 10000.0)), rope_scaling=scaling,
         rms_norm_eps=float(f("attention.layer_norm_rms_epsilon", 1e-6)),
         tie_word_embeddings="output.weight" not in r, attention_bias="blk.0.attn_q.bias" in r,
+        o_proj_bias="blk.0.attn_output.bias" in r, mlp_bias="blk.0.ffn_up.bias" in r,
+        sliding_window=int(window) if window else None,
         max_position_embeddings=int(f("context_length", 4096)),
         bos_token_id=r.field("tokenizer.ggml.bos_token_id"), eos_token_id=r.field("tokenizer.ggml.eos_token_id"),
         model_type=arch,
     )
+
+
+def _rope_scaling(r: GGUFCheckpoint, f, head_dim: int) -> dict | None:
+    """The rope dict from GGUF metadata / ``rope_freqs.weight``; unknown scaling types are refused."""
+    if "rope_freqs.weight" in r:
+        factors = r.get("rope_freqs.weight").reshape(-1)
+        if factors.shape != (head_dim // 2,):
+            raise ValueError(f"{r.path}: rope_freqs.weight has {factors.size} values; head_dim {head_dim} "
+                             f"needs {head_dim // 2} (one per rotary frequency).")
+        return {"rope_type": "rope_freqs", "freq_factors": tuple(float(x) for x in factors)}
+    kind = f("rope.scaling.type")
+    if kind in (None, "none"):
+        return None
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(f("rope.scaling.factor"))}
+    if kind == "yarn":
+        out = {"rope_type": "yarn", "factor": float(f("rope.scaling.factor"))}
+        if f("rope.scaling.original_context_length"):
+            out["original_max_position_embeddings"] = int(f("rope.scaling.original_context_length"))
+        for key, ours in (("rope.scaling.yarn_beta_fast", "beta_fast"), ("rope.scaling.yarn_beta_slow", "beta_slow")):
+            if f(key) is not None:
+                out[ours] = float(f(key))
+        for key, neutral in (("rope.scaling.attn_factor", 1.0), ("rope.scaling.yarn_log_multiplier", 0.0)):
+            if f(key) not in (None, neutral):
+                raise ValueError(f"{r.path}: {r.field('general.architecture')}.{key}={f(key)} is not supported "
+                                 f"(yarn with {key} = {neutral} only).")
+        return out
+    raise ValueError(f"{r.path}: rope scaling type {kind!r} is not supported (none, linear, yarn, or "
+                     "llama3 as rope_freqs.weight); its positions would differ from the model's.")
 
 
 def gguf_mapping(cfg: LLMConfig) -> dict[str, sio.Src]:
@@ -132,8 +164,16 @@ def gguf_mapping(cfg: LLMConfig) -> dict[str, sio.Src]:
         "layers/mlp/down_proj/kernel": sio.stacked("blk.{i}.ffn_down.weight", n, t),
     }
     if cfg.attention_bias:
-        for ours, g in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v")):
-            m[f"layers/attn/{ours}/bias"] = sio.stacked(f"blk.{{i}}.{g}.bias", n)
+        # llama.cpp permutes the q/k biases like the rows of their weights.
+        q_b = sio.PermuteQK(cfg.num_heads) if cfg.model_type == "llama" else None
+        k_b = sio.PermuteQK(cfg.num_kv_heads) if cfg.model_type == "llama" else None
+        for ours, g, tr in (("q_proj", "attn_q", q_b), ("k_proj", "attn_k", k_b), ("v_proj", "attn_v", None)):
+            m[f"layers/attn/{ours}/bias"] = sio.stacked(f"blk.{{i}}.{g}.bias", n, tr)
+    if cfg.o_proj_bias:
+        m["layers/attn/o_proj/bias"] = sio.stacked("blk.{i}.attn_output.bias", n)
+    if cfg.mlp_bias:
+        for ours, g in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
+            m[f"layers/mlp/{ours}/bias"] = sio.stacked(f"blk.{{i}}.{g}.bias", n)
     if not cfg.tie_word_embeddings:
         m["lm_head/kernel"] = sio.Src("output.weight", t)
     return m
@@ -143,6 +183,7 @@ def load_gguf_llm(model, path_or_reader, *, mesh=None, rules=None, prefix: str =
     """Loads a GGUF file into a DecoderLM (or the decoder under ``prefix``) in place."""
     r = open_gguf(path_or_reader) if isinstance(path_or_reader, str) else path_or_reader
     cfg = cfg or model.cfg
-    # rope_freqs.weight: llama3-style per-frequency factors we derive from the config instead.
+    # rope_freqs.weight is read into the config (config_from_gguf), not into a parameter.
+    ignore = [r"^rope_freqs\.weight$"] if (cfg.rope_dict or {}).get("rope_type") == "rope_freqs" else []
     return sio.load_params(model, r, gguf_mapping(cfg), mesh=mesh, rules=rules, prefix=prefix,
-                           ignore_unexpected=[r"^rope_freqs\.weight$"])
+                           ignore_unexpected=ignore)

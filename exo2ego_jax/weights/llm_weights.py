@@ -1,4 +1,9 @@
-"""HF Llama / Mistral / Qwen2 checkpoints <-> DecoderLM parameter trees."""
+"""HF Llama / Mistral / Qwen2 checkpoints (and llama.cpp GGUF files) <-> DecoderLM parameter trees.
+
+This module is where a checkpoint path is dispatched by format (``llm_config``, ``load_llm_params``,
+``load_llm``): models/ never imports weights/, and safetensors_io / gguf never import each other's
+callers, so the import graph has no cycle.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from exo2ego_jax.models.llm import DecoderLM, LLMConfig, stack_layers, unstack_layers
+from exo2ego_jax.weights import gguf
 from exo2ego_jax.weights import safetensors_io as sio
 
 log = logging.getLogger(__name__)
@@ -31,9 +37,13 @@ def hf_names(cfg: LLMConfig, prefix: str = "model.") -> dict[str, tuple[str, boo
                                           "final_norm/scale": (f"{prefix}norm.weight", False)}
     for ours, hf in _LAYER_LINEARS.items():
         names[f"layers/{ours}/kernel"] = (f"{prefix}layers.{{i}}.{hf}.weight", True)
-    if cfg.attention_bias:
-        for p in ("q_proj", "k_proj", "v_proj"):
-            names[f"layers/attn/{p}/bias"] = (f"{prefix}layers.{{i}}.self_attn.{p}.bias", False)
+    biased = [p for p, on in (("q_proj", cfg.attention_bias), ("k_proj", cfg.attention_bias),
+                              ("v_proj", cfg.attention_bias), ("o_proj", cfg.o_proj_bias)) if on]
+    for p in biased:
+        names[f"layers/attn/{p}/bias"] = (f"{prefix}layers.{{i}}.self_attn.{p}.bias", False)
+    if cfg.mlp_bias:
+        for p in ("gate_proj", "up_proj", "down_proj"):
+            names[f"layers/mlp/{p}/bias"] = (f"{prefix}layers.{{i}}.mlp.{p}.bias", False)
     for ours, hf in _LAYER_NORMS.items():
         names[f"layers/{ours}/scale"] = (f"{prefix}layers.{{i}}.{hf}.weight", False)
     if not cfg.tie_word_embeddings:
@@ -95,6 +105,25 @@ def param_count(model_or_state) -> int:
     return sum(int(np.prod(v.get_value().shape)) for v in sio.param_paths(model_or_state).values())
 
 
+def llm_config(path: str | os.PathLike) -> LLMConfig:
+    """The LLMConfig of a checkpoint: a HF directory, its config.json, a .safetensors file (the
+    config.json beside it) or a llama.cpp ``.gguf`` file (its metadata)."""
+    path = os.fspath(path)
+    if path.endswith(".gguf"):
+        return gguf.config_from_gguf(path)
+    if path.endswith(".safetensors") or path.endswith(".index.json"):
+        path = os.path.dirname(path) or "."
+    return LLMConfig.from_hf(path)
+
+
+def load_llm_params(model, path: str, *, mesh=None, rules=None, prefix: str = "", strict: bool = True,
+                    cfg: LLMConfig | None = None):
+    """Loads a HF checkpoint or a ``.gguf`` file into ``model`` (or the decoder under ``prefix``)."""
+    if os.fspath(path).endswith(".gguf"):
+        return gguf.load_gguf_llm(model, path, mesh=mesh, rules=rules, prefix=prefix, cfg=cfg)
+    return load_hf_llm(model, path, mesh=mesh, rules=rules, prefix=prefix, strict=strict, cfg=cfg)
+
+
 def load_llm(path: str, *, dtype=None, param_dtype=None, mesh=None, rules=None,
              attention_impl: str = "auto", remat_policy: str = "none", scan_layers: bool = True) -> DecoderLM:
     """Builds a DecoderLM from a HF directory / safetensors file or a ``.gguf`` and loads its weights.
@@ -107,15 +136,9 @@ def load_llm(path: str, *, dtype=None, param_dtype=None, mesh=None, rules=None,
 
     dtype = dtype or jnp.float32
     param_dtype = param_dtype or jnp.float32
-    cfg = LLMConfig.from_hf(path if path.endswith(".gguf") or os.path.isdir(path)
-                            else os.path.dirname(path))
+    cfg = llm_config(path)
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: DecoderLM(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0),
                                                  attention_impl=attention_impl, remat_policy=remat_policy))
-    if path.endswith(".gguf"):
-        from exo2ego_jax.weights import gguf
-
-        model = gguf.load_gguf_llm(model, path, mesh=mesh, rules=rules)
-    else:
-        model = load_hf_llm(model, path, mesh=mesh, rules=rules)
+    model = load_llm_params(model, path, mesh=mesh, rules=rules)
     return model if scan_layers else unstack_layers(model)

@@ -117,9 +117,9 @@ def open_checkpoint(path: str) -> CheckpointReader:
     if path.endswith(".index.json"):
         return open_checkpoint(os.path.dirname(path) or ".")
     if path.endswith(".gguf"):
-        from exo2ego_jax.weights.gguf import open_gguf  # GGUF exposes the same Reader interface
-
-        return open_gguf(path)  # type: ignore[return-value]
+        raise ValueError(f"{path} is a GGUF file, not safetensors: open it with "
+                         "exo2ego_jax.weights.gguf.open_gguf, or load a decoder with "
+                         "exo2ego_jax.weights.llm_weights.load_llm / load_llm_params.")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: checkpoint not found.")
     return CheckpointReader(path, [path])
@@ -260,8 +260,10 @@ def load_params(
                 lines += [f"    {s}" for s in items[:50]]
                 if len(items) > 50:
                     lines.append(f"    ... and {len(items) - 50} more")
-        lines.append("Check that the checkpoint matches the config (layers, sizes, tied embeddings), "
-                     "or pass strict=False / ignore_unexpected=[regex] for keys you mean to skip.")
+        lines.append("Check that the checkpoint matches the config (layers, sizes, tied embeddings, biases, "
+                     "vocabulary). An unexpected key that is a weight of this model means the config does not "
+                     "describe the checkpoint: skipping it gives wrong outputs. Use ignore_unexpected=[regex] only "
+                     "for tensors of other models stored in the same file (e.g. a vision tower).")
         raise ValueError("\n".join(lines))
 
     for path, var, src, want in plan:
