@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from exo2ego_jax.models.videollama3 import VideoLlama3, VideoLlama3Config
-from exo2ego_jax.weights import llm_weights
+from exo2ego_jax.weights import export, llm_weights
 from exo2ego_jax.weights import safetensors_io as sio
 
 
@@ -160,12 +160,9 @@ def hf_config_dict(cfg: VideoLlama3Config) -> dict[str, Any]:
     """A transformers ``video_llama_3`` config.json dict for ``cfg``."""
     v, t = cfg.vision, cfg.llm
     eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id
-    text = dict(model_type="qwen2", vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-                intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
-                num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads, head_dim=t.head_dim,
-                rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
-                tie_word_embeddings=t.tie_word_embeddings, bos_token_id=t.bos_token_id, eos_token_id=eos,
-                rope_parameters=dict(rope_type="default", rope_theta=t.rope_theta, **(t.rope_scaling or {})))
+    # The Qwen2 text config as the LLM exporter writes it (windows, biases, RoPE scaling included).
+    text = {k: v for k, v in export.hf_config(t).items() if k != "architectures"}
+    text.update(vocab_size=t.vocab_size, eos_token_id=eos)
     vision = dict(model_type="video_llama_3_vision", hidden_size=v.hidden_size,
                   intermediate_size=v.intermediate_size, num_hidden_layers=v.num_layers,
                   num_attention_heads=v.num_heads, patch_size=v.patch_size, num_channels=v.num_channels,
