@@ -37,9 +37,11 @@ case "${1:-}" in
       --accelerator-type="$ACCELERATOR" --version="$RUNTIME" ${SPOT:+--spot}
     ;;
   setup)
-    tar -C "$HERE" --exclude=.git -czf /tmp/exo2ego_jax.tgz .
-    gcloud compute tpus tpu-vm scp /tmp/exo2ego_jax.tgz "$TPU_NAME":~/ --zone="$ZONE" \
+    tgz=$(mktemp "${TMPDIR:-/tmp}/exo2ego_jax.XXXXXX")
+    tar -C "$HERE" --exclude=.git -czf "$tgz" .
+    gcloud compute tpus tpu-vm scp "$tgz" "$TPU_NAME":~/exo2ego_jax.tgz --zone="$ZONE" \
       $PROJECT_FLAG --worker=all
+    rm -f "$tgz"
     # $PYTHON from the image's apt sources (Ubuntu 22.04 universe has python3.11), else from the
     # deadsnakes PPA; then a venv from it, so that `python` on the workers is never the system one.
     ssh_all "set -e; if ! command -v $PYTHON >/dev/null; then \

@@ -36,6 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from exo2ego_jax import progress
 from exo2ego_jax.data.egoexo4d import EgoExo4D
 from exo2ego_jax.data.skips import SkipCounter
 from exo2ego_jax.eval.records import VideoRef
@@ -224,11 +225,7 @@ def label(config, workdir: str) -> dict[str, Any]:
         runners = {f: runner.with_frames(f) for f in groups}
         batches = [(f, segs[i:i + segs_per_batch]) for f, segs in sorted(groups.items())
                    for i in range(0, len(segs), segs_per_batch)]
-        bar = None
-        if jax.process_index() == 0:
-            from tqdm import tqdm
-            bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="seg", dynamic_ncols=True,
-                       desc="label")
+        bar = progress.bar(total=len(mine), initial=len(mine) - len(todo), unit="seg", desc="label")
         try:
             for frames, chunk in batches:
                 qs = [prompts_lib.segment_questions(s.segment_id, lb.seed) for s in chunk]
@@ -252,12 +249,10 @@ def label(config, workdir: str) -> dict[str, Any]:
                 stats["labelled"] += len(chunk)
                 stats["new_tokens"] += int(np.sum(lengths[:n_real]))
                 stats["generate_seconds"] += dt
-                if bar is not None:
-                    bar.update(len(chunk))
-                    bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(stats['generate_seconds'], 1e-9):.1f}")
+                bar.update(len(chunk))
+                bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(stats['generate_seconds'], 1e-9):.1f}")
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
     stats["tokens_per_sec"] = stats["new_tokens"] / max(stats["generate_seconds"], 1e-9)
 
     if num_shards > 1:
