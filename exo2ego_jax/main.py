@@ -60,7 +60,7 @@ def distributed_init_kwargs(env: Mapping[str, str]) -> dict | None:
       (local_device_ids 0..SLURM_GPUS_ON_NODE-1): jax's own SLURM detection would give it only GPU
       [SLURM_LOCALID] = [0]. With one task per GPU, local_device_ids = [SLURM_LOCALID]. The
       coordinator is JAX_COORDINATOR_ADDRESS when set (the sbatch exports it), else jax derives it
-      from SLURM_STEP_NODELIST.
+      from SLURM_STEP_NODELIST. A task that sees a single GPU (--gpus-per-task=1) drives it ([0]).
     - Cloud TPU VM pods (EXO2EGO_DISTRIBUTED=1, set by launch/tpu_vm.sh) and multislice
       (MEGASCALE_NUM_SLICES > 1): no arguments; jax reads the TPU metadata.
     """
@@ -84,8 +84,9 @@ def distributed_init_kwargs(env: Mapping[str, str]) -> dict | None:
                         "SLURM_GPUS_ON_NODE nor CUDA_VISIBLE_DEVICES is set): request them with "
                         "#SBATCH --gpus-per-node=N (launch/slurm.sbatch), or set JAX_PLATFORMS=cpu.")
                 kwargs["local_device_ids"] = list(range(gpus))
-            else:  # one process per GPU
-                kwargs["local_device_ids"] = [_int_env(env, "SLURM_LOCALID")]
+            else:  # one process per GPU: the task's own GPU (--gpus-per-task=1), else GPU SLURM_LOCALID
+                visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+                kwargs["local_device_ids"] = [0] if len(visible) == 1 else [_int_env(env, "SLURM_LOCALID")]
         return kwargs
     if kwargs.get("coordinator_address"):
         return kwargs

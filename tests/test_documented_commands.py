@@ -110,9 +110,13 @@ SLURM_NODE = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_NODES
     ({**{k: v for k, v in SLURM_NODE.items() if k != "SLURM_GPUS_ON_NODE"}, "SLURM_PROCID": "0",
       "CUDA_VISIBLE_DEVICES": "4,5,6,7"},
      {"num_processes": 4, "process_id": 0, "local_device_ids": [0, 1, 2, 3]}),
-    # one task per GPU (--ntasks-per-node=8): each process drives GPU SLURM_LOCALID
+    # one task per GPU (--ntasks-per-node=8): each process drives GPU SLURM_LOCALID of the 8 it sees ...
     (dict(SLURM_NODE, SLURM_NTASKS="16", SLURM_STEP_NUM_NODES="2", SLURM_PROCID="11", SLURM_LOCALID="3"),
      {"num_processes": 16, "process_id": 11, "local_device_ids": [3]}),
+    # ... or the only one SLURM bound to it (--gpus-per-task=1)
+    (dict(SLURM_NODE, SLURM_NTASKS="16", SLURM_STEP_NUM_NODES="2", SLURM_PROCID="11", SLURM_LOCALID="3",
+          CUDA_VISIBLE_DEVICES="3"),
+     {"num_processes": 16, "process_id": 11, "local_device_ids": [0]}),
     # explicit variables (tests, hand-made clusters)
     ({"JAX_COORDINATOR_ADDRESS": "localhost:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
      {"coordinator_address": "localhost:1234", "num_processes": 2, "process_id": 1}),
