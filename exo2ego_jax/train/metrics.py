@@ -37,11 +37,16 @@ def peak_flops(device: jax.Device | None = None, override: float = 0.0) -> float
     return None
 
 
+_EXPLAINED_NO_PEAK: set[str] = set()  # device kinds whose missing MFU this process already explained
+
+
 def resolve_peak_flops(override: float = 0.0, device: jax.Device | None = None) -> float | None:
-    """`peak_flops`, logging once per run why MFU will be absent when the peak is unknown."""
+    """`peak_flops`, logging (once per process and device kind) why MFU is absent when the peak is
+    unknown: a demo trains many stages in one process."""
     peak = peak_flops(device, override)
-    if peak is None:
-        kind = (device or jax.devices()[0]).device_kind
+    kind = (device or jax.devices()[0]).device_kind
+    if peak is None and kind not in _EXPLAINED_NO_PEAK:
+        _EXPLAINED_NO_PEAK.add(kind)
         logging.info("MFU is not reported: no peak FLOP/s is known for device kind %r; set "
                      "--config.hardware.peak_flops=<peak FLOP/s per device> to report it", kind)
     return peak
