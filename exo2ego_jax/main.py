@@ -117,10 +117,11 @@ def run(config, workdir: str):
 
 
 class _LogFilter:
-    """Drops INFO records from chatty libraries (Orbax logs every file it writes) and two messages
+    """Drops INFO records from chatty libraries (Orbax logs every file it writes) and three messages
     known to be harmless: Orbax's "Metadata file does not exist" (a checkpoint read without the
-    optional metadata file, e.g. every init_from) and jax's "Unable to initialize backend 'tpu'"
-    when the config's hardware preset is not a TPU one (jax then picks the CPU or GPU, as asked)."""
+    optional metadata file, e.g. every init_from), jax's "Unable to initialize backend 'tpu'" when
+    the config's hardware preset is not a TPU one (jax then picks the CPU or GPU, as asked), and
+    transformers' "PyTorch was not found" (only its tokenizers and configs are used here)."""
 
     tpu_expected = False
 
@@ -133,13 +134,15 @@ class _LogFilter:
         if (not self.tpu_expected and record.levelno < std_logging.WARNING and isinstance(record.msg, str)
                 and record.msg.startswith("Unable to initialize backend 'tpu'")):
             return False
+        if record.name == "transformers" and str(record.msg).startswith("PyTorch was not found"):
+            return False
         return True
 
 
 def install_log_filters() -> None:
     """Attaches _LogFilter to the loggers the libraries use (absl's for Orbax, jax's own) and to the
     root handlers; runs at import, so spawned worker processes (which re-import __main__) get it too."""
-    for name in ("absl", "jax._src.xla_bridge", "orbax", "grain", "etils"):
+    for name in ("absl", "jax._src.xla_bridge", "orbax", "grain", "etils", "transformers"):
         std_logging.getLogger(name).addFilter(_LogFilter())
     for handler in std_logging.getLogger().handlers:
         handler.addFilter(_LogFilter())

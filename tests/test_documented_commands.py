@@ -5,6 +5,7 @@ their arguments; the chat example runs with torch hidden from the import system.
 """
 import importlib.util
 import json
+import logging
 import os
 import re
 import shlex
@@ -92,6 +93,26 @@ def test_help_exits_zero_and_lists_jobs_and_configs():
         assert re.search(rf"^  {job}\s+\S", r.stdout, re.M), job
     for path in ("configs/demo.py", "configs/chat.py", "configs/ego2exo/label.py", "configs/data/synthetic.py"):
         assert re.search(rf"^  {re.escape(path)}\s+\S", r.stdout, re.M), path
+
+
+def test_log_filter_drops_known_harmless_messages_only(monkeypatch):
+    def record(name, level, msg, path):
+        return logging.LogRecord(name, level, path, 1, msg, (), None)
+
+    keep = main_lib._LogFilter().filter
+    orbax = "/site-packages/orbax/checkpoint/_src/metadata/checkpoint.py"
+    xla_bridge = "/site-packages/jax/_src/xla_bridge.py"
+    assert not keep(record("absl", logging.WARNING, "Metadata file does not exist: %s", orbax))
+    assert keep(record("absl", logging.ERROR, "Failed to read Metadata file: %s, error: %s", orbax))
+    assert not keep(record("absl", logging.INFO, "Wrote Metadata=%s", orbax))  # Orbax's INFO chatter
+    tpu = record("jax._src.xla_bridge", logging.INFO, "Unable to initialize backend 'tpu': no libtpu", xla_bridge)
+    monkeypatch.setattr(main_lib._LogFilter, "tpu_expected", False)
+    assert not keep(tpu)
+    assert keep(record("jax._src.xla_bridge", logging.INFO, "Unable to initialize backend 'cuda': x", xla_bridge))
+    monkeypatch.setattr(main_lib._LogFilter, "tpu_expected", True)  # a TPU preset: the reason matters
+    assert keep(tpu)
+    assert not keep(record("transformers", logging.WARNING, "PyTorch was not found. Models won't be", "/t.py"))
+    assert keep(record("transformers", logging.WARNING, "Some weights were not initialized", "/t.py"))
 
 
 SLURM_NODE = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_NODES": "4",
@@ -279,6 +300,8 @@ def test_readme_chat_command_without_torch(gguf_path, tmp_path):
     assert "Paris" in r.stdout
     assert json.load(open(tmp_path / "chat" / "chat.json"))["answer"] in r.stdout
     assert "No module named 'torch'" not in r.stderr
+    # known-harmless lines stay off the console (main._LogFilter)
+    assert "PyTorch was not found" not in r.stderr and "Unable to initialize backend 'tpu'" not in r.stderr
 
 
 # --- progress bars -------------------------------------------------------------------------------
