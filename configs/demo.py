@@ -2,7 +2,8 @@
 
     python -m exo2ego_jax.main --config configs/demo.py --workdir /tmp/demo
 
-Args (`demo.py:key=value`): seeds=3 (number of seeds), steps=1.0 (scales every stage's steps),
+Args (`demo.py:key=value`): hardware=cpu (preset of every stage: cpu, gpu_h100x8, tpu_v5e_64,
+tpu_v5p_128), seeds=3 (number of seeds), steps=1.0 (scales every stage's steps),
 takes=640 (world size), fraction=0.05 (share of train takes with ego captions), image=64 (frame
 side), patch=16 (ViT patch side), width=128 (LLM width), exo_focal=3.0 (exo camera zoom),
 object_scale=2.0 (object size), colours=8 (object palette size), ego_look=1.0 (how far the ego gaze
@@ -27,8 +28,8 @@ DISTRACTORS = "balanced"
 
 def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction: float,
            image_size: int, patch_size: int, num_frames: int, max_len: int, train_llm: bool,
-           shift: int, width: int) -> ConfigDict:
-    c = ec.stage_config(stage)
+           shift: int, width: int, hardware: str) -> ConfigDict:
+    c = ec.stage_config(stage, hardware=hardware)
     # merge_mlp2x_gelu (token merge + MLP) instead of STC: same role, a fraction of the compile
     # time on CPU; the merge pools each frame's patch grid to 2x2: 4 frames = 16 tokens per video.
     c.model = ec.tiny_model(image_size=image_size, patch_size=patch_size, connector="merge_mlp2x_gelu",
@@ -73,7 +74,7 @@ def _variant(order, stages, sources=None) -> ConfigDict:
 
 def get_config(arg: str | None = None):
     # (c) w/o KL is opt-in: two more stages per seed do not fit the 10-minute CPU budget.
-    a = config_lib.parse_arg(arg, seeds=3, steps=1.0, takes=640, fraction=0.05, image=64, patch=16,
+    a = config_lib.parse_arg(arg, hardware="cpu", seeds=3, steps=1.0, takes=640, fraction=0.05, image=64, patch=16,
                              width=128, exo_focal=3.0, object_scale=2.0, shift=0, colours=8, ego_look=1.0,
                              s1_steps=2000, s2_steps=300, s3_steps=160, s3_lr=1e-3, s3_enc_lr=2e-4, frames=4,
                              teacher_seed=0, workers=-1, variants="a_exo2ego+b_ego_only")
@@ -84,7 +85,7 @@ def get_config(arg: str | None = None):
     exo_len, caption_len, qa_len = 48, 64, 96
     lr = 1e-3  # tiny models from scratch (paper LRs fine-tune pretrained 7B models)
     kw = dict(fraction=a.fraction, image_size=image_size, patch_size=a.patch, num_frames=num_frames,
-              shift=a.shift, lr=lr, batch=16, width=a.width)
+              shift=a.shift, lr=lr, batch=16, width=a.width, hardware=a.hardware)
     cap, qa = dict(kw, max_len=caption_len), dict(kw, max_len=qa_len, lr=a.s3_lr)
     n = lambda s: max(2, int(round(s * a.steps)))  # noqa: E731
 
@@ -113,10 +114,11 @@ def get_config(arg: str | None = None):
 
     c = ConfigDict()
     c.job = "demo"  # exo2ego_jax/methods/exo2ego_demo.py:run
-    c.hardware = config_lib.hardware_preset("cpu")  # CPU laptop preset
-    # LLVM -O1: a third of the compile time of the default -O3 for these tiny programs, same step
-    # speed; compiles dominate a 10-minute CPU demo.
-    c.hardware.xla_flags = "--xla_backend_optimization_level=1"
+    c.hardware = config_lib.hardware_preset(a.hardware)  # main.py sets its XLA / LIBTPU flags
+    if a.hardware == "cpu":
+        # LLVM -O1: a third of the compile time of the default -O3 for these tiny programs, same
+        # step speed; compiles dominate a 10-minute CPU demo.
+        c.hardware.xla_flags = "--xla_backend_optimization_level=1"
     dm = c.demo = ConfigDict()
     dm.seeds = tuple(range(a.seeds))  # one run of every variant per seed
     # One demonstrator (stage 1, seed teacher_seed) serves every seed's learner, as the paper's one

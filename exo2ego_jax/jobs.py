@@ -13,3 +13,16 @@ JOBS = {
     "label": "exo2ego_jax.methods.label:label",  # Ego2ExoVLM teacher labelling
     "ego2exo_demo": "exo2ego_jax.methods.ego2exo_demo:run",  # Ego2ExoVLM synthetic demo
 }
+
+# One line per job for `python -m exo2ego_jax.main --help` (the README's job table says the same).
+DESCRIPTIONS = {
+    "build_records": "Ego-ExoClip pair records (ArrayRecord, or the tfds builder ego_exo_clip)",
+    "chat": "answer a prompt (optionally about a video) with an HF dir or a .gguf",
+    "synthetic_world": "write a synthetic ego-exo world in the Ego-Exo4D layout",
+    "demo": "the Exo2Ego demo: synthetic world, stages 1-3 on a tiny model, held-out ego MCQ",
+    "eval": "EgoBench / Ego-in-Exo / ADL-X evaluation; results.json + results.md",
+    "exo2ego_pipeline": "Exo2Ego stages 0-3, each from the previous stage's checkpoint",
+    "train": "one training stage",
+    "label": "Ego2ExoVLM teacher labelling (resumable)",
+    "ego2exo_demo": "the Ego2ExoVLM synthetic demo",
+}

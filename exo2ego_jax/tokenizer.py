@@ -1,7 +1,10 @@
-"""Tokenizers and chat templates via transformers' AutoTokenizer (local dirs or GGUF files).
+"""Tokenizers and chat templates: transformers' AutoTokenizer for local dirs, GGUF metadata for ``.gguf``.
 
-Adds the special tokens the methods use (``<video>``, ``<probe>``) and resizes a DecoderLM's
-embedding / LM head to match.
+A ``.gguf`` file stores its tokenizer as llama.cpp metadata (vocabulary, merges, token types, special
+token ids, chat template). ``gguf_tokenizer`` reads it with the ``gguf`` package and builds a
+``tokenizers`` fast tokenizer, so chatting with a GGUF never imports torch (transformers' own
+``gguf_file=`` loader does). Adds the special tokens the methods use (``<video>``, ``<probe>``) and
+resizes a DecoderLM's embedding / LM head to match.
 """
 
 from __future__ import annotations
@@ -9,27 +12,29 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import gguf
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tokenizers
 from flax import nnx
+from tokenizers import decoders, pre_tokenizers, processors
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 DEFAULT_EXTRA_TOKENS = ("<video>", "<probe>")
 
 
 def load_tokenizer(path: str, extra_special_tokens: Sequence[str] = DEFAULT_EXTRA_TOKENS):
-    """AutoTokenizer from a local HF directory or a ``.gguf`` file, with extra special tokens.
+    """AutoTokenizer from a local HF directory, or ``gguf_tokenizer`` for a ``.gguf`` file.
 
     The extra tokens are added as *special* tokens (never split, skipped when decoding with
     ``skip_special_tokens=True``). Padding side is left, as generation needs; a missing pad token
     falls back to EOS. Works offline (``local_files_only``).
     """
-    from transformers import AutoTokenizer
-
     path = os.fspath(path)
     if path.endswith(".gguf"):
-        tok = AutoTokenizer.from_pretrained(os.path.dirname(path) or ".", gguf_file=os.path.basename(path),
-                                            local_files_only=True)
+        tok = gguf_tokenizer(path)
     else:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"tokenizer path {path!r} is neither a directory nor a .gguf file.")
@@ -43,6 +48,87 @@ def load_tokenizer(path: str, extra_special_tokens: Sequence[str] = DEFAULT_EXTR
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
+
+
+# llama.cpp's token types (gguf.TokenType): CONTROL tokens are special (<|im_end|>), USER_DEFINED
+# ones are matched whole but decoded as text.
+_CONTROL, _USER_DEFINED = int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED)
+# Byte-level BPE splits by `tokenizer.ggml.pre`: GPT-2's regex (the `ByteLevel` default) unless the
+# vocabulary was trained on another split. Regexes from the models' own tokenizer.json files.
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_TOKENIZER_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT,
+                         "smaug-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT}
+
+
+def gguf_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    """The byte-level BPE tokenizer a GGUF file describes (``tokenizer.ggml.model == "gpt2"``:
+    SmolLM2, Llama 3, Qwen2), built from its metadata alone; torch is never imported.
+
+    Vocabulary, merges and token types come from ``tokenizer.ggml.*``: CONTROL tokens become special
+    added tokens, USER_DEFINED ones plain added tokens (both matched whole, as llama.cpp does); BOS
+    is prepended only when ``tokenizer.ggml.add_bos_token`` says so; the chat template is
+    ``tokenizer.chat_template``. Other tokenizer kinds (sentencepiece ``llama``, ``t5``...) raise,
+    naming the way out.
+    """
+    reader = gguf.GGUFReader(path)
+
+    def field(key: str, default=None):
+        f = reader.fields.get(key)
+        return default if f is None else f.contents()
+
+    kind = field("tokenizer.ggml.model")
+    tokens = field("tokenizer.ggml.tokens")
+    if kind != "gpt2" or not tokens:
+        raise ValueError(
+            f"{path}: tokenizer.ggml.model={kind!r}; only byte-level BPE ('gpt2': SmolLM2, Llama 3, Qwen2) "
+            f"tokenizers are read from GGUF metadata. Pass the model's Hugging Face tokenizer directory "
+            f"instead (--config.chat.tokenizer=DIR, or --config.data.tokenizer=DIR).")
+    types = field("tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges = field("tokenizer.ggml.merges")
+    if not merges:
+        raise ValueError(f"{path}: byte-level BPE without tokenizer.ggml.merges; pass the model's Hugging Face "
+                         f"tokenizer directory instead.")
+    # Every token of a byte-level vocabulary is spelled in GPT-2's byte alphabet; a token written in
+    # plain UTF-8 (a llama.cpp conversion quirk) is respelled so the BPE model can reach it.
+    spelling = bytes_to_unicode()
+    alphabet = set(spelling.values())
+    in_alphabet = [set(t) <= alphabet for t in tokens]
+    vocab = {t if ok else "".join(spelling[b] for b in t.encode("utf-8")): i
+             for i, (t, ok) in enumerate(zip(tokens, in_alphabet))}
+    bpe = tokenizers.models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
+                                continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    tok = tokenizers.Tokenizer(bpe)
+    split = _PRE_TOKENIZER_SPLITS.get(field("tokenizer.ggml.pre", ""))
+    if split is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(tokenizers.Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+
+    def special(key: str) -> str | None:
+        i = field(f"tokenizer.ggml.{key}")
+        return None if i is None else tokens[int(i)]
+
+    bos = special("bos_token_id")
+    if field("tokenizer.ggml.add_bos_token", False) and bos is not None:
+        bos_id = int(field("tokenizer.ggml.bos_token_id"))
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1",
+                                                           special_tokens=[(bos, bos_id)])
+    # A CONTROL token outside the byte alphabet would be a new id beyond the model's vocabulary: skip it.
+    tok.add_special_tokens([tokenizers.AddedToken(t, normalized=False, special=True)
+                            for t, ty, ok in zip(tokens, types, in_alphabet) if ty == _CONTROL and ok])
+    tok.add_tokens([tokenizers.AddedToken(t, normalized=False, special=False)
+                    for t, ty, ok in zip(tokens, types, in_alphabet) if ty == _USER_DEFINED and ok])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=special("eos_token_id"),
+        unk_token=special("unknown_token_id"), pad_token=special("padding_token_id"),
+        chat_template=field("tokenizer.chat_template"), add_bos_token=bool(field("tokenizer.ggml.add_bos_token")),
+        add_eos_token=bool(field("tokenizer.ggml.add_eos_token")))
 
 
 def _supports_replace(tok) -> bool:

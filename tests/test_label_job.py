@@ -99,3 +99,37 @@ def test_best_exo_pairing_follows_the_narrations(world):
     assert len(cams) > 1
     with pytest.raises(ValueError, match="exo_view='side'"):
         label_lib.pick_exo_view(segs[0], "x", 0, "side")
+
+
+def _copy_without(root: str, dst: str, *, keep_full: bool) -> str:
+    """A copy of the world's metadata; full-size videos linked when keep_full, no downscaled/448 copy."""
+    import shutil
+    shutil.copytree(root, dst, ignore=lambda d, names: [
+        n for n in names if n == "downscaled" or (n.endswith(".mp4") and not keep_full)])
+    return dst
+
+
+def test_label_without_any_video_fails_naming_the_reason(world, tmp_path):
+    """Every segment skipped: the job stops (non-zero exit from main) instead of writing zero labels."""
+    root, tok = world
+    bare = _copy_without(root, str(tmp_path / "bare"), keep_full=False)
+    from exo2ego_jax.data.skips import TooManySkipped
+    with pytest.raises(TooManySkipped, match=r"(?s)missing_video.*config\.data\.max_skip_fraction"):
+        label_lib.label(_label_config(bare, tok, 0), str(tmp_path / "label"))
+    assert not os.path.exists(tmp_path / "label" / "labels.json")
+
+
+def test_label_falls_back_to_full_size_videos(world, tmp_path, caplog):
+    """video_variant=448 on a world without downscaled/448 reads the full-size videos and says so."""
+    root, _ = world
+    full_only = _copy_without(root, str(tmp_path / "full_only"), keep_full=True)
+    from exo2ego_jax.data.egoexo4d import EgoExo4D
+    from exo2ego_jax.data.skips import SkipCounter
+    skips = SkipCounter()
+    with caplog.at_level("WARNING"):
+        segs = label_lib.segments_to_label(EgoExo4D(full_only, video_variant="448"), "train", skips=skips)
+    reference = label_lib.segments_to_label(EgoExo4D(full_only, video_variant="full"), "train")
+    assert [s.segment_id for s in segs] == [s.segment_id for s in reference] and segs
+    assert [s.ego_path for s in segs] == [s.ego_path for s in reference]
+    assert skips.num_skipped == 0 and skips.num_seen == len(segs)
+    assert "no 448 videos; reading their full-size videos" in caplog.text

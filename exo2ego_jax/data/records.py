@@ -40,6 +40,7 @@ from typing import Any, Iterator
 import msgpack
 import numpy as np
 
+from exo2ego_jax import progress
 from exo2ego_jax.data import video as video_lib
 from exo2ego_jax.data.skips import SkipCounter
 
@@ -316,6 +317,7 @@ def iter_records(source: Source, clips: list[list[_Clip]], cfg,
     """
     tasks = ((take_clips, cfg, source.attributes, source.variant) for take_clips in clips)
     results = pool.imap(_take_records, tasks) if pool is not None else map(_take_records, tasks)
+    results = progress.bar(results, total=len(clips), desc="records", unit="take")
     for recs, flags, skip_state in results:
         source.skips.merge(SkipCounter.from_state_dict(skip_state))
         yield from zip(recs, flags)

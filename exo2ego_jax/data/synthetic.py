@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from exo2ego_jax import progress
 from exo2ego_jax.data import synthetic_narration as narration_lib
 from exo2ego_jax.data import synthetic_render as render_lib
 from exo2ego_jax.data import synthetic_scene as scene
@@ -221,9 +222,10 @@ def write_world(cfg: Any, root: str) -> dict[str, Any]:
     if cfg_dict["num_workers"] > 0 and n > 1:
         # spawn: the caller may already run JAX threads, which fork would copy in a broken state.
         with multiprocessing.get_context("spawn").Pool(min(cfg_dict["num_workers"], n)) as pool:
-            results = list(pool.imap(_worker, jobs, chunksize=1))
+            results = list(progress.bar(pool.imap(_worker, jobs, chunksize=1), total=n, desc="world takes",
+                                        unit="take"))
     else:
-        results = [_worker(j) for j in jobs]
+        results = [_worker(j) for j in progress.bar(jobs, desc="world takes", unit="take")]
 
     perm = np.random.default_rng([cfg_dict["seed"], 1 << 30]).permutation(n)
     num_val = int(round(cfg_dict["val_fraction"] * n))

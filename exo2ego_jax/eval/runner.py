@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 from absl import logging
 
+from exo2ego_jax import progress
 from exo2ego_jax.eval import metrics as metrics_lib
 from exo2ego_jax.eval import open_qa
 from exo2ego_jax.eval import prompts as prompts_lib
@@ -36,7 +37,7 @@ def batches(items: Sequence[T], batch_size: int, pad: bool = True):
     call has the same size (static shapes for jitted adapters)."""
     if batch_size < 1:
         raise ValueError(f"eval.batch_size must be >= 1, got {batch_size}")
-    for i in range(0, len(items), batch_size):
+    for i in progress.bar(range(0, len(items), batch_size), desc="eval", unit="batch"):
         chunk = list(items[i:i + batch_size])
         n = len(chunk)
         if pad and n < batch_size:

@@ -353,26 +353,37 @@ def plot(results: dict[str, Any], path: str) -> None:
         for s in r["curves"]:
             if s not in stage_names:
                 stage_names.append(s)
-    fig, axes = plt.subplots(1, len(stage_names) + 1, figsize=(4 * (len(stage_names) + 1), 3.2))
+    from matplotlib.lines import Line2D
+    fig, axes = plt.subplots(1, len(stage_names) + 1, figsize=(4 * (len(stage_names) + 1), 3.4))
     colours = {v: c for v, c in zip(VARIANTS, ("tab:blue", "tab:orange", "tab:green"))}
+    seeds = sorted({r["seed"] for r in runs})
+    styles = {s: ("-", "--", ":", "-.")[i % 4] for i, s in enumerate(seeds)}  # line style = seed
     for ax, s in zip(axes, stage_names):
+        # Every panel names its own curves: colour = variant, line style = seed.
+        shown_variants, shown_seeds = [], []
         for r in runs:
             rows = r["curves"].get(s, [])
             if rows:
                 ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], color=colours.get(r["variant"]),
-                        alpha=0.7, label=f"{r['variant']} s{r['seed']}")
-        ax.set_title(s)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-    axes[0].legend(fontsize=6)
+                        ls=styles[r["seed"]], alpha=0.7)
+                shown_variants += [r["variant"]] if r["variant"] not in shown_variants else []
+                shown_seeds += [r["seed"]] if r["seed"] not in shown_seeds else []
+        handles = ([Line2D([], [], color=colours.get(v), label=VARIANTS.get(v, v)) for v in shown_variants]
+                   + [Line2D([], [], color="k", ls=styles[x], label=f"seed {x}") for x in sorted(shown_seeds)])
+        ax.legend(handles=handles, fontsize=6)
+        ax.set_title(f"{s}: training loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (mean over logging window)")
     ax = axes[-1]
     names = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
     for i, v in enumerate(names):
         accs = [r["accuracy"] for r in runs if r["variant"] == v]
-        ax.bar(i, np.mean(accs), color=colours[v], alpha=0.6)
-        ax.scatter([i] * len(accs), accs, color="k", s=10)
-    ax.axhline(25.0, color="grey", ls="--", lw=0.8)
+        ax.bar(i, np.mean(accs), color=colours[v], alpha=0.6, label="mean over seeds" if i == 0 else None)
+        ax.scatter([i] * len(accs), accs, color="k", s=10, label="one seed" if i == 0 else None)
+    ax.axhline(25.0, color="grey", ls="--", lw=0.8, label="chance (4 options)")
     ax.set_xticks(range(len(names)), [VARIANTS[v] for v in names], rotation=20, fontsize=7)
-    ax.set_ylabel("held-out ego MCQ accuracy (%)")
+    ax.set_title("held-out synthetic EgoBench")
+    ax.set_ylabel("ego MCQ accuracy (%)")
+    ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

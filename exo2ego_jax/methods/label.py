@@ -36,7 +36,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from exo2ego_jax import progress
 from exo2ego_jax.data.egoexo4d import EgoExo4D
+from exo2ego_jax.data.skips import SkipCounter
 from exo2ego_jax.eval.records import VideoRef
 from exo2ego_jax.methods import ego2exo_prompts as prompts_lib
 
@@ -53,36 +55,53 @@ class Segment:
     best_exo: str | None = None  # most common `best_exo` camera of the segment's narrations (None: unknown)
 
 
-def segments_to_label(ds: EgoExo4D, split: str, *, best_exo: bool = False) -> list[Segment]:
+def segments_to_label(ds: EgoExo4D, split: str, *, best_exo: bool = False,
+                      skips: SkipCounter | None = None) -> list[Segment]:
     """Keystep segments of `split` whose take has an ego video and >= 1 exo video, in a fixed order.
 
+    Videos come from `ds.video_variant`; a take without that variant (e.g. no downscaled/448 copy)
+    falls back to its full-size videos (logged). Every keystep counts as seen in `skips` (default
+    `ds.skips`), each one without usable videos as skipped.
     best_exo: also read the atomic descriptions of `split` for each segment's `best_exo` camera."""
+    skips = ds.skips if skips is None else skips
     out = []
     best: dict[str, list] = {}
+    full_size: set[str] = set()  # takes read at full size because their video_variant copy is absent
     for n in (ds.narrations(split) if best_exo else []):
         best.setdefault(n.take_uid, []).append(n)
     for ks in ds.keysteps(split):
+        skips.seen()
         take = ds.takes[ks.take_uid]
-        try:
-            ego = ds.video_path(ks.take_uid, take.ego_cam)
-        except KeyError as e:
-            ds.skips.skip("missing_video", take.root, str(e))
-            continue
-        exo = {}
-        for cam in take.exo_cams:
-            try:
-                p = ds.video_path(ks.take_uid, cam)
-            except KeyError:
-                continue
-            if os.path.exists(p):
-                exo[cam] = p
-        if not os.path.exists(ego) or not exo:
-            ds.skips.skip("missing_video" if not os.path.exists(ego) else "no_exo_views", ego,
-                          f"segment {ks.index} of {take.take_name}")
+        ego = _video_file(ds, ks.take_uid, take.ego_cam, full_size) if take.ego_cam else None
+        exo = {cam: p for cam in take.exo_cams if (p := _video_file(ds, ks.take_uid, cam, full_size))}
+        if ego is None or not exo:
+            skips.skip("missing_video" if ego is None else "no_exo_views", take.root,
+                       f"segment {ks.index} of {take.take_name}: no {ds.video_variant} or full-size "
+                       f"{'ego' if ego is None else 'exo'} video")
             continue
         out.append(Segment(f"{take.take_name}_seg{ks.index:04d}", ks.take_uid, take.take_name, ks.start, ks.end,
                            ego, exo, _best_exo(best.get(ks.take_uid, []), ks.start, ks.end, exo)))
+    if full_size:
+        logging.warning("label: %d takes have no %s videos; reading their full-size videos instead (e.g. %s)",
+                        len(full_size), ds.video_variant, sorted(full_size)[:3])
     return sorted(out, key=lambda s: s.segment_id)
+
+
+def _video_file(ds: EgoExo4D, take_uid: str, cam: str, full_size: set[str]) -> str | None:
+    """The camera's video in ds.video_variant, else its full-size video (take name added to
+    `full_size`), else None."""
+    try:
+        path = ds.video_path(take_uid, cam)
+    except KeyError:
+        path = ""
+    if path and os.path.exists(path):
+        return path
+    take = ds.takes[take_uid]
+    full = take.videos.get(cam, "")
+    if ds.video_variant != "full" and full and os.path.exists(full):
+        full_size.add(take.take_name)
+        return full
+    return None
 
 
 def _best_exo(narrs: list, start: float, end: float, exo: dict[str, str]) -> str | None:
@@ -172,15 +191,20 @@ def label(config, workdir: str) -> dict[str, Any]:
     progress_path, out_path = _paths(workdir, lb, shard, num_shards)
     ds = EgoExo4D(lb.root, video_variant=lb.video_variant)
     exo_view = lb.get("exo_view", "random")  # configs saved before the field existed: the paper's draw
-    all_segments = segments_to_label(ds, lb.split, best_exo=exo_view == "best")
+    seg_skips = SkipCounter(config_field="config.data.max_skip_fraction")
+    all_segments = segments_to_label(ds, lb.split, best_exo=exo_view == "best", skips=seg_skips)
+    if not all_segments and not seg_skips.num_skipped:
+        raise ValueError(f"label: {lb.root} has no keystep segments in split {lb.split!r} "
+                         f"(annotations/keystep_{lb.split.lower()}.json); set --config.label.split")
+    seg_skips.check(config.data.max_skip_fraction)  # every segment skipped: TooManySkipped, naming why
     if lb.max_segments:
         all_segments = all_segments[: lb.max_segments]
     mine = all_segments[shard::num_shards]
     done = prompts_lib.read_progress(progress_path)
     todo = [s for s in mine if s.segment_id not in done]
-    logging.info("label: %d segments in %s/%s (%d on this process), %d already done, %d to label; %s",
-                 len(all_segments), lb.root, lb.split, len(mine), len(mine) - len(todo), len(todo),
-                 ds.skips.report())
+    logging.info("label: %d segments in %s/%s (%d on this process), %d already done, %d to label; "
+                 "segments: %s; takes: %s", len(all_segments), lb.root, lb.split, len(mine),
+                 len(mine) - len(todo), len(todo), seg_skips.report(), ds.skips.report())
 
     stats = {"segments": len(all_segments), "skipped_done": len(mine) - len(todo), "labelled": 0,
              "new_tokens": 0, "generate_seconds": 0.0}
@@ -201,11 +225,7 @@ def label(config, workdir: str) -> dict[str, Any]:
         runners = {f: runner.with_frames(f) for f in groups}
         batches = [(f, segs[i:i + segs_per_batch]) for f, segs in sorted(groups.items())
                    for i in range(0, len(segs), segs_per_batch)]
-        bar = None
-        if jax.process_index() == 0:
-            from tqdm import tqdm
-            bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="seg", dynamic_ncols=True,
-                       desc="label")
+        bar = progress.bar(total=len(mine), initial=len(mine) - len(todo), unit="seg", desc="label")
         try:
             for frames, chunk in batches:
                 qs = [prompts_lib.segment_questions(s.segment_id, lb.seed) for s in chunk]
@@ -229,12 +249,10 @@ def label(config, workdir: str) -> dict[str, Any]:
                 stats["labelled"] += len(chunk)
                 stats["new_tokens"] += int(np.sum(lengths[:n_real]))
                 stats["generate_seconds"] += dt
-                if bar is not None:
-                    bar.update(len(chunk))
-                    bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(stats['generate_seconds'], 1e-9):.1f}")
+                bar.update(len(chunk))
+                bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(stats['generate_seconds'], 1e-9):.1f}")
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
     stats["tokens_per_sec"] = stats["new_tokens"] / max(stats["generate_seconds"], 1e-9)
 
     if num_shards > 1:

@@ -16,6 +16,8 @@ import time
 import jax
 
 from exo2ego_jax import config_lib
+from exo2ego_jax import progress as progress_lib
+from exo2ego_jax.data.pipeline_ops import skip_metrics
 from exo2ego_jax.train import checkpoint as ckpt_lib
 from exo2ego_jax.train import metrics as metrics_lib
 from exo2ego_jax.train import setup as setup_lib
@@ -76,7 +78,7 @@ def train(config, workdir: str) -> dict:
     s = setup_lib.build(config)
     logging.info("mesh %s, %d micro-batches of %d, %d steps", dict(s.mesh.shape), s.micro_batches,
                  tc.global_batch // s.micro_batches, s.total_steps)
-    metrics_lib.log_parameter_overview(s.trainable_init, s.frozen)
+    metrics_lib.log_parameter_overview(s.trainable_init, s.frozen, workdir)
 
     data = s.method.make_dataset(config, "train", jax.process_index(), jax.process_count())
     data_iter = iter(data)
@@ -93,7 +95,7 @@ def train(config, workdir: str) -> dict:
     writer = metrics_lib.Writer(workdir)
     flops_example = (s.method.flops_per_example(config)
                      if hasattr(s.method, "flops_per_example") else 0.0)
-    peak = metrics_lib.peak_flops(override=config.hardware.peak_flops)
+    peak = metrics_lib.resolve_peak_flops(config.hardware.peak_flops)
     tokens_fn = getattr(s.method, "tokens_in_batch", None)
     agg = metrics_lib.Aggregator()
     preempt = _Preemption()
@@ -113,10 +115,8 @@ def train(config, workdir: str) -> dict:
                                      / tc.global_batch)
                 writer.write(step, {"compile_seconds": compile_s,
                                     **{f"memory/{k}": v for k, v in mem.items()}})
-                if tc.progress and jax.process_index() == 0:  # after compiling: honest ETA
-                    from tqdm import tqdm
-                    progress = tqdm(total=s.total_steps, initial=start, unit="step",
-                                    dynamic_ncols=True)
+                if tc.progress:  # after compiling: honest ETA
+                    progress = progress_lib.bar(total=s.total_steps, initial=start, unit="step", desc="train")
                 window_start = time.time()
             state, m = compiled(state, s.frozen, s.other, batch)
             step += 1
@@ -145,6 +145,7 @@ def train(config, workdir: str) -> dict:
                 u = metrics_lib.mfu(flops_example * tc.global_batch, dt, jax.device_count(), peak)
                 if u is not None:
                     last["mfu"] = u
+                last.update(skip_metrics(data_iter))  # skipped/<reason>, skipped/fraction (pipeline sources)
                 writer.write(step, last)
                 if progress is not None:
                     progress.set_postfix(loss=f"{last['loss']:.4f}")

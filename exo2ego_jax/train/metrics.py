@@ -37,6 +37,21 @@ def peak_flops(device: jax.Device | None = None, override: float = 0.0) -> float
     return None
 
 
+_EXPLAINED_NO_PEAK: set[str] = set()  # device kinds whose missing MFU this process already explained
+
+
+def resolve_peak_flops(override: float = 0.0, device: jax.Device | None = None) -> float | None:
+    """`peak_flops`, logging (once per process and device kind) why MFU is absent when the peak is
+    unknown: a demo trains many stages in one process."""
+    peak = peak_flops(device, override)
+    kind = (device or jax.devices()[0]).device_kind
+    if peak is None and kind not in _EXPLAINED_NO_PEAK:
+        _EXPLAINED_NO_PEAK.add(kind)
+        logging.info("MFU is not reported: no peak FLOP/s is known for device kind %r; set "
+                     "--config.hardware.peak_flops=<peak FLOP/s per device> to report it", kind)
+    return peak
+
+
 def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak: float | None) -> float | None:
     """Model FLOPs utilisation: model FLOPs per step / step time / (peak per device * devices)."""
     if not peak or not flops_per_step or step_seconds <= 0:
@@ -92,12 +107,26 @@ class Writer:
             self.jsonl.close()
 
 
-def log_parameter_overview(trainable, frozen) -> None:
+def log_parameter_overview(trainable, frozen, workdir: str) -> str:
+    """Writes the per-parameter table (clu's parameter_overview) to `workdir/parameters.txt` and
+    logs one summary line; returns the file's path."""
     from clu import parameter_overview
+    path = os.path.join(workdir, "parameters.txt")
+    counts = {}
+    sections = []
     for name, tree in (("trainable", trainable), ("frozen", frozen)):
+        leaves = jax.tree.leaves(tree) if tree else []
+        counts[name] = (sum(int(np.prod(x.shape)) for x in leaves), len(leaves))
         if tree:
-            logging.info("%s parameters:\n%s", name,
-                         parameter_overview.get_parameter_overview(tree, include_stats=False))
+            sections.append(f"{name} parameters:\n"
+                            f"{parameter_overview.get_parameter_overview(tree, include_stats=False)}\n")
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            f.write("\n".join(sections))
+    (nt, at), (nf, af) = counts["trainable"], counts["frozen"]
+    logging.info("parameters: %s trainable in %d arrays, %s frozen in %d arrays; table in %s",
+                 f"{nt:,}", at, f"{nf:,}", af, path)
+    return path
 
 
 def memory_report(compiled) -> dict[str, float]:
