@@ -299,6 +299,12 @@ class DecoderLM(nnx.Module):
                 vs.append(new_kv[1])
         return x, ({"k": tuple(ks), "v": tuple(vs)} if cache is not None else None)
 
+    def head_kernel(self) -> jax.Array:
+        """The LM head as a [D, V] kernel (the embedding table transposed when tied)."""
+        if self.lm_head is None:
+            return self.embed.embedding[...].astype(self.dtype).T
+        return self.lm_head.kernel[...].astype(self.dtype)
+
     def logits(self, h):
         if self.lm_head is None:
             emb = self.embed.embedding[...].astype(self.dtype)
@@ -312,7 +318,8 @@ class DecoderLM(nnx.Module):
         return self.lm_head(h).astype(jnp.float32)
 
     def __call__(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, positions=None,
-                 cache: Cache | None = None, last_only: bool = False, dropout_rng: jax.Array | None = None):
+                 cache: Cache | None = None, last_only: bool = False, dropout_rng: jax.Array | None = None,
+                 hidden_only: bool = False):
         """Runs the decoder on T new tokens (ids or embeddings [B, T, D]).
 
         attention_mask [B, T]: 1 = real token. Without a cache, queries attend causally to real
@@ -321,6 +328,8 @@ class DecoderLM(nnx.Module):
         positions default to the running count of real tokens (so left padding does not shift RoPE).
         ``last_only`` returns logits for the last position only ([B, 1, V]; for generation).
         ``dropout_rng`` turns on LoRA dropout (training only).
+        ``hidden_only`` returns the final normed hidden states [B, T, D] instead of the logits (for
+        train/losses.chunked_answer_cross_entropy with ``head_kernel()``: no [B, T, V] logits).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids [B, T] or inputs_embeds [B, T, D].")
@@ -351,7 +360,7 @@ class DecoderLM(nnx.Module):
             x, cache_kv = self._run_unstacked(x, positions, mask, cache, idx, causal_lengths, dropout_rng)
             if last_only:
                 x = x[:, -1:]
-            logits = self.logits(self.final_norm(x))
+            logits = self.final_norm(x) if hidden_only else self.logits(self.final_norm(x))
             if cache is not None:
                 cache = {**cache_kv, "mask": slot_mask, "index": idx + t,
                          "pos": cache["pos"] + attention_mask.sum(-1)}
@@ -375,7 +384,7 @@ class DecoderLM(nnx.Module):
         x, kv_out = jax.lax.scan(body, x, (layer_state, kv_in, rngs))
         if last_only:
             x = x[:, -1:]
-        logits = self.logits(self.final_norm(x))
+        logits = self.final_norm(x) if hidden_only else self.logits(self.final_norm(x))
         if cache is not None:
             cache = {"k": kv_out[0], "v": kv_out[1], "mask": slot_mask, "index": idx + t,
                      "pos": cache["pos"] + attention_mask.sum(-1)}
