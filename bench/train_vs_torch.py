@@ -270,7 +270,9 @@ def profile_ours(step, state, frozen, other, batches, out_dir: str, top: int = 1
     for line in compiled.as_text().splitlines():
         m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"", line)
         if m:
-            meta[m.group(1)] = m.group(2)
+            src = re.search(r'source_file="([^"]+)" source_line=(\d+)', line)
+            where = f" @ {os.path.basename(src.group(1))}:{src.group(2)}" if src else ""
+            meta[m.group(1)] = m.group(2) + where
     with jax.profiler.trace(out_dir, create_perfetto_trace=True):
         for b in batches[:3]:
             state, m = step(state, frozen, other, b)
@@ -288,7 +290,7 @@ def profile_ours(step, state, frozen, other, batches, out_dir: str, top: int = 1
     print(f"profile: {len(per_op)} XLA ops, {total / 3e3:.0f} ms per step in ops (trace in {out_dir})")
     for name, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]:
         src = re.sub(r"^jit\(step\)/", "", meta[name])
-        print(f"  {100 * us / total:5.1f}%  {us / 3e3:8.1f} ms  {name:28s} {src[-90:]}")
+        print(f"  {100 * us / total:5.1f}%  {us / 3e3:8.1f} ms  {name:28s} {src[-110:]}")
     return state
 
 

@@ -9,8 +9,8 @@ computes an argmax: metrics such as token accuracy are computed outside the grad
 
 ``chunked_answer_cross_entropy`` takes the final hidden states and the LM-head kernel and never
 materialises the [B, T, V] float32 logits: a custom VJP runs over chunks of tokens, keeping only
-one [chunk, V] block alive in the forward and in the backward (which recomputes the chunk's
-logits from the saved per-token log-normaliser). With a 32k-152k vocabulary that block is what
+one [chunk, V] block alive: under differentiation the forward pass also forms the gradients
+chunk by chunk (the loss is a scalar at the end of the graph), so nothing is recomputed. With a 32k-152k vocabulary that block is what
 decides the activation memory of a long-sequence step.
 """
 from __future__ import annotations
@@ -77,46 +77,58 @@ def _chunk_logits(h: jax.Array, kernel: jax.Array) -> jax.Array:
     return jnp.dot(h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
 
 
-def _forward_chunks(h, kernel, targets, weights):
-    """Sum of weighted NLL and the per-token log-normaliser (saved for the backward)."""
-    def one(_, xs):
-        hc, tc, wc = xs
-        logits = _chunk_logits(hc, kernel)  # [C, V]
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        return None, (jnp.sum(wc * (lse - _target_logit(logits, tc))), lse)
+def _chunk_target_logits(h: jax.Array, kernel: jax.Array, targets: jax.Array) -> jax.Array:
+    """h [C, D], targets [C] -> logit of each token's target [C] f32, from its kernel column.
 
-    _, (sums, lse) = jax.lax.scan(one, None, (h, targets, weights))
-    return jnp.sum(sums), lse
+    A [D, C] gather and a row dot: no second pass over the chunk's [C, V] logits.
+    """
+    cols = jnp.take(kernel, targets, axis=1).astype(jnp.float32)  # [D, C]
+    return jnp.einsum("cd,dc->c", h.astype(jnp.float32), cols)
+
+
+def _weighted_nll_impl(h, kernel, targets, weights, with_grads: bool):
+    """sum(weights * nll) over chunks; with ``with_grads`` also its gradients w.r.t. h and kernel.
+
+    The gradients are formed chunk by chunk in the same pass (softmax - onehot, times the
+    token's weight), so the LM-head matmul runs once forward and twice for the gradients, as with
+    materialised logits, but only one [C, V] block is ever alive.
+    """
+    def one(dk, xs):
+        hc, tc, wc = xs
+        logits = _chunk_logits(hc, kernel)  # [C, V] f32
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        total = jnp.sum(wc * (lse - _chunk_target_logits(hc, kernel, tc)))
+        if not with_grads:
+            return dk, (total, None)
+        vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+        # d nll / d logits = softmax - onehot(target), scaled by the token's weight.
+        dlogits = ((jnp.exp(logits - lse[:, None]) - (vocab == tc[:, None])) * wc[:, None]).astype(hc.dtype)
+        dh = jnp.dot(dlogits, kernel.astype(hc.dtype).T, preferred_element_type=jnp.float32).astype(hc.dtype)
+        dk = dk + jnp.dot(hc.T, dlogits, preferred_element_type=jnp.float32)
+        return dk, (total, dh)
+
+    dk0 = jnp.zeros(kernel.shape, jnp.float32) if with_grads else None
+    dk, (totals, dh) = jax.lax.scan(one, dk0, (h, targets, weights))
+    return jnp.sum(totals), dh, (dk.astype(kernel.dtype) if with_grads else None)
 
 
 @jax.custom_vjp
 def _weighted_nll(h, kernel, targets, weights):
     """h [K, C, D], kernel [D, V], targets [K, C] int32, weights [K, C] f32 -> sum(w * nll)."""
-    return _forward_chunks(h, kernel, targets, weights)[0]
+    return _weighted_nll_impl(h, kernel, targets, weights, with_grads=False)[0]
 
 
 def _weighted_nll_fwd(h, kernel, targets, weights):
-    total, lse = _forward_chunks(h, kernel, targets, weights)
-    return total, (h, kernel, targets, weights, lse)
+    # The loss is a scalar at the end of the graph: its gradients for a unit cotangent are computed
+    # now (no recomputation of the logits in the backward) and scaled by the cotangent later.
+    total, dh, dk = _weighted_nll_impl(h, kernel, targets, weights, with_grads=True)
+    return total, (dh, dk, weights)
 
 
 def _weighted_nll_bwd(res, g):
-    h, kernel, targets, weights, lse = res
-
-    def one(dk, xs):
-        hc, tc, wc, lc = xs
-        logits = _chunk_logits(hc, kernel)
-        vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
-        # d nll / d logits = softmax - onehot(target), scaled by the token's weight and g.
-        dlogits = (jnp.exp(logits - lc[:, None]) - (vocab == tc[:, None])) * (g * wc)[:, None]
-        dh = jnp.dot(dlogits.astype(hc.dtype), kernel.astype(hc.dtype).T,
-                     preferred_element_type=jnp.float32).astype(hc.dtype)
-        dk = dk + jnp.dot(hc.T, dlogits.astype(hc.dtype), preferred_element_type=jnp.float32)
-        return dk, dh
-
-    dk, dh = jax.lax.scan(one, jnp.zeros(kernel.shape, jnp.float32), (h, targets, weights, lse))
+    dh, dk, weights = res
     # Integer targets get no cotangent; the weights (derived from labels) are not differentiated.
-    return dh, dk.astype(kernel.dtype), None, jnp.zeros_like(weights)
+    return (g * dh).astype(dh.dtype), (g * dk).astype(dk.dtype), None, jnp.zeros_like(weights)
 
 
 _weighted_nll.defvjp(_weighted_nll_fwd, _weighted_nll_bwd)
