@@ -277,7 +277,8 @@ def profile_ours(step, state, frozen, other, batches, out_dir: str, top: int = 1
         for b in batches[:3]:
             state, m = step(state, frozen, other, b)
         jax.block_until_ready(m)
-    path = next(os.path.join(r, f) for r, _, fs in os.walk(out_dir) for f in fs if f.endswith("perfetto_trace.json.gz"))
+    traces = [os.path.join(r, f) for r, _, fs in os.walk(out_dir) for f in fs if f.endswith("perfetto_trace.json.gz")]
+    path = max(traces, key=os.path.getmtime)  # this run's trace (the directory may hold older ones)
     with gzip.open(path) as fh:
         events = json.load(fh)
     events = events["traceEvents"] if isinstance(events, dict) else events
