@@ -275,6 +275,12 @@ class Linear(nnx.Module):
 
     def __call__(self, x, rng: jax.Array | None = None):
         """``rng`` enables LoRA dropout (training); without it dropout is off (inference)."""
+        if x.ndim > 2:
+            # Tokens as one [N, in] matrix: the backward's weight gradient is then a plain 2-D
+            # matmul, where with [B, T, in] XLA:CPU first copies the activation and its gradient
+            # transposed (~20% fewer bytes copied per train step; bench/train_vs_torch.py).
+            y = self(x.reshape(-1, x.shape[-1]), rng)
+            return y.reshape(*x.shape[:-1], y.shape[-1])
         y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.lora_a is not None:
             h = x.astype(self.dtype)
@@ -452,6 +458,12 @@ class DecoderLM(nnx.Module):
                 vs.append(new_kv[1])
         return x, ({"k": tuple(ks), "v": tuple(vs)} if cache is not None else None)
 
+    def head_kernel(self) -> jax.Array:
+        """The LM head as a [D, V] kernel (the embedding table transposed when tied)."""
+        if self.lm_head is None:
+            return self.embed.embedding[...].astype(self.dtype).T
+        return self.lm_head.kernel[...].astype(self.dtype)
+
     def logits(self, h):
         if self.lm_head is None:
             emb = self.embed.embedding[...].astype(self.dtype)
@@ -465,7 +477,8 @@ class DecoderLM(nnx.Module):
         return self.lm_head(h).astype(jnp.float32)
 
     def __call__(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, positions=None,
-                 cache: Cache | None = None, last_only: bool = False, dropout_rng: jax.Array | None = None):
+                 cache: Cache | None = None, last_only: bool = False, dropout_rng: jax.Array | None = None,
+                 hidden_only: bool = False):
         """Runs the decoder on T new tokens (ids or embeddings [B, T, D]).
 
         attention_mask [B, T]: 1 = real token. Without a cache, queries attend causally to real
@@ -476,6 +489,8 @@ class DecoderLM(nnx.Module):
         positions default to the running count of real tokens (so left padding does not shift RoPE).
         ``last_only`` returns logits for the last position only ([B, 1, V]; for generation).
         ``dropout_rng`` turns on LoRA dropout (training only).
+        ``hidden_only`` returns the final normed hidden states [B, T, D] instead of the logits (for
+        train/losses.chunked_answer_cross_entropy with ``head_kernel()``: no [B, T, V] logits).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids [B, T] or inputs_embeds [B, T, D].")
@@ -523,7 +538,7 @@ class DecoderLM(nnx.Module):
                                               causal_lengths, dropout_rng)
             if last_only:
                 x = x[:, -1:]
-            logits = self.logits(self.final_norm(x))
+            logits = self.final_norm(x) if hidden_only else self.logits(self.final_norm(x))
             if cache is not None:
                 cache = {**cache_kv, "mask": slot_mask, "index": idx + t,
                          "pos": cache["pos"] + attention_mask.sum(-1)}
@@ -555,7 +570,7 @@ class DecoderLM(nnx.Module):
         x, kv_out = jax.lax.scan(body, x, (layer_state, kv_in, rngs, windowed))
         if last_only:
             x = x[:, -1:]
-        logits = self.logits(self.final_norm(x))
+        logits = self.final_norm(x) if hidden_only else self.logits(self.final_norm(x))
         if cache is not None:
             cache = {"k": kv_out[0], "v": kv_out[1], "mask": slot_mask, "index": idx + t,
                      "pos": cache["pos"] + attention_mask.sum(-1)}

@@ -1,0 +1,175 @@
+"""Answer-only next-token cross-entropy: the plain form on logits and a chunked LM-head form.
+
+Batch contract (docs/ARCHITECTURE.md "Batches"): ``labels[b, t]`` is token t of the row, or
+``IGNORE_INDEX`` where no loss is taken; position t predicts token t + 1. Both losses shift the
+*labels* one step left (the last position gets ``IGNORE_INDEX``) instead of slicing
+``logits[:, :-1]``: a slice of the [B, T, V] logits makes XLA build the logits gradient as a
+padded copy (and on CPU once more transposed), which was ~14% of a train step. Neither loss
+computes an argmax: metrics such as token accuracy are computed outside the gradient path.
+
+``chunked_answer_cross_entropy`` takes the final hidden states and the LM-head kernel and never
+materialises the [B, T, V] float32 logits: a custom VJP runs over chunks of tokens, keeping only
+one [chunk, V] block alive: under differentiation the forward pass also forms the gradients
+chunk by chunk (the loss is a scalar at the end of the graph), so nothing is recomputed. With a 32k-152k vocabulary that block is what
+decides the activation memory of a long-sequence step.
+"""
+from __future__ import annotations
+
+
+import jax
+import jax.numpy as jnp
+
+IGNORE_INDEX = -100
+
+
+def shifted_targets(labels: jax.Array, example_mask: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array]:
+    """labels [B, T] -> (targets [B, T] int32 with IGNORE_INDEX replaced by 0, valid [B, T] bool).
+
+    targets[:, t] = labels[:, t + 1] (what position t predicts); the last position is invalid.
+    """
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be [B, T] int, got shape {labels.shape}")
+    labels = labels.astype(jnp.int32)
+    nxt = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
+    valid = nxt != IGNORE_INDEX
+    if example_mask is not None:
+        valid = valid & (example_mask.reshape(-1, 1) > 0)
+    return jnp.where(valid, nxt, 0), valid
+
+
+def _target_logit(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """logits [..., V] f32, targets [...] -> logits at the target (an elementwise select + sum).
+
+    A compare-with-iota select fuses into one elementwise pass in forward and backward, where
+    ``take_along_axis`` backpropagates through a scatter into a zero-filled logits-sized buffer.
+    """
+    vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
+
+
+def answer_cross_entropy(logits: jax.Array, labels: jax.Array, example_mask: jax.Array | None = None
+                         ) -> tuple[jax.Array, jax.Array]:
+    """Mean next-token cross-entropy over answer tokens.
+
+    Args:
+      logits: [B, T, V] (any float dtype; the loss runs in float32). Position t predicts token t+1.
+      labels: [B, T] int; label of position t is token t, IGNORE_INDEX (-100) = no loss.
+      example_mask: [B], 0 drops the whole row (epoch-end padding); None = all rows real.
+
+    Returns:
+      (mean loss over answer tokens, f32 scalar; number of answer tokens, f32 scalar).
+      With no answer token the loss is 0 (and so is its gradient), not NaN.
+    """
+    if logits.ndim != 3 or logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits must be [B, T, V] matching labels [B, T]; got logits {logits.shape}, "
+                         f"labels {labels.shape}")
+    targets, valid = shifted_targets(labels, example_mask)
+    logits = logits.astype(jnp.float32)
+    nll = jax.nn.logsumexp(logits, axis=-1) - _target_logit(logits, targets)  # [B, T]
+    n = jnp.sum(valid).astype(jnp.float32)
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(n, 1.0), n
+
+
+# --- chunked LM head ------------------------------------------------------------------------------
+def _chunk_logits(h: jax.Array, kernel: jax.Array) -> jax.Array:
+    """h [C, D] @ kernel [D, V] -> [C, V] float32 (accumulated in f32 whatever the input dtype)."""
+    return jnp.dot(h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+def _chunk_target_logits(h: jax.Array, kernel: jax.Array, targets: jax.Array) -> jax.Array:
+    """h [C, D], targets [C] -> logit of each token's target [C] f32, from its kernel column.
+
+    A [D, C] gather and a row dot: no second pass over the chunk's [C, V] logits.
+    """
+    cols = jnp.take(kernel, targets, axis=1).astype(jnp.float32)  # [D, C]
+    return jnp.einsum("cd,dc->c", h.astype(jnp.float32), cols)
+
+
+def _weighted_nll_impl(h, kernel, targets, weights, with_grads: bool):
+    """sum(weights * nll) over chunks; with ``with_grads`` also its gradients w.r.t. h and kernel.
+
+    The gradients are formed chunk by chunk in the same pass (softmax - onehot, times the
+    token's weight), so the LM-head matmul runs once forward and twice for the gradients, as with
+    materialised logits, but only one [C, V] block is ever alive.
+    """
+    def one(dk, xs):
+        hc, tc, wc = xs
+        logits = _chunk_logits(hc, kernel)  # [C, V] f32
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        total = jnp.sum(wc * (lse - _chunk_target_logits(hc, kernel, tc)))
+        if not with_grads:
+            return dk, (total, None)
+        vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+        # d nll / d logits = softmax - onehot(target), scaled by the token's weight.
+        dlogits = ((jnp.exp(logits - lse[:, None]) - (vocab == tc[:, None])) * wc[:, None]).astype(hc.dtype)
+        dh = jnp.dot(dlogits, kernel.astype(hc.dtype).T, preferred_element_type=jnp.float32).astype(hc.dtype)
+        dk = dk + jnp.dot(hc.T, dlogits, preferred_element_type=jnp.float32)
+        return dk, (total, dh)
+
+    dk0 = jnp.zeros(kernel.shape, jnp.float32) if with_grads else None
+    dk, (totals, dh) = jax.lax.scan(one, dk0, (h, targets, weights))
+    return jnp.sum(totals), dh, (dk.astype(kernel.dtype) if with_grads else None)
+
+
+@jax.custom_vjp
+def _weighted_nll(h, kernel, targets, weights):
+    """h [K, C, D], kernel [D, V], targets [K, C] int32, weights [K, C] f32 -> sum(w * nll)."""
+    return _weighted_nll_impl(h, kernel, targets, weights, with_grads=False)[0]
+
+
+def _weighted_nll_fwd(h, kernel, targets, weights):
+    # The loss is a scalar at the end of the graph: its gradients for a unit cotangent are computed
+    # now (no recomputation of the logits in the backward) and scaled by the cotangent later.
+    total, dh, dk = _weighted_nll_impl(h, kernel, targets, weights, with_grads=True)
+    return total, (dh, dk, weights)
+
+
+def _weighted_nll_bwd(res, g):
+    dh, dk, weights = res
+    # Integer targets get no cotangent; the weights (derived from labels) are not differentiated.
+    return (g * dh).astype(dh.dtype), (g * dk).astype(dk.dtype), None, jnp.zeros_like(weights)
+
+
+_weighted_nll.defvjp(_weighted_nll_fwd, _weighted_nll_bwd)
+
+
+def chunked_answer_cross_entropy(hidden: jax.Array, head_kernel: jax.Array, labels: jax.Array,
+                                 example_mask: jax.Array | None = None, *, chunk_size: int = 1024
+                                 ) -> tuple[jax.Array, jax.Array]:
+    """``answer_cross_entropy(hidden @ head_kernel, labels, example_mask)`` without the logits.
+
+    Args:
+      hidden: [B, T, D] final (normed) hidden states of the decoder.
+      head_kernel: [D, V] LM-head kernel (for tied embeddings: the embedding table transposed).
+      labels, example_mask: as ``answer_cross_entropy``.
+      chunk_size: tokens (of the flattened B*T) per chunk; peak extra memory is about
+        2 x chunk_size x V float32 (logits and their gradient for one chunk).
+
+    Returns:
+      The same (loss, number of answer tokens) as ``answer_cross_entropy`` on the full logits.
+    """
+    if hidden.ndim != 3 or hidden.shape[:2] != labels.shape:
+        raise ValueError(f"hidden must be [B, T, D] matching labels [B, T]; got hidden {hidden.shape}, "
+                         f"labels {labels.shape}")
+    if head_kernel.ndim != 2 or head_kernel.shape[0] != hidden.shape[-1]:
+        raise ValueError(f"head_kernel must be [D, V] with D = {hidden.shape[-1]}; got {head_kernel.shape}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
+    b, t, d = hidden.shape
+    targets, valid = shifted_targets(labels, example_mask)
+    n = jnp.sum(valid).astype(jnp.float32)
+    # The mean's 1/n goes into the per-token weights, so the backward scales each chunk once.
+    weights = valid.astype(jnp.float32) / jnp.maximum(n, 1.0)
+    tokens = b * t
+    chunk = min(chunk_size, tokens)
+    pad = -tokens % chunk
+    h = hidden.reshape(tokens, d)
+    targets, weights = targets.reshape(tokens), weights.reshape(tokens)
+    if pad:  # padded tokens have weight 0: no loss, no gradient
+        h = jnp.pad(h, ((0, pad), (0, 0)))
+        targets, weights = jnp.pad(targets, (0, pad)), jnp.pad(weights, (0, pad))
+    k = (tokens + pad) // chunk
+    loss = _weighted_nll(h.reshape(k, chunk, d), head_kernel, targets.reshape(k, chunk),
+                         weights.reshape(k, chunk))
+    return loss, n
