@@ -11,11 +11,11 @@ s2_steps=300 / s3_steps=160 (per stage, before `steps` scales them), s3_lr=1e-3 
 s3_enc_lr=2e-4 (stage-3 LR of the ego encoder and F; 0 = frozen), teacher_seed=0 (one
 stage-1 demonstrator shared by every seed; -1 = one per seed), workers=-1 (processes, -1 = one
 per core), variants=a_exo2ego+b_ego_only (any of a_exo2ego, b_ego_only, c_no_kl, joined by '+').
-See exo2ego_jax/methods/exo2ego_demo.py for what runs and docs/exo2ego.md for the numbers.
+See exo2ego_jax/methods/exo2ego/demo.py for what runs and docs/exo2ego.md for the numbers.
 """
 from exo2ego_jax import config_lib
-from exo2ego_jax.data import synthetic_scene as scene
-from exo2ego_jax.methods import exo2ego_config as ec
+from exo2ego_jax.synthetic import scene
+from exo2ego_jax.methods.exo2ego import config as ec
 
 ConfigDict = config_lib.ConfigDict
 # Held-out questions the exo view can inform (object, verb) plus the ego-only 'hand'; 'next' is
@@ -112,7 +112,7 @@ def get_config(arg: str | None = None):
     b3.train.groups = s3.train.groups  # same stage-3 recipe
 
     c = ConfigDict()
-    c.job = "demo"  # exo2ego_jax/methods/exo2ego_demo.py:run
+    c.job = "demo"  # exo2ego_jax/methods/exo2ego/demo.py:run
     c.hardware = config_lib.hardware_preset("cpu")  # CPU laptop preset
     # LLVM -O1: a third of the compile time of the default -O3 for these tiny programs, same step
     # speed; compiles dominate a 10-minute CPU demo.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from exo2ego_jax.methods import ego2exo
+from exo2ego_jax.methods.ego2exo import method as ego2exo
 from exo2ego_jax.train import optim
 from test_label_job import load_config
 
@@ -37,7 +37,7 @@ def test_student_parameter_counts_and_groups():
 @pytest.mark.slow
 def test_student_step_compiles_on_fake_devices():
     """eval_shape + AOT compile of the real train step for 8 devices; memory per device reported."""
-    from exo2ego_jax.methods import ego2exo_memory
+    from exo2ego_jax.methods.ego2exo import memory as ego2exo_memory
     c = load_config("configs/ego2exo/student.py", "hardware=tpu_v5e_64")
     assert jax.device_count() == 8
     r = ego2exo_memory.analyse(c)

@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from exo2ego_jax import config_lib
-from exo2ego_jax.methods import ego2exo, ego2exo_config
+from exo2ego_jax.methods.ego2exo import method as ego2exo
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
 from exo2ego_jax.train import optim
 
 B, V, F, S = 2, 1, 2, 16  # batch, videos per sample, frames, image side

@@ -5,15 +5,16 @@ import os
 import numpy as np
 import pytest
 
-from exo2ego_jax.eval import egobench_synthetic as eb
+from exo2ego_jax.synthetic import egobench as eb
 from exo2ego_jax.eval import loaders_mcq
-from exo2ego_jax.methods import exo2ego_config as ec
-from exo2ego_jax.methods import exo2ego_data
+from exo2ego_jax.methods.exo2ego import config as ec
+from exo2ego_jax.methods.exo2ego import data as exo2ego_data
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from exo2ego_jax.data import synthetic, synthetic_tokenizer
+    from exo2ego_jax.synthetic import world as synthetic
+    from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
     root = tmp_path_factory.mktemp("e2e_world")
     wc = synthetic.world_config()
     wc.num_takes, wc.fps, wc.exo_size, wc.ego_size = 5, 10, (48, 28), 32
@@ -100,7 +101,7 @@ def test_ego_labels_are_scarce_and_exo_abundant(world):
 
 
 def test_stage_batches(world):
-    from exo2ego_jax.methods.exo2ego import tokens_per_video
+    from exo2ego_jax.methods.exo2ego.method import tokens_per_video
     for stage, mode, keys in ((1, "exo_captions", {"exo_pixels"}), (2, "pairs", {"ego_pixels", "exo_pixels"}),
                               (3, "ego_qa", {"ego_pixels"})):
         c = _cfg(world, stage, mode)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from exo2ego_jax.methods.exo2ego_losses import cycle_loss, feature_kl, l1, vtg_loss
+from exo2ego_jax.methods.exo2ego.losses import cycle_loss, feature_kl, l1, vtg_loss
 
 L3 = math.log(3.0)
 Y = jnp.array([[0.0, L3]])  # softmax = [1/4, 3/4]

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from exo2ego_jax import config_lib
-from exo2ego_jax.methods import exo2ego_config as ec
-from exo2ego_jax.methods import pipeline as pipeline_lib
+from exo2ego_jax.methods.exo2ego import config as ec
+from exo2ego_jax.methods.exo2ego import pipeline as pipeline_lib
 
 
 def _cfg(stage):
@@ -92,7 +92,7 @@ def test_stage_configs_carry_paper_hparams(name, stage, batch, lr, warmup, epoch
 
 
 def test_full_size_tokens():
-    from exo2ego_jax.methods.exo2ego import tokens_per_video
+    from exo2ego_jax.methods.exo2ego.method import tokens_per_video
     c2, c1 = ec.stage_config(2), ec.stage_config(1)
     assert tokens_per_video(c1) == 1152  # 16 x 24 x 24 -> 8 x 12 x 12 (STC)
     assert tokens_per_video(c2) == 2304  # concat(x, F(x))

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from exo2ego_jax.methods import exo2ego, exo2ego_config as ec
+from exo2ego_jax.methods.exo2ego import method as exo2ego
+from exo2ego_jax.methods.exo2ego import config as ec
 from exo2ego_jax.train import setup as setup_lib
 from exo2ego_jax.train import state as state_lib
 
@@ -133,7 +134,7 @@ def test_chaining_loads_the_right_subtrees(tmp_path):
 
 def test_shard_batch_pins_batch_axis_only_under_a_mesh():
     import jax.numpy as jnp
-    from exo2ego_jax.methods.exo2ego_model import shard_batch
+    from exo2ego_jax.methods.exo2ego.model import shard_batch
     x = jnp.ones((8, 3))
     assert shard_batch(x) is x  # no mesh context: identity
     mesh = jax.make_mesh((2, 4, 1), ("data", "fsdp", "tensor"),

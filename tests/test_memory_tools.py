@@ -2,7 +2,8 @@
 import jax
 import pytest
 
-from exo2ego_jax.methods import exo2ego_config, exo2ego_memory
+from exo2ego_jax.methods.exo2ego import config as exo2ego_config
+from exo2ego_jax.methods.exo2ego import memory as exo2ego_memory
 
 
 def _tiny_stage2(global_batch: int):

@@ -10,8 +10,8 @@ Args: small, takes, teacher_steps, student_steps, image, patch, glove (dark glov
 exo_view ("best": answers paired with the take's best exo camera; "random": the paper's random camera).
 """
 from exo2ego_jax import config_lib
-from exo2ego_jax.data import synthetic
-from exo2ego_jax.methods import ego2exo_config
+from exo2ego_jax.synthetic import world as synthetic
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
 
 
 def get_config(arg: str | None = None):

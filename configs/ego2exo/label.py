@@ -10,7 +10,8 @@ conversion): leave teacher_workdir empty and set --config.model.llm_hf / vision_
 and --config.data.tokenizer. Args: hardware=<preset>, tiny (CPU-sized random teacher for tests).
 """
 from exo2ego_jax import config_lib
-from exo2ego_jax.methods import ego2exo, ego2exo_config
+from exo2ego_jax.methods.ego2exo import method as ego2exo
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
 
 
 def get_config(arg: str | None = None):

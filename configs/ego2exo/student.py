@@ -12,7 +12,8 @@ weight decay 0, global batch 128, 3 epochs (all defaults are the paper's; see eg
 Args: hardware=<preset>, probes=<N> (0 = the no-EAVT ablation), frames=<cap of 1 fps sampling>.
 """
 from exo2ego_jax import config_lib
-from exo2ego_jax.methods import ego2exo, ego2exo_config
+from exo2ego_jax.methods.ego2exo import method as ego2exo
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
 
 
 def get_config(arg: str | None = None):

@@ -11,7 +11,8 @@ stage that last trained them (`config.sources`): with stage 0, stage 2 takes the
 from stage 0 (stage 1 kept it out of its model).
 """
 from exo2ego_jax import config_lib
-from exo2ego_jax.methods import exo2ego_config, pipeline
+from exo2ego_jax.methods.exo2ego import config as exo2ego_config
+from exo2ego_jax.methods.exo2ego import pipeline
 
 
 def get_config(arg: str | None = None):

@@ -7,7 +7,7 @@ init_from=<previous stage workdir>, size=full|tiny.
 python -m exo2ego_jax.main --config configs/exo2ego/stage2_guidance.py:hardware=tpu_v5p_128 \
   --config.data.records=gs://.../ego_exoclip --config.model.llm_hf=... --workdir DIR
 """
-from exo2ego_jax.methods import exo2ego_config
+from exo2ego_jax.methods.exo2ego import config as exo2ego_config
 
 
 def get_config(arg: str | None = None):

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from exo2ego_jax.methods import exo2ego_losses as losses
-from exo2ego_jax.methods.exo2ego_model import Exo2EgoModel, add_lora, modules_for_stage  # noqa: F401
+from exo2ego_jax.methods.exo2ego import losses
+from exo2ego_jax.methods.exo2ego.model import Exo2EgoModel, add_lora, modules_for_stage  # noqa: F401
 from exo2ego_jax.models import connectors as conn_lib
 from exo2ego_jax.models.llm import LLMConfig
 from exo2ego_jax.models.mapping import MappingConfig
@@ -241,12 +241,12 @@ def load_pretrained(model: Exo2EgoModel, config) -> None:
 
 # --- data / accounting hooks (data lives in exo2ego_data.py) ------------------------------------
 def make_dataset(config, split: str, process_index: int, process_count: int):
-    from exo2ego_jax.methods import exo2ego_data
+    from exo2ego_jax.methods.exo2ego import data as exo2ego_data
     return exo2ego_data.make_dataset(config, split, process_index, process_count)
 
 
 def num_train_examples(config) -> int:
-    from exo2ego_jax.methods import exo2ego_data
+    from exo2ego_jax.methods.exo2ego import data as exo2ego_data
     return exo2ego_data.num_examples(config, "train")
 
 
@@ -268,5 +268,5 @@ def flops_per_example(config) -> float:
 
 def eval_model(config, workdir: str):
     """MCQ adapter for the eval harness (exo2ego_jax/eval/adapter.py)."""
-    from exo2ego_jax.methods import exo2ego_eval
+    from exo2ego_jax.methods.exo2ego import eval as exo2ego_eval
     return exo2ego_eval.eval_model(config, workdir)

@@ -184,5 +184,5 @@ def write(world_root: str, out_json: str, split: str = "val", *, video_dir: str 
 
 
 def ego_video_path(world_root: str, take_name: str) -> str:
-    from exo2ego_jax.data.synthetic import EGO_FILE
+    from exo2ego_jax.synthetic.world import EGO_FILE
     return os.path.join(world_root, "takes", take_name, "frame_aligned_videos", EGO_FILE)

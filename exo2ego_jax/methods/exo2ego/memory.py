@@ -1,6 +1,6 @@
 """Full-size Exo2Ego on a pod, without the pod: abstract shapes and the compiled memory analysis.
 
-``python -m exo2ego_jax.methods.exo2ego_memory --stage 2 --hardware tpu_v5p_128 --target cpu:128``
+``python -m exo2ego_jax.methods.exo2ego.memory --stage 2 --hardware tpu_v5p_128 --target cpu:128``
 builds the stage's model with ``nnx.eval_shape`` (no parameter memory), shards it with the rule
 table on the target's devices, lowers and compiles the real train step (the same
 ``make_train_step`` the trainer jits, which traces under the mesh so the models' activation
@@ -46,7 +46,7 @@ def analyse(config, num_devices: int | None = None, compile: bool = True, device
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from exo2ego_jax.methods import exo2ego
+    from exo2ego_jax.methods.exo2ego import method as exo2ego
     from exo2ego_jax.parallel import aot
     from exo2ego_jax.parallel import mesh as mesh_lib
     from exo2ego_jax.train import metrics as metrics_lib, optim, setup as setup_lib, state as state_lib
@@ -129,7 +129,7 @@ def main() -> None:
     args = ap.parse_args()
     from exo2ego_jax.parallel import aot
     devices = aot.devices_for(args.target or f"cpu:{args.devices}")
-    from exo2ego_jax.methods import exo2ego_config
+    from exo2ego_jax.methods.exo2ego import config as exo2ego_config
     c = exo2ego_config.stage_config(args.stage, hardware=args.hardware)
     if args.tensor:
         c.hardware.ici_tensor = args.tensor

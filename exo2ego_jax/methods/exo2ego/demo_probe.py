@@ -5,7 +5,7 @@ captions name (object colour and shape, verb). This probe feeds held-out caption
 and reports next-token accuracy on colour / shape / verb / hand words (and everything else), for
 the exo view (stage-1 models) or the learner's ego input (later stages).
 
-    python -m exo2ego_jax.methods.exo2ego_demo_probe --workdir DIR --variant a_exo2ego --stage stage1 \
+    python -m exo2ego_jax.methods.exo2ego.demo_probe --workdir DIR --variant a_exo2ego --stage stage1 \
         [--config_arg seeds=1] [--split val] [--seed 0]
 """
 from __future__ import annotations
@@ -46,11 +46,11 @@ def caption_probe(config, workdir: str, *, variant: str, stage: str, seed: int =
     import jax
     import jax.numpy as jnp
     from exo2ego_jax.data import text as text_lib
-    from exo2ego_jax.methods import exo2ego_data as data_lib
-    from exo2ego_jax.methods import exo2ego_demo as demo
-    from exo2ego_jax.methods import pipeline as pipeline_lib
-    from exo2ego_jax.methods.exo2ego import tokens_per_video
-    from exo2ego_jax.methods.exo2ego_eval import load_learner
+    from exo2ego_jax.methods.exo2ego import data as data_lib
+    from exo2ego_jax.methods.exo2ego import demo
+    from exo2ego_jax.methods.exo2ego import pipeline as pipeline_lib
+    from exo2ego_jax.methods.exo2ego.method import tokens_per_video
+    from exo2ego_jax.methods.exo2ego.eval import load_learner
 
     paths = demo._prepare(config, workdir)
     run_dir = os.path.join(workdir, f"seed{seed}", variant)

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from exo2ego_jax.data import synthetic_narration as narration_lib
-from exo2ego_jax.data import synthetic_render as render_lib
-from exo2ego_jax.data import synthetic_scene as scene
+from exo2ego_jax.synthetic import narration as narration_lib
+from exo2ego_jax.synthetic import render as render_lib
+from exo2ego_jax.synthetic import scene
 from exo2ego_jax.data import video as video_lib
 
 EGO_CAM = "aria01"

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from exo2ego_jax.methods.ego2exo_model import Ego2ExoModel
+from exo2ego_jax.methods.ego2exo.model import Ego2ExoModel
 from exo2ego_jax.models import connectors as conn_lib
 from exo2ego_jax.models import lora as lora_lib
 from exo2ego_jax.models.llm import LLMConfig
@@ -204,5 +204,5 @@ def flops_per_example(config) -> float:
 # --- evaluation -------------------------------------------------------------------------------
 def eval_model(config, workdir: str):
     """The eval harness's adapter (eval/adapter.py) for a trained Ego2ExoVLM checkpoint."""
-    from exo2ego_jax.methods import ego2exo_infer
+    from exo2ego_jax.methods.ego2exo import infer as ego2exo_infer
     return ego2exo_infer.adapter_from_config(config, workdir)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from exo2ego_jax.methods import pipeline as pipeline_lib
+from exo2ego_jax.methods.exo2ego import pipeline as pipeline_lib
 
 VARIANTS = {
     "a_exo2ego": "(a) Exo2Ego",
@@ -34,9 +34,10 @@ VARIANTS = {
 
 def _prepare(config, workdir: str) -> dict[str, Any]:
     """World, tokenizer, clips and benchmark (each skipped when already there)."""
-    from exo2ego_jax.data import synthetic, synthetic_tokenizer
-    from exo2ego_jax.eval import egobench_synthetic as eb
-    from exo2ego_jax.methods import exo2ego_data
+    from exo2ego_jax.synthetic import world as synthetic
+    from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
+    from exo2ego_jax.synthetic import egobench as eb
+    from exo2ego_jax.methods.exo2ego import data as exo2ego_data
     d = config.demo
     world = os.path.join(workdir, "world")
     times = {}
@@ -172,7 +173,7 @@ def _timed_run(pcfg, run_dir: str, name: str) -> float:
 
 def run_job(config, workdir: str, paths, job: Job) -> dict[str, Any]:
     """Trains (and, for a whole run, evaluates) one job in this process; returns its result rows."""
-    from exo2ego_jax.methods import exo2ego_eval
+    from exo2ego_jax.methods.exo2ego import eval as exo2ego_eval
     pcfg = _pipeline(config, job.variant, paths, job.seed)
     run_dir = _run_dir(workdir, job.seed, job.variant)
     first = pcfg.order[0]

@@ -40,7 +40,7 @@ class Learner:
     """MCQModel adapter (eval/adapter.py) around a loaded Exo2Ego learner."""
 
     def __init__(self, config, model, tokenizer, *, pixels_fn=None, max_new_tokens: int = 16):
-        from exo2ego_jax.methods.exo2ego import tokens_per_video
+        from exo2ego_jax.methods.exo2ego.method import tokens_per_video
         self.config, self.model, self.tok = config, model, tokenizer
         self.k = tokens_per_video(config)
         self.max_len = config.data.max_len
@@ -133,8 +133,8 @@ def eval_model(config, workdir: str) -> Learner:
 def evaluate_arrays(config, stage_dir: str, bench_json: str, *, batch_size: int = 16) -> dict[str, Any]:
     """Synthetic EgoBench accuracy of a finished learner, on the pre-decoded ego clips."""
     from exo2ego_jax.eval import loaders_mcq, runner
-    from exo2ego_jax.methods import exo2ego_data
-    from exo2ego_jax.methods.pipeline import resolve_stage  # noqa: F401  (documented entry point)
+    from exo2ego_jax.methods.exo2ego import data as exo2ego_data
+    from exo2ego_jax.methods.exo2ego.pipeline import resolve_stage  # noqa: F401  (documented entry point)
     import json
     arr = exo2ego_data.load_arrays(config.data.arrays)
     where = {(str(t), int(n)): i for i, (t, n) in enumerate(zip(arr["take"], arr["narration"]))}

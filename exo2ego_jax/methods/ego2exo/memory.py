@@ -5,13 +5,13 @@ builds the same pieces abstractly (parameter templates from `nnx.eval_shape`, op
 from `jax.eval_shape`, shardings from the logical-axis rules), lowers and compiles the trainer's
 own step function for the configured mesh, and returns XLA's per-device memory analysis.
 
-    from exo2ego_jax.methods import ego2exo_memory
+    from exo2ego_jax.methods.ego2exo import memory as ego2exo_memory
     report = ego2exo_memory.analyse(config, mesh)   # config: configs/ego2exo/student.py
 
 or from the shell (targets as in parallel/aot.py: `cpu:N` fake CPU devices, `tpu:TOPOLOGY` the
 TPU compiler through libtpu):
 
-    python -m exo2ego_jax.methods.ego2exo_memory --hardware tpu_v5e_64 --target tpu:v5e:8x8
+    python -m exo2ego_jax.methods.ego2exo.memory --hardware tpu_v5e_64 --target tpu:v5e:8x8
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def abstract_batch(config, batch: int, sharding) -> dict[str, jax.ShapeDtypeStru
 
 def analyse(config, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
     """Parameter counts, shapes and compiled per-device memory of one optimizer step."""
-    from exo2ego_jax.methods import ego2exo
+    from exo2ego_jax.methods.ego2exo import method as ego2exo
     mesh = mesh or mesh_lib.make_mesh(config.hardware)
     tc = config.train
     build = lambda: ego2exo.build_model(config, nnx.Rngs(0))  # noqa: E731

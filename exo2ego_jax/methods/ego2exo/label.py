@@ -38,7 +38,7 @@ import numpy as np
 
 from exo2ego_jax.data.egoexo4d import EgoExo4D
 from exo2ego_jax.eval.records import VideoRef
-from exo2ego_jax.methods import ego2exo_prompts as prompts_lib
+from exo2ego_jax.methods.ego2exo import prompts as prompts_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,8 @@ def segment_records(seg: Segment, questions: list[tuple[str, str]], answers: lis
 def teacher_runner(config, mesh):
     """(VideoLLMRunner, teacher description) for config.label's teacher on `mesh`."""
     from exo2ego_jax.data import pipeline
-    from exo2ego_jax.methods import ego2exo, ego2exo_infer
+    from exo2ego_jax.methods.ego2exo import method as ego2exo
+    from exo2ego_jax.methods.ego2exo import infer as ego2exo_infer
     lb = config.label
     if lb.teacher_workdir:
         cfg = ego2exo_infer.load_run_config(lb.teacher_workdir)

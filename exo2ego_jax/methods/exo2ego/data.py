@@ -151,7 +151,7 @@ def _examples(config, split: str) -> list[dict[str, Any]]:
         out = [dict(clip=int(i), exo=-1, prompt=CAPTION_PROMPT, answer=str(arr["text"][i]), train_text=True)
                for i in sel if str(arr["take"][i]) in labelled]
     elif d.mode == "ego_qa":
-        from exo2ego_jax.eval import egobench_synthetic as eb
+        from exo2ego_jax.synthetic import egobench as eb
         where = {(str(t), int(n)): int(i) for i, t, n in zip(range(len(arr["take"])), arr["take"], arr["narration"])}
         items = eb.generate(d.world, take_names=sorted(labelled), seed=d.label_seed,
                             categories=tuple(d.get("qa_categories", eb.CATEGORIES)),
@@ -232,7 +232,7 @@ def num_examples(config, split: str) -> int:
 
 def make_dataset(config, split: str, process_index: int, process_count: int):
     """The stage's training batches (a Grain IterDataset with a checkpointable iterator)."""
-    from exo2ego_jax.methods.exo2ego import tokens_per_video
+    from exo2ego_jax.methods.exo2ego.method import tokens_per_video
     d = config.data
     k = tokens_per_video(config)
     g = config.train.global_batch

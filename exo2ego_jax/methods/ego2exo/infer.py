@@ -29,7 +29,7 @@ from exo2ego_jax import generate as gen_lib
 from exo2ego_jax.data import pipeline_ops
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.eval.records import VideoRef
-from exo2ego_jax.methods.ego2exo_prompts import VIDEO_TOKEN
+from exo2ego_jax.methods.ego2exo.prompts import VIDEO_TOKEN
 
 # End-of-turn markers of common chat templates; a generated one ends the answer like EOS.
 END_OF_TURN = ("<|end|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>")
@@ -208,7 +208,7 @@ def runner_from_run(run_dir: str, *, hardware=None, data_overrides: dict | None 
     for k, v in (data_overrides or {}).items():
         cfg.data[k] = v
     if "num_frames" in (data_overrides or {}):
-        from exo2ego_jax.methods import ego2exo
+        from exo2ego_jax.methods.ego2exo import method as ego2exo
         ego2exo.sync_data_fields(cfg)
     cfg.train.init_from = run_dir
     t0 = time.time()
