@@ -13,11 +13,14 @@ stage-1 demonstrator shared by every seed; -1 = one per seed), workers=-1 (proce
 per core), variants=a_exo2ego+b_ego_only (any of a_exo2ego, b_ego_only, c_no_kl, joined by '+').
 See exo2ego_jax/methods/exo2ego/demo.py for what runs and docs/exo2ego.md for the numbers.
 """
+import os
+
 from exo2ego_jax import config_lib
 from exo2ego_jax.synthetic import scene
 from exo2ego_jax.methods.exo2ego import config as ec
 
 ConfigDict = config_lib.ConfigDict
+HERE = os.path.dirname(os.path.abspath(__file__))
 # Held-out questions the exo view can inform (object, verb) plus the ego-only 'hand'; 'next' is
 # left out: the task scripts fix what follows what, so a text prior answers much of it.
 CATEGORIES = ("object", "verb", "hand")
@@ -28,7 +31,8 @@ DISTRACTORS = "balanced"
 def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction: float,
            image_size: int, patch_size: int, num_frames: int, max_len: int, train_llm: bool,
            shift: int, width: int) -> ConfigDict:
-    c = ec.stage_config(stage)
+    c = config_lib.load(os.path.join(HERE, "exo2ego", f"{ec.STAGE_NAMES[stage]}.py"))  # the paper's stage
+    c.unlock()
     # merge_mlp2x_gelu (token merge + MLP) instead of STC: same role, a fraction of the compile
     # time on CPU; the merge pools each frame's patch grid to 2x2: 4 frames = 16 tokens per video.
     c.model = ec.tiny_model(image_size=image_size, patch_size=patch_size, connector="merge_mlp2x_gelu",
@@ -39,7 +43,7 @@ def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction
     c.exo2ego.lora_rank = 16 if stage == 3 else 0  # tiny LLM: r 16 (paper: r 128 on Mistral-7B)
     c.exo2ego.lora_alpha = 32.0  # keeps the paper's alpha / r = 2
     c.exo2ego.lora_dropout = 0.0  # tiny data: no adapter dropout (paper: 0.1)
-    c.train.groups = ec.stage_groups(stage, lr, train_llm=train_llm)
+    c.train.groups = ec.with_lr(c.train.groups, lr, train_llm=train_llm)
     c.train.epochs = 0.0  # the demo counts steps, not epochs
     c.train.steps = steps  # optimizer steps of this stage
     c.train.global_batch = batch  # clips per step

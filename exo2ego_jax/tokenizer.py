@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 DEFAULT_EXTRA_TOKENS = ("<video>", "<probe>")
@@ -93,7 +92,3 @@ def resize_token_embeddings(model, new_vocab: int, *, rng: jax.Array | None = No
     model.cfg = dataclasses.replace(model.cfg, vocab_size=new_vocab)
     return model
 
-
-def pad_vocab(n: int, multiple: int = 128) -> int:
-    """Vocab rounded up to a multiple (keeps the vocab axis shardable and MXU-friendly)."""
-    return int(np.ceil(n / multiple) * multiple)

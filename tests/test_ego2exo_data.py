@@ -16,7 +16,7 @@ def test_student_batch_labels_only_answers(world, tmp_path):  # noqa: F811
                                   num_probes=3, steps=1, lr=1e-3)
     c.train.global_batch = 4
     c.data.shuffle = False
-    batch = next(iter(ego2exo.make_dataset(c, "train", 0, 1)))
+    batch = next(iter(ego2exo.Ego2Exo(c).dataset("train", 0, 1)))
     from exo2ego_jax.data import pipeline
     tok = pipeline.load_tokenizer(c.data)
     samples = json.load(open(caps["exo_captions"]))

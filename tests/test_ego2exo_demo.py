@@ -55,7 +55,7 @@ def _shapes(config, names):
     from flax import nnx
     from exo2ego_jax.methods.ego2exo import method as ego2exo
     with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: ego2exo.build_model(config, nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda: ego2exo.Ego2Exo(config).build_model(nnx.Rngs(0)))
     flat = {"/".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     return {n: flat[n] for n in names}
 

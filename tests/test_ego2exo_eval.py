@@ -98,7 +98,7 @@ def test_adapter_answers_synthetic_benchmark(bench, world):  # noqa: F811
     c.data.tokenizer = world[1]
     c.data.sampling = "uniform"
     with nnx.use_eager_sharding(False):
-        model = ego2exo.build_model(c, nnx.Rngs(0))
+        model = ego2exo.Ego2Exo(c).build_model(nnx.Rngs(0))
     r = ego2exo_infer.VideoLLMRunner(model, pipeline.load_tokenizer(c.data), c.data, text_budget=96)
     adapter = ego2exo_infer.Ego2ExoAdapter(r, max_new_tokens=4)
     recs = loaders_mcq.load_ego_in_exo(b["annotation"], b["video_dir"], views=("exo",))[:4]

@@ -18,7 +18,7 @@ EAVT = 16 * 1152 + 26 * 4 * (1152 * 1152 + 1152) + PROJECTOR  # probes + 26 run 
 def test_student_parameter_counts_and_groups():
     c = load_config("configs/ego2exo/student.py")
     with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: ego2exo.build_model(c, nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda: ego2exo.Ego2Exo(c).build_model(nnx.Rngs(0)))
     flat = {"/".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     groups = optim.assign_groups(list(flat), c.train.groups)
     size = lambda pred: sum(int(np.prod(v.shape)) for p, v in flat.items() if pred(p))  # noqa: E731
