@@ -162,3 +162,21 @@ def test_padded_frames_are_invisible_with_frame_mask(setup):
     t0, p0 = model.visual(jnp.asarray(pix))
     np.testing.assert_allclose(np.asarray(t1), np.asarray(t0), atol=1e-6)
     np.testing.assert_allclose(np.asarray(p1), np.asarray(p0), atol=1e-6)
+
+
+def test_lora_dropout_draws_from_the_loss_rng():
+    """The student's LoRA dropout (paper: 0.05) changes the LoRA gradients with the step's rng."""
+    c = _config(num_probes=2, lora_rank=4)
+    assert c.ego2exo.lora_dropout == 0.05
+    method = ego2exo.Ego2Exo(c)
+    model = method.build_model(nnx.Rngs(0))
+    batch = _batch(c, np.random.default_rng(5), 0)
+
+    def lora_b_grads(rng):
+        g = nnx.grad(lambda m: method.loss(m, batch, rng)[0])(model)
+        return {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(g) if k[-1] == "lora_b"}
+
+    g1, g2, g1_again = lora_b_grads(jax.random.key(1)), lora_b_grads(jax.random.key(2)), lora_b_grads(jax.random.key(1))
+    assert g1 and any(np.abs(v).sum() > 0 for v in g1.values())
+    assert all(np.array_equal(g1[k], g1_again[k]) for k in g1)  # same rng, same masks
+    assert not all(np.array_equal(g1[k], g2[k]) for k in g1)

@@ -77,10 +77,9 @@ class Ego2Exo:
 
     def loss(self, model: Ego2ExoModel, batch: dict[str, jax.Array], rng: jax.Array):
         """Answer-only cross-entropy of the teacher's answer given (exo) video + question."""
-        if any(getattr(m, "lora_dropout", None) is not None for _, m in nnx.iter_graph(model.llm)):
-            nnx.reseed(model.llm, dropout=rng)  # fresh LoRA dropout masks every step
+        # `rng` draws the LoRA dropout masks (a fresh key every step).
         logits = model(batch["input_ids"], _pixels(batch), batch["attention_mask"], batch.get("video_mask"),
-                       frame_mask=batch.get("frame_mask"))
+                       frame_mask=batch.get("frame_mask"), dropout_rng=rng)
         loss, n = losses.answer_cross_entropy(logits, batch["labels"], batch.get("example_mask"))
         acc = losses.token_accuracy(logits, batch["labels"], batch.get("example_mask"))
         # loss_weight: the step weights accumulated micro-batches by their answer tokens (train/step.py).

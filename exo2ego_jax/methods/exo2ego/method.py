@@ -81,19 +81,20 @@ def _maps_mask(video_mask: jax.Array, feats: jax.Array, bv: int) -> jax.Array:
     return video_mask.reshape((bv,) + (1,) * (feats.ndim - 2))
 
 
-def _vtg(model: Exo2EgoModel, batch, visual: jax.Array, ex_mask) -> tuple[jax.Array, dict]:
+def _vtg(model: Exo2EgoModel, batch, visual: jax.Array, ex_mask, rng: jax.Array) -> tuple[jax.Array, dict]:
     b = batch["input_ids"].shape[0]
     visual = visual.reshape(b, -1, visual.shape[-1])
-    logits = model.llm_logits(batch["input_ids"], batch["attention_mask"], visual)
+    logits = model.llm_logits(batch["input_ids"], batch["attention_mask"], visual, dropout_rng=rng)
     vtg, n = train_losses.answer_cross_entropy(logits, batch["labels"], ex_mask)
     acc = train_losses.token_accuracy(logits, batch["labels"], ex_mask)
     return vtg, {"tokens": n, "token_accuracy": acc}
 
 
 def loss(lc: LossConfig, model: Exo2EgoModel, batch: dict[str, jax.Array], rng: jax.Array):
-    """Weighted sum of this stage's losses; metrics carry each term unweighted."""
-    if any(getattr(m, "lora_dropout", None) is not None for _, m in nnx.iter_graph(model.llm)):
-        nnx.reseed(model.llm, dropout=rng)  # fresh LoRA dropout masks every step
+    """Weighted sum of this stage's losses; metrics carry each term unweighted.
+
+    `rng` draws the LoRA dropout masks (a fresh key every step: the trainer folds in the step).
+    """
     key = "exo_pixels" if lc.stage == 1 else "ego_pixels"
     if key not in batch:
         raise KeyError(f"exo2ego stage {lc.stage}: batch has no {key!r} (keys: {sorted(batch)})")
@@ -109,7 +110,7 @@ def loss(lc: LossConfig, model: Exo2EgoModel, batch: dict[str, jax.Array], rng: 
                 continue
             enc = getattr(model, name)
             tok = enc.tokens(enc.patches(batch[pk]))
-            vtg, m = _vtg(model, batch, tok, ex_mask)
+            vtg, m = _vtg(model, batch, tok, ex_mask, jax.random.fold_in(rng, len(metrics)))
             total = total + lc.vtg_weight * vtg
             metrics[f"vtg_{name}"] = vtg
             metrics.update({f"{k}_{name}": x for k, x in m.items()})
@@ -117,7 +118,7 @@ def loss(lc: LossConfig, model: Exo2EgoModel, batch: dict[str, jax.Array], rng: 
 
     x, _ = model.space_features(model.ego, batch["ego_pixels"])
     fx = model.apply_map("f", x)
-    vtg, m = _vtg(model, batch, model.learner_tokens(x, fx), ex_mask)
+    vtg, m = _vtg(model, batch, model.learner_tokens(x, fx), ex_mask, rng)
     total = lc.vtg_weight * vtg
     metrics.update(vtg=vtg, **m)
     if lc.stage == 2 and lc.needs_exo:

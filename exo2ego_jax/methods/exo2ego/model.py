@@ -165,13 +165,17 @@ class Exo2EgoModel(nnx.Module):
         return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     # -- LLM ----------------------------------------------------------------------------------
-    def llm_logits(self, input_ids: Array, attention_mask: Array, visual: Array) -> Array:
-        """Logits with visual tokens [B, V*K, D] spliced in at the `<video>` placeholders."""
+    def llm_logits(self, input_ids: Array, attention_mask: Array, visual: Array,
+                   dropout_rng: Array | None = None) -> Array:
+        """Logits with visual tokens [B, V*K, D] spliced in at the `<video>` placeholders.
+
+        `dropout_rng` turns on LoRA dropout (training); without it the LLM is deterministic.
+        """
         # '<video>' may lie outside the LLM vocabulary (Mistral: id 32000 of 32000); its rows are
         # replaced by visual tokens, so embed a valid id there.
         safe = jnp.where(input_ids == self.video_token_id, 0, input_ids)
         embeds = shard_batch(splice(self.llm.embed(safe), input_ids, visual, self.video_token_id))
-        logits, _ = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
+        logits, _ = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, dropout_rng=dropout_rng)
         return shard_batch(logits)
 
 
