@@ -145,6 +145,9 @@ def stage_base(stage: int, *, hardware: str = "cpu", size: str = "full", job: st
 def apply_tiny(c: ConfigDict) -> ConfigDict:
     """Turns a stage config into its `size=tiny` smoke-run version, in place (after its values)."""
     c.model = tiny_model()
+    # Room for a synthetic world's word-level tokenizer (a few hundred words; job synthetic_world):
+    # an id past the vocabulary would embed as NaN.
+    c.model.llm.vocab_size = 1024
     c.data.num_frames = 4  # tiny clips
     c.data.max_len = 64  # tiny text
     c.data.image_size = c.model.vision.image_size  # the tiny tower's input side
