@@ -35,7 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from exo2ego_jax.data import pipeline, records, synthetic_tokenizer, video  # noqa: E402
+from exo2ego_jax.data import pipeline, records, video  # noqa: E402
+from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer  # noqa: E402
 
 
 def make_world(root: str, num_takes: int, seconds: float, seed: int = 0) -> str:

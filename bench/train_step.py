@@ -36,7 +36,7 @@ def main(argv):
 
     s = setup_lib.build(config)
     state = s.init_state()
-    it = iter(s.method.make_dataset(config, "train", jax.process_index(), jax.process_count()))
+    it = iter(s.method.dataset("train", jax.process_index(), jax.process_count()))
     locals_ = [next(it) for _ in range(_STEPS.value + 2)]
     batches = [s.global_batch(b) for b in locals_]
     compiled, compile_s, mem = s.compile(batches[0])
@@ -50,11 +50,9 @@ def main(argv):
     jax.block_until_ready(state)
     dt = (time.perf_counter() - t0) / _STEPS.value
 
-    tokens = (np.mean([s.method.tokens_in_batch(b) for b in locals_]) * jax.process_count()
-              if hasattr(s.method, "tokens_in_batch") else float("nan"))
-    flops_ex = (s.method.flops_per_example(config) if hasattr(s.method, "flops_per_example")
-                else metrics_lib.compiled_flops(compiled) * jax.device_count()
-                / config.train.global_batch)
+    tokens = np.mean([s.method.tokens_in_batch(b) for b in locals_]) * jax.process_count()
+    flops_ex = (s.method.flops_per_example()
+                or metrics_lib.compiled_flops(compiled) * jax.device_count() / config.train.global_batch)
     peak = metrics_lib.peak_flops(override=config.hardware.peak_flops)
     mfu = metrics_lib.mfu(flops_ex * config.train.global_batch, dt, jax.device_count(), peak)
     if jax.process_index() == 0:

@@ -12,13 +12,16 @@ s2_steps=300 / s3_steps=160 (per stage, before `steps` scales them), s3_lr=1e-3 
 s3_enc_lr=2e-4 (stage-3 LR of the ego encoder and F; 0 = frozen), teacher_seed=0 (one
 stage-1 demonstrator shared by every seed; -1 = one per seed), workers=-1 (processes, -1 = one
 per core), variants=a_exo2ego+b_ego_only (any of a_exo2ego, b_ego_only, c_no_kl, joined by '+').
-See exo2ego_jax/methods/exo2ego_demo.py for what runs and docs/exo2ego.md for the numbers.
+See exo2ego_jax/methods/exo2ego/demo.py for what runs and docs/exo2ego.md for the numbers.
 """
+import os
+
 from exo2ego_jax import config_lib
-from exo2ego_jax.data import synthetic_scene as scene
-from exo2ego_jax.methods import exo2ego_config as ec
+from exo2ego_jax.synthetic import scene
+from exo2ego_jax.methods.exo2ego import config as ec
 
 ConfigDict = config_lib.ConfigDict
+HERE = os.path.dirname(os.path.abspath(__file__))
 # Held-out questions the exo view can inform (object, verb) plus the ego-only 'hand'; 'next' is
 # left out: the task scripts fix what follows what, so a text prior answers much of it.
 CATEGORIES = ("object", "verb", "hand")
@@ -29,7 +32,9 @@ DISTRACTORS = "balanced"
 def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction: float,
            image_size: int, patch_size: int, num_frames: int, max_len: int, train_llm: bool,
            shift: int, width: int, hardware: str) -> ConfigDict:
-    c = ec.stage_config(stage, hardware=hardware)
+    c = config_lib.load(os.path.join(HERE, "exo2ego", f"{ec.STAGE_NAMES[stage]}.py"),
+                        f"hardware={hardware}")  # the paper's stage
+    c.unlock()
     # merge_mlp2x_gelu (token merge + MLP) instead of STC: same role, a fraction of the compile
     # time on CPU; the merge pools each frame's patch grid to 2x2: 4 frames = 16 tokens per video.
     c.model = ec.tiny_model(image_size=image_size, patch_size=patch_size, connector="merge_mlp2x_gelu",
@@ -40,7 +45,7 @@ def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction
     c.exo2ego.lora_rank = 16 if stage == 3 else 0  # tiny LLM: r 16 (paper: r 128 on Mistral-7B)
     c.exo2ego.lora_alpha = 32.0  # keeps the paper's alpha / r = 2
     c.exo2ego.lora_dropout = 0.0  # tiny data: no adapter dropout (paper: 0.1)
-    c.train.groups = ec.stage_groups(stage, lr, train_llm=train_llm)
+    c.train.groups = ec.with_lr(c.train.groups, lr, train_llm=train_llm)
     c.train.epochs = 0.0  # the demo counts steps, not epochs
     c.train.steps = steps  # optimizer steps of this stage
     c.train.global_batch = batch  # clips per step
@@ -113,7 +118,7 @@ def get_config(arg: str | None = None):
     b3.train.groups = s3.train.groups  # same stage-3 recipe
 
     c = ConfigDict()
-    c.job = "demo"  # exo2ego_jax/methods/exo2ego_demo.py:run
+    c.job = "demo"  # exo2ego_jax/methods/exo2ego/demo.py:run
     c.hardware = config_lib.hardware_preset(a.hardware)  # main.py sets its XLA / LIBTPU flags
     if a.hardware == "cpu":
         # LLVM -O1: a third of the compile time of the default -O3 for these tiny programs, same
@@ -137,7 +142,7 @@ def get_config(arg: str | None = None):
     dm.tokenizer_stems = True
     dm.categories = CATEGORIES  # synthetic EgoBench question kinds (eval/egobench_synthetic.py)
     dm.distractors = DISTRACTORS  # how wrong answers are drawn
-    w = dm.world = ConfigDict()  # overrides of data/synthetic.py world_config()
+    w = dm.world = ConfigDict()  # overrides of synthetic/world.py world_config()
     w.num_takes = a.takes  # world size; many takes keep the tiny towers from memorising takes
     w.val_fraction = 0.1  # 64 held-out takes: ~1100 benchmark questions (standard error ~1.5 points)
     w.fps = 5  # 5 fps renders 6x faster than 30 and is plenty for 4-frame clips of ~1 s actions

@@ -20,7 +20,7 @@ picks the option with the highest log-likelihood, for models that do not answer 
 
 `base` names the training config (configs/<base>.py; its own args go in `base_arg`, with ';'
 between them) whose model and method fields the evaluation reuses; without it, a bare config for
-`method` is built. The model comes from `exo2ego_jax/methods/<method>.py:eval_model(config, workdir)`
+`method` is built. The model comes from the method's `eval_model(workdir)` (exo2ego_jax/methods/__init__.py)
 (or `adapter=module:function`). Results: `results.json` and `results.md` in the workdir.
 Benchmarks (';'-separated here, ','-separated in --config.eval.benchmarks): egoschema, egoplan,
 egoplan2, qaego4d_closed, egotaskqa, vlnqa, ego_in_exo, adlx_charades_ar, adlx_smarthome_ar,

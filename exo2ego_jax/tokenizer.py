@@ -179,7 +179,3 @@ def resize_token_embeddings(model, new_vocab: int, *, rng: jax.Array | None = No
     model.cfg = dataclasses.replace(model.cfg, vocab_size=new_vocab)
     return model
 
-
-def pad_vocab(n: int, multiple: int = 128) -> int:
-    """Vocab rounded up to a multiple (keeps the vocab axis shardable and MXU-friendly)."""
-    return int(np.ceil(n / multiple) * multiple)

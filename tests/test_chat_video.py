@@ -18,7 +18,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import chat as chat_config  # noqa: E402
 from exo2ego_jax import chat  # noqa: E402
-from exo2ego_jax.data import synthetic_tokenizer as stok  # noqa: E402
+from exo2ego_jax.synthetic import tokenizer as stok  # noqa: E402
 from exo2ego_jax.data import video as video_lib  # noqa: E402
 from exo2ego_jax.models.mllm import VideoLLM, VideoLLMConfig  # noqa: E402
 from exo2ego_jax.models.vit import VisionConfig  # noqa: E402

@@ -23,7 +23,7 @@ def test_saved_on_8_devices_restores_on_4(tmp_path):
     s8 = setup_lib.build(config)
     assert s8.mesh.devices.size == 8
     state = s8.init_state()
-    it = iter(s8.method.make_dataset(config, "train", 0, 1))
+    it = iter(s8.method.dataset("train", 0, 1))
     state, _ = s8.step_fn(state, s8.frozen, s8.other, s8.global_batch(next(it)))
     next(it)  # the iterator position is part of the checkpoint too
     ckpt = ckpt_lib.Checkpointer(str(tmp_path), config.train)
@@ -34,7 +34,7 @@ def test_saved_on_8_devices_restores_on_4(tmp_path):
     config.hardware.ici_data, config.hardware.ici_fsdp = 1, -1
     mesh4 = mesh_lib.make_mesh(config.hardware, jax.devices()[:4])
     s4 = setup_lib.build(config, mesh=mesh4)
-    it4 = iter(s4.method.make_dataset(config, "train", 0, 1))
+    it4 = iter(s4.method.dataset("train", 0, 1))
     ckpt4 = ckpt_lib.Checkpointer(str(tmp_path), config.train)
     assert ckpt4.latest_step() == 1
     restored = ckpt4.restore(1, s4.abstract_state, it4)

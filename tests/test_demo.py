@@ -33,7 +33,7 @@ def test_demo_config_regime():
 # The README's main job at toy scale, in the fast suite: ~2 minutes on 2 cores (8 compiles of tiny steps
 # on 2 worker processes, then a resume that trains nothing).
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
-    from exo2ego_jax.methods import exo2ego_demo
+    from exo2ego_jax.methods.exo2ego import demo as exo2ego_demo
     c = demo_config("seeds=1,steps=0.01,takes=5,image=32,variants=a_exo2ego+b_ego_only+c_no_kl")
     with c.unlocked():
         c.demo.world.num_workers = 0
@@ -63,7 +63,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert res2["shared"]["a_exo2ego/seed0/first-stage"]["train_s"] >= res["shared"]["a_exo2ego/seed0/first-stage"]["train_s"] > 0
     assert all(res2["runs"][k]["train_s"] >= r["train_s"] > 0 for k, r in res["runs"].items())
     # The recognition probe reads the finished stages (exo view for stage 1, learner input after).
-    from exo2ego_jax.methods import exo2ego_demo_probe as probe
+    from exo2ego_jax.methods.exo2ego import demo_probe as probe
     for stage in ("stage1", "stage2"):
         p = probe.caption_probe(c, str(tmp_path), variant="a_exo2ego", stage=stage, split="train", batch=4)
         assert p["colour"]["tokens"] > 0 and p["shape"]["tokens"] > 0 and p["other"]["tokens"] > 0

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from exo2ego_jax.methods import exo2ego_demo as demo
+from exo2ego_jax.methods.exo2ego import demo
 from tests.test_demo import demo_config
 
 PATHS = {"tokenizer": "/tok", "clips": "/clips.npz", "world": "/world", "vocab": 100}

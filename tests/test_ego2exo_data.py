@@ -3,7 +3,8 @@ import json
 
 import numpy as np
 
-from exo2ego_jax.methods import ego2exo, ego2exo_demo
+from exo2ego_jax.methods.ego2exo import method as ego2exo
+from exo2ego_jax.methods.ego2exo import demo as ego2exo_demo
 from test_label_job import load_config, world  # noqa: F401  (shared session fixture)
 
 
@@ -15,7 +16,7 @@ def test_student_batch_labels_only_answers(world, tmp_path):  # noqa: F811
                                   num_probes=3, steps=1, lr=1e-3)
     c.train.global_batch = 4
     c.data.shuffle = False
-    batch = next(iter(ego2exo.make_dataset(c, "train", 0, 1)))
+    batch = next(iter(ego2exo.Ego2Exo(c).dataset("train", 0, 1)))
     from exo2ego_jax.data import pipeline
     tok = pipeline.load_tokenizer(c.data)
     samples = json.load(open(caps["exo_captions"]))
@@ -42,7 +43,8 @@ def test_demo_world_fields_make_the_acting_hand_visible():
     side of the actor; ego_look_hand < 1 keeps the ego gaze between straight ahead and the hand; the
     defaults (0 / 1) leave every script and trajectory exactly as before."""
     import types
-    from exo2ego_jax.data import synthetic, synthetic_scene as scene
+    from exo2ego_jax.synthetic import world as synthetic
+    from exo2ego_jax.synthetic import scene
 
     def sim(seed, **over):
         cfg = synthetic.world_config().to_dict()

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from exo2ego_jax.methods import ego2exo_demo
+from exo2ego_jax.methods.ego2exo import demo as ego2exo_demo
 from test_label_job import load_config, world  # noqa: F401  (shared session fixture)
 
 
@@ -14,7 +14,7 @@ def test_student_trains_probes_with_the_trainer(world, tmp_path):  # noqa: F811
     """Two trainer steps of an EAVT student from a teacher checkpoint: the probe vectors, EAVT and the
     projector move, the frozen tower does not, and a reloaded model carries the trained probes."""
     import jax
-    from exo2ego_jax.methods import ego2exo_infer
+    from exo2ego_jax.methods.ego2exo import infer as ego2exo_infer
     from exo2ego_jax.train import checkpoint as ckpt_lib
     root, tok = world
     config = load_config("configs/ego2exo/demo.py", "small")
@@ -53,9 +53,9 @@ def test_student_trains_probes_with_the_trainer(world, tmp_path):  # noqa: F811
 
 def _shapes(config, names):
     from flax import nnx
-    from exo2ego_jax.methods import ego2exo
+    from exo2ego_jax.methods.ego2exo import method as ego2exo
     with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: ego2exo.build_model(config, nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda: ego2exo.Ego2Exo(config).build_model(nnx.Rngs(0)))
     flat = {"/".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     return {n: flat[n] for n in names}
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from exo2ego_jax.eval import egoinexo_synthetic as eie
+from exo2ego_jax.synthetic import egoinexo as eie
 from exo2ego_jax.eval import loaders_mcq, prompts, runner
 from exo2ego_jax.eval.parsing import parse_answer
 from test_label_job import load_config, world  # noqa: F401  (shared session fixture)
@@ -90,14 +90,15 @@ def test_adapter_answers_synthetic_benchmark(bench, world):  # noqa: F811
     from flax import nnx
 
     from exo2ego_jax.data import pipeline
-    from exo2ego_jax.methods import ego2exo, ego2exo_infer
+    from exo2ego_jax.methods.ego2exo import method as ego2exo
+    from exo2ego_jax.methods.ego2exo import infer as ego2exo_infer
     root, b = bench
     c = load_config("configs/ego2exo/label.py", "tiny")
     c.unlock()
     c.data.tokenizer = world[1]
     c.data.sampling = "uniform"
     with nnx.use_eager_sharding(False):
-        model = ego2exo.build_model(c, nnx.Rngs(0))
+        model = ego2exo.Ego2Exo(c).build_model(nnx.Rngs(0))
     r = ego2exo_infer.VideoLLMRunner(model, pipeline.load_tokenizer(c.data), c.data, text_budget=96)
     adapter = ego2exo_infer.Ego2ExoAdapter(r, max_new_tokens=4)
     recs = loaders_mcq.load_ego_in_exo(b["annotation"], b["video_dir"], views=("exo",))[:4]
@@ -114,7 +115,7 @@ def test_hand_balanced_accuracy_scores_one_hand_answers_at_fifty():
     """3 left / 1 right hand questions: always 'left' is 75% plain but 50% balanced; other views and
     categories do not count."""
     from exo2ego_jax.eval.records import MCQRecord, VideoRef
-    from exo2ego_jax.methods.ego2exo_demo import hand_balanced_accuracy
+    from exo2ego_jax.methods.ego2exo.demo import hand_balanced_accuracy
     opts = ("C opens the red box with the left hand.", "C opens the red box with the right hand.")
 
     def rec(i, truth, view="exo", cat="hand"):

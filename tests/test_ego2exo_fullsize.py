@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from exo2ego_jax.methods import ego2exo
+from exo2ego_jax.methods.ego2exo import method as ego2exo
 from exo2ego_jax.train import optim
 from test_label_job import load_config
 
@@ -18,7 +18,7 @@ EAVT = 16 * 1152 + 26 * 4 * (1152 * 1152 + 1152) + PROJECTOR  # probes + 26 run 
 def test_student_parameter_counts_and_groups():
     c = load_config("configs/ego2exo/student.py")
     with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: ego2exo.build_model(c, nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda: ego2exo.Ego2Exo(c).build_model(nnx.Rngs(0)))
     flat = {"/".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     groups = optim.assign_groups(list(flat), c.train.groups)
     size = lambda pred: sum(int(np.prod(v.shape)) for p, v in flat.items() if pred(p))  # noqa: E731
@@ -37,7 +37,7 @@ def test_student_parameter_counts_and_groups():
 @pytest.mark.slow
 def test_student_step_compiles_on_fake_devices():
     """eval_shape + AOT compile of the real train step for 8 devices; memory per device reported."""
-    from exo2ego_jax.methods import ego2exo_memory
+    from exo2ego_jax.methods.ego2exo import memory as ego2exo_memory
     c = load_config("configs/ego2exo/student.py", "hardware=tpu_v5e_64")
     assert jax.device_count() == 8
     r = ego2exo_memory.analyse(c)

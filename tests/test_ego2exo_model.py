@@ -6,7 +6,10 @@ import pytest
 from flax import nnx
 
 from exo2ego_jax import config_lib
-from exo2ego_jax.methods import ego2exo, ego2exo_config
+from exo2ego_jax.methods.ego2exo import method as ego2exo
+from exo2ego_jax.methods.ego2exo import model as ego2exo_model
+from exo2ego_jax.train import losses
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
 from exo2ego_jax.train import optim
 
 B, V, F, S = 2, 1, 2, 16  # batch, videos per sample, frames, image side
@@ -19,7 +22,7 @@ def _config(num_probes=3, lora_rank=4):
     c.ego2exo = ego2exo_config.method_block()
     c.ego2exo.lora_rank = lora_rank
     c.data = ego2exo_config.data_block(image_size=S, num_frames=F)
-    ego2exo.sync_data_fields(c)
+    ego2exo_model.sync_data_fields(c)
     c.train.groups = ego2exo_config.student_groups(1e-5, 2e-6)
     return c
 
@@ -28,7 +31,7 @@ def _config(num_probes=3, lora_rank=4):
 def setup():
     c = _config(lora_rank=0)  # LoRA paths are checked abstractly below (eager LoRA init is slow)
     with nnx.use_eager_sharding(False):
-        model = ego2exo.build_model(c, nnx.Rngs(0))
+        model = ego2exo.Ego2Exo(c).build_model(nnx.Rngs(0))
     # Make the tower's attention weights distinct from a fresh init so the copy check means something.
     attn = model.vision.layers.attn
     attn.q_proj.kernel.value = attn.q_proj.kernel.value * 3.0 + 0.1
@@ -98,7 +101,7 @@ def test_loss_is_answer_only(setup):
 
     @nnx.jit
     def run(m, b):
-        loss, metrics = ego2exo.loss_fn(m, b, jax.random.key(0), None)
+        loss, metrics = ego2exo.Ego2Exo(c).loss(m, b, jax.random.key(0))
         return loss, metrics, m(b["input_ids"], b["pixels"], b["attention_mask"])
 
     loss, m, logits = run(model, batch)
@@ -109,14 +112,14 @@ def test_loss_is_answer_only(setup):
     mask = tgt >= 0
     manual = -logp[np.arange(B)[:, None], np.arange(tgt.shape[1])[None], np.where(mask, tgt, 0)][mask].mean()
     np.testing.assert_allclose(float(loss), manual, rtol=1e-5)
-    _, n1, _ = ego2exo.answer_cross_entropy(logits, batch["labels"], jnp.asarray([1, 0], jnp.int32))
+    _, n1 = losses.answer_cross_entropy(logits, batch["labels"], jnp.asarray([1, 0], jnp.int32))
     assert float(n1) == 3  # a padding example (example_mask 0) contributes nothing
 
 
 def test_groups_train_probes_and_freeze_tower():
     c = _config()
     with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: ego2exo.build_model(c, nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda: ego2exo.Ego2Exo(c).build_model(nnx.Rngs(0)))
     paths = ["/".join(map(str, k)) for k, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
     g = optim.assign_groups(paths, c.train.groups)
     lr = {p: c.train.groups[i][1] for p, i in g.items()}
@@ -159,3 +162,21 @@ def test_padded_frames_are_invisible_with_frame_mask(setup):
     t0, p0 = model.visual(jnp.asarray(pix))
     np.testing.assert_allclose(np.asarray(t1), np.asarray(t0), atol=1e-6)
     np.testing.assert_allclose(np.asarray(p1), np.asarray(p0), atol=1e-6)
+
+
+def test_lora_dropout_draws_from_the_loss_rng():
+    """The student's LoRA dropout (paper: 0.05) changes the LoRA gradients with the step's rng."""
+    c = _config(num_probes=2, lora_rank=4)
+    assert c.ego2exo.lora_dropout == 0.05
+    method = ego2exo.Ego2Exo(c)
+    model = method.build_model(nnx.Rngs(0))
+    batch = _batch(c, np.random.default_rng(5), 0)
+
+    def lora_b_grads(rng):
+        g = nnx.grad(lambda m: method.loss(m, batch, rng)[0])(model)
+        return {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(g) if k[-1] == "lora_b"}
+
+    g1, g2, g1_again = lora_b_grads(jax.random.key(1)), lora_b_grads(jax.random.key(2)), lora_b_grads(jax.random.key(1))
+    assert g1 and any(np.abs(v).sum() > 0 for v in g1.values())
+    assert all(np.array_equal(g1[k], g1_again[k]) for k in g1)  # same rng, same masks
+    assert not all(np.array_equal(g1[k], g2[k]) for k in g1)

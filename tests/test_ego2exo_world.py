@@ -4,7 +4,9 @@ import types
 import numpy as np
 import pytest
 
-from exo2ego_jax.data import synthetic, synthetic_render as render_lib, synthetic_scene as scene
+from exo2ego_jax.synthetic import world as synthetic
+from exo2ego_jax.synthetic import render as render_lib
+from exo2ego_jax.synthetic import scene
 
 
 def _cfg(**kw):
@@ -41,7 +43,8 @@ def test_hand_rgb_rejects_more_than_two_colours():
 def test_hand_probe_labels_and_runs(tmp_path):
     """ego2exo_probe: clip labels come from the right narration; a short probe trains and reports."""
     import json
-    from exo2ego_jax.methods import ego2exo_probe, exo2ego_data
+    from exo2ego_jax.methods.ego2exo import probe as ego2exo_probe
+    from exo2ego_jax.methods.exo2ego import data as exo2ego_data
     world, clips = str(tmp_path / "world"), str(tmp_path / "clips.npz")
     ego2exo_probe.build(world, clips, takes=3, image=16, frames=2,
                         overrides={"num_workers": 0, "val_fraction": 0.34})

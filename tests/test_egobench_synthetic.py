@@ -5,12 +5,12 @@ import os
 import numpy as np
 import pytest
 
-from exo2ego_jax.eval import egobench_synthetic as eb
+from exo2ego_jax.synthetic import egobench as eb
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from exo2ego_jax.data import synthetic
+    from exo2ego_jax.synthetic import world as synthetic
     root = tmp_path_factory.mktemp("egobench_world")
     wc = synthetic.world_config()
     wc.num_takes, wc.fps, wc.exo_size, wc.ego_size = 6, 5, (32, 18), 16

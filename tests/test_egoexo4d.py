@@ -1,4 +1,4 @@
-"""Ego-Exo4D reader on the literal FORMATS.md section 1 examples and on their tolerated variants."""
+"""Ego-Exo4D reader on the literal docs/formats.md section 1 examples and on their tolerated variants."""
 import copy
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 from exo2ego_jax.data import egoexo4d, video
 from exo2ego_jax.data.skips import SkipCounter
 
-# Literal examples of docs/FORMATS.md 1.2, 1.5, 1.6, 1.7 (values invented there).
+# Literal examples of docs/formats.md 1.2, 1.5, 1.6, 1.7 (values invented there).
 UID = "00000000-0000-4000-8000-000000000001"
 TAKES = json.loads("""
 [{"take_uid": "00000000-0000-4000-8000-000000000001", "take_name": "synth_cooking_01_2",

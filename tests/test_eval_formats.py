@@ -1,4 +1,4 @@
-"""Benchmark loaders on the literal example records of FORMATS.md section 2 (copied verbatim)."""
+"""Benchmark loaders on the literal example records of docs/formats.md section 2 (copied verbatim)."""
 import json
 import os
 
@@ -7,7 +7,7 @@ import pytest
 from exo2ego_jax.eval import loaders_mcq as mcq
 from exo2ego_jax.eval import loaders_retrieval as ret
 
-# ---- Literal examples, verbatim from /work/shared/reference/FORMATS.md section 2 ----------------
+# ---- Literal examples, verbatim from docs/formats.md section 2 ----------------
 EGOSCHEMA_QUESTIONS = r"""[{"q_uid": "00000000-0000-4000-8000-00000000f001", "google_drive_id": "synthid",
   "question": "What is the overall goal of c's actions in the video?",
   "option 0": "C cleans the kitchen.", "option 1": "C prepares tea.", "option 2": "C repairs a bike.",
@@ -65,7 +65,7 @@ def egomcq_completed() -> dict:
 
 
 def charades_classes_text() -> str:
-    """157 class lines; the first one is FORMATS.md's literal line."""
+    """157 class lines; the first one is docs/formats.md's literal line."""
     return "\n".join([CHARADES_CLASS_LINE] + [f"c{i:03d} Class number {i}" for i in range(1, 157)]) + "\n"
 
 

@@ -5,15 +5,27 @@ import os
 import numpy as np
 import pytest
 
-from exo2ego_jax.eval import egobench_synthetic as eb
+from exo2ego_jax import config_lib
+from exo2ego_jax.synthetic import egobench as eb
 from exo2ego_jax.eval import loaders_mcq
-from exo2ego_jax.methods import exo2ego_config as ec
-from exo2ego_jax.methods import exo2ego_data
+from exo2ego_jax.methods.exo2ego import config as ec
+from exo2ego_jax.methods.exo2ego import data as exo2ego_data
+from exo2ego_jax.methods.exo2ego.model import tokens_per_video
+
+
+def stage_config(stage: int, hardware: str = "cpu"):
+    """configs/exo2ego/stage<N>_*.py (the paper's stage), unlocked for the test to shrink."""
+    c = config_lib.load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                     "exo2ego", f"{ec.STAGE_NAMES[stage]}.py"), f"hardware={hardware}")
+    c.unlock()
+    return c
+
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from exo2ego_jax.data import synthetic, synthetic_tokenizer
+    from exo2ego_jax.synthetic import world as synthetic
+    from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
     root = tmp_path_factory.mktemp("e2e_world")
     wc = synthetic.world_config()
     wc.num_takes, wc.fps, wc.exo_size, wc.ego_size = 5, 10, (48, 28), 32
@@ -59,7 +71,7 @@ def test_written_benchmark_loads_with_the_qaego4d_closed_loader(world, tmp_path)
 
 
 def _cfg(world, stage, mode, fraction=0.5):
-    c = ec.stage_config(stage)
+    c = stage_config(stage)
     c.model = ec.tiny_model(image_size=16, patch_size=8, connector="mlp2x_gelu")
     c.data.source, c.data.mode = "arrays", mode
     c.data.arrays, c.data.world, c.data.tokenizer = str(world / "clips.npz"), str(world / "world"), str(world / "tok")
@@ -99,12 +111,15 @@ def test_ego_labels_are_scarce_and_exo_abundant(world):
     assert {e["clip"] for e in qa} <= labelled  # QA only on the labelled ego clips
 
 
+def _dataset(c):
+    return exo2ego_data.make_dataset(c, "train", 0, 1, tokens_per_video=tokens_per_video(c))
+
+
 def test_stage_batches(world):
-    from exo2ego_jax.methods.exo2ego import tokens_per_video
     for stage, mode, keys in ((1, "exo_captions", {"exo_pixels"}), (2, "pairs", {"ego_pixels", "exo_pixels"}),
                               (3, "ego_qa", {"ego_pixels"})):
         c = _cfg(world, stage, mode)
-        batch = next(iter(exo2ego_data.make_dataset(c, "train", 0, 1)))
+        batch = next(iter(_dataset(c)))
         pix = {k for k in batch if k.endswith("pixels")}
         assert pix == keys, (stage, pix)
         assert batch["input_ids"].shape == (4, 96)
@@ -115,11 +130,11 @@ def test_stage_batches(world):
 
 def test_shift_augment_translates_each_clip_by_one_offset(world):
     s = 3
-    plain = next(iter(exo2ego_data.make_dataset(_cfg(world, 2, "pairs"), "train", 0, 1)))
+    plain = next(iter(_dataset(_cfg(world, 2, "pairs"))))
     c = _cfg(world, 2, "pairs")
     c.data.shift_augment = s
-    shifted = next(iter(exo2ego_data.make_dataset(c, "train", 0, 1)))
-    again = next(iter(exo2ego_data.make_dataset(c, "train", 0, 1)))
+    shifted = next(iter(_dataset(c)))
+    again = next(iter(_dataset(c)))
     np.testing.assert_array_equal(shifted["input_ids"], plain["input_ids"])  # same examples, same order
     moved = 0
     for key in ("ego_pixels", "exo_pixels"):

@@ -1,5 +1,5 @@
 """The demo's recognition probe: caption words sorted into the classes the exo view can teach."""
-from exo2ego_jax.methods import exo2ego_demo_probe as probe
+from exo2ego_jax.methods.exo2ego import demo_probe as probe
 
 
 def test_word_classes_follow_the_world_vocabulary():

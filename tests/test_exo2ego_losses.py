@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from exo2ego_jax.methods.exo2ego_losses import cycle_loss, feature_kl, l1, vtg_loss
+from exo2ego_jax.methods.exo2ego.losses import cycle_loss, feature_kl, l1
 
 L3 = math.log(3.0)
 Y = jnp.array([[0.0, L3]])  # softmax = [1/4, 3/4]
@@ -63,18 +63,3 @@ def test_cycle_both_directions_by_hand():
     np.testing.assert_allclose(fwd_only, 0.75)
     assert "cycle_bwd" not in parts
     np.testing.assert_allclose(l1(gfx, x, mask=jnp.array([1, 0])), 1.0)  # only row 0: (0 + 2) / 2
-
-
-def test_vtg_answer_tokens_only_by_hand():
-    # Position t predicts token t+1: labels[0, 1] is predicted by logits[0, 0].
-    logits = jnp.zeros((2, 3, 2)).at[0, 0].set(jnp.array([0.0, L3])).at[1, 1].set(jnp.array([L3, 0.0]))
-    labels = jnp.array([[-100, 1, -100], [-100, -100, 1]])
-    loss, n = vtg_loss(logits, labels)
-    want = (-math.log(0.75) - math.log(0.25)) / 2
-    np.testing.assert_allclose(loss, want, rtol=1e-6)
-    assert float(n) == 2.0
-    loss, n = vtg_loss(logits, labels, example_mask=jnp.array([1, 0]))
-    np.testing.assert_allclose(loss, -math.log(0.75), rtol=1e-6)
-    assert float(n) == 1.0
-    loss, n = vtg_loss(logits, jnp.full((2, 3), -100))
-    assert float(loss) == 0.0 and float(n) == 0.0

@@ -6,18 +6,27 @@ import os
 import pytest
 
 from exo2ego_jax import config_lib
-from exo2ego_jax.methods import exo2ego_config as ec
-from exo2ego_jax.methods import pipeline as pipeline_lib
+from exo2ego_jax.methods.exo2ego import config as ec
+from exo2ego_jax.methods.exo2ego import pipeline as pipeline_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stage_config(stage: int, hardware: str = "cpu"):
+    """configs/exo2ego/stage<N>_*.py (the paper's stage), unlocked for the test to shrink."""
+    c = config_lib.load(os.path.join(ROOT, "configs", "exo2ego", f"{ec.STAGE_NAMES[stage]}.py"), f"hardware={hardware}")
+    c.unlock()
+    return c
 
 
 def _cfg(stage):
-    c = ec.stage_config(stage)
+    c = stage_config(stage)
     c.train.steps = 1
     return c
 
 
 def make_pipeline():
-    return pipeline_lib.pipeline_config({"s1": _cfg(1), "s2": _cfg(2), "s3": _cfg(3)},
+    return ec.stages_config({"s1": _cfg(1), "s2": _cfg(2), "s3": _cfg(3)},
                                         sources={"s3": ("^llm/=s1",)})
 
 
@@ -32,7 +41,7 @@ def test_resolve_stage_wires_previous_and_sources(tmp_path):
 
 
 def test_bad_source_is_named(tmp_path):
-    p = pipeline_lib.pipeline_config({"s1": _cfg(1), "s2": _cfg(2)}, sources={"s2": ("^ego/=nope",)})
+    p = ec.stages_config({"s1": _cfg(1), "s2": _cfg(2)}, sources={"s2": ("^ego/=nope",)})
     with pytest.raises(ValueError, match="nope"):
         pipeline_lib.resolve_stage(p, "s2", str(tmp_path))
 
@@ -69,9 +78,6 @@ def _load(path):
     return mod
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 @pytest.mark.parametrize("name,stage,batch,lr,warmup,epochs", [
     ("stage0_init", 0, 512, 1e-3, 0.1, 5.0),
     ("stage1_demonstrator", 1, 256, 1e-4, 0.03, 2.0),
@@ -92,7 +98,26 @@ def test_stage_configs_carry_paper_hparams(name, stage, batch, lr, warmup, epoch
 
 
 def test_full_size_tokens():
-    from exo2ego_jax.methods.exo2ego import tokens_per_video
-    c2, c1 = ec.stage_config(2), ec.stage_config(1)
+    from exo2ego_jax.methods.exo2ego.model import tokens_per_video
+    c2, c1 = stage_config(2), stage_config(1)
     assert tokens_per_video(c1) == 1152  # 16 x 24 x 24 -> 8 x 12 x 12 (STC)
     assert tokens_per_video(c2) == 2304  # concat(x, F(x))
+
+
+@pytest.mark.parametrize("name", ["stage0_init", "stage1_demonstrator", "stage2_guidance", "stage3_practice"])
+def test_tiny_stage_is_coherent(name):
+    """size=tiny: the data fields fit the tiny tower (frames resized to its input side)."""
+    c = _load(os.path.join(ROOT, "configs", "exo2ego", f"{name}.py")).get_config("size=tiny")
+    assert c.data.image_size == c.model.vision.image_size == 32
+    assert (c.train.epochs, c.train.steps, c.train.global_batch) == (0.0, 2, 8)
+    assert c.exo2ego.lora_rank == (4 if name == "stage3_practice" else 0)
+
+
+def test_pipeline_config_loads_the_stage_files():
+    p = _load(os.path.join(ROOT, "configs", "exo2ego", "pipeline.py")).get_config(
+        "size=tiny,records_dir=/r,tokenizer=/t")
+    assert p.order == ("stage1_demonstrator", "stage2_guidance", "stage3_practice")
+    for name in p.order:
+        full = _load(os.path.join(ROOT, "configs", "exo2ego", f"{name}.py")).get_config("size=tiny")
+        assert p.stages[name].train.groups == full.train.groups
+        assert (p.stages[name].data.records_dir, p.stages[name].data.tokenizer) == ("/r", "/t")

@@ -1,20 +1,33 @@
 """Exo2Ego stages with the real trainer: exactly the intended parameters change, the rest stay
 bit-identical; stage chaining loads the right sub-trees."""
+import os
 import re
 
 import jax
 import numpy as np
 import pytest
 
-from exo2ego_jax.methods import exo2ego, exo2ego_config as ec
+from exo2ego_jax import config_lib
+from exo2ego_jax.methods import common
+from exo2ego_jax.methods.exo2ego import method as exo2ego
+from exo2ego_jax.methods.exo2ego import model as exo2ego_model
+from exo2ego_jax.methods.exo2ego import config as ec
 from exo2ego_jax.train import setup as setup_lib
 from exo2ego_jax.train import state as state_lib
 
 INTENDED = {1: r"^exo/", 2: r"^(ego|mapping_f|mapping_g)/", 3: r"^(ego|mapping_f)/|/lora_[ab]$"}
 
+def stage_config(stage: int, hardware: str = "cpu"):
+    """configs/exo2ego/stage<N>_*.py (the paper's stage), unlocked for the test to shrink."""
+    c = config_lib.load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                     "exo2ego", f"{ec.STAGE_NAMES[stage]}.py"), f"hardware={hardware}")
+    c.unlock()
+    return c
+
+
 
 def tiny_stage(stage: int, **overrides):
-    c = ec.stage_config(stage)
+    c = stage_config(stage)
     c.model = ec.tiny_model(vocab_size=32, width=32, vit_width=32, image_size=16, patch_size=8,
                             connector="mlp2x_gelu", mapping_width=8, mapping_blocks=1)
     c.data.num_frames = 2
@@ -23,7 +36,7 @@ def tiny_stage(stage: int, **overrides):
     c.train.steps = 2
     c.train.global_batch = 2
     c.train.warmup_steps = 0
-    c.train.groups = ec.stage_groups(stage, 1e-2)
+    c.train.groups = ec.with_lr(stage_config(stage).train.groups, 1e-2)
     c.exo2ego.lora_rank = 4 if stage == 3 else 0
     c.exo2ego.lora_dropout = 0.0
     for k, v in overrides.items():
@@ -32,7 +45,7 @@ def tiny_stage(stage: int, **overrides):
 
 
 def fake_batch(config, seed=0):
-    k = exo2ego.tokens_per_video(config)
+    k = exo2ego_model.tokens_per_video(config)
     t = config.data.max_len
     rng = np.random.default_rng(seed)
     ids = rng.integers(10, 32, (2, t)).astype(np.int32)
@@ -85,19 +98,19 @@ def test_stage_changes_exactly_its_groups(stage):
 
 
 def test_stage_modules():
-    assert exo2ego.modules_for_stage(1) == exo2ego.modules_for_stage(1, "connector")
-    m1, m2, m3 = (exo2ego.modules_for_stage(s) for s in (1, 2, 3))
+    assert exo2ego_model.modules_for_stage(1) == exo2ego_model.modules_for_stage(1, "connector")
+    m1, m2, m3 = (exo2ego_model.modules_for_stage(s) for s in (1, 2, 3))
     assert (m1.ego, m1.exo, m1.f, m1.g) == (False, True, False, False)
     assert (m2.ego, m2.exo, m2.f, m2.g) == (True, True, True, True)
     assert (m3.ego, m3.exo, m3.f, m3.g) == (True, False, True, False)  # G dropped in stage 3
-    assert exo2ego.modules_for_stage(3, "patch").exo  # F(x) goes through the frozen exo connector
+    assert exo2ego_model.modules_for_stage(3, "patch").exo  # F(x) goes through the frozen exo connector
 
 
 @pytest.mark.slow  # three model builds + one train-step compile
 def test_chaining_loads_the_right_subtrees(tmp_path):
     from exo2ego_jax.train import checkpoint as ckpt_lib
     c1 = tiny_stage(1)
-    c1.train.groups = ec.stage_groups(1, 1e-2, train_llm=True)  # demo-style stage 1: LLM trains too
+    c1.train.groups = ec.with_lr(stage_config(1).train.groups, 1e-2, train_llm=True)  # demo-style stage 1: LLM trains too
     # Save a stage-1 checkpoint the way the trainer does.
     s1b = setup_lib.build(c1, one_device_mesh())
     st = s1b.init_state()
@@ -123,17 +136,17 @@ def test_chaining_loads_the_right_subtrees(tmp_path):
 
     c3 = tiny_stage(3)
     c3.exo2ego.init_sources = (f"^llm/={tmp_path / 's1'}",)
-    model = exo2ego.build_model(c3, __import__("flax").nnx.Rngs(0))
-    names = exo2ego.load_from_checkpoint(model, str(tmp_path / "s1"), "^llm/")
+    model = exo2ego.Exo2Ego(c3).build_model(__import__("flax").nnx.Rngs(0))
+    names = common.load_from_checkpoint(model, str(tmp_path / "s1"), "^llm/", field="config.exo2ego.init_sources")
     assert names and all(n.startswith("llm/") and "lora" not in n for n in names)
-    got = exo2ego._state_flat(model)
+    got = common.param_variables(model)
     for n in names:
         np.testing.assert_array_equal(np.asarray(got[n].get_value()), trained1[n], err_msg=n)
 
 
 def test_shard_batch_pins_batch_axis_only_under_a_mesh():
     import jax.numpy as jnp
-    from exo2ego_jax.methods.exo2ego_model import shard_batch
+    from exo2ego_jax.methods.exo2ego.model import shard_batch
     x = jnp.ones((8, 3))
     assert shard_batch(x) is x  # no mesh context: identity
     mesh = jax.make_mesh((2, 4, 1), ("data", "fsdp", "tensor"),

@@ -5,7 +5,7 @@ from exo2ego_jax.data import instructions
 from exo2ego_jax.data.skips import SkipCounter
 from test_pipeline_fixtures import make_world
 
-# The literal example of FORMATS.md section 3.
+# The literal example of docs/formats.md section 3.
 FORMATS_EXAMPLE = """
 [{"id": "synth_000001", "video": "videos/synth_cooking_01_2_aria01_214-1.mp4",
   "conversations": [{"from": "human", "value": "<video>\\nDescribe what the camera wearer is doing."},

@@ -5,9 +5,11 @@ import os
 
 import pytest
 
-from exo2ego_jax.data import synthetic, synthetic_tokenizer
-from exo2ego_jax.methods import ego2exo, ego2exo_prompts as P
-from exo2ego_jax.methods import label as label_lib
+from exo2ego_jax.synthetic import world as synthetic
+from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
+from exo2ego_jax.methods.ego2exo import method as ego2exo
+from exo2ego_jax.methods.ego2exo import prompts as P
+from exo2ego_jax.methods.ego2exo import label as label_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

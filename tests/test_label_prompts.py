@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from exo2ego_jax.methods import ego2exo_prompts as P
+from exo2ego_jax.methods.ego2exo import prompts as P
 
 
 def test_twelve_templates_in_three_categories():
@@ -65,7 +65,7 @@ def test_validate_llava_json_names_bad_record(tmp_path):
 def test_frame_count_buckets_one_fps():
     from types import SimpleNamespace
 
-    from exo2ego_jax.methods.label import Segment, frame_count
+    from exo2ego_jax.methods.ego2exo.label import Segment, frame_count
     lb = SimpleNamespace(sampling="fps", sample_fps=1.0, max_frames=180, frame_buckets=(8, 16, 32, 64, 128, 180))
     seg = lambda dur: Segment("s", "u", "t", 10.0, 10.0 + dur, "ego.mp4", {"cam01": "cam01.mp4"})  # noqa: E731
     assert [frame_count(seg(d), lb) for d in (0.3, 8.0, 8.5, 100.0, 170.0, 600.0)] == [8, 8, 16, 128, 180, 180]

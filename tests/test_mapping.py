@@ -28,7 +28,7 @@ def test_resnet_generator_keeps_shape(gen, hw):
 def test_resnet_layout_matches_paper_defaults():
     with nnx.use_eager_sharding(False):  # shapes only: no parameter memory, no compute
         g = nnx.eval_shape(lambda: ResNetGenerator(16, MappingConfig(width=8), rngs=nnx.Rngs(0)))
-    assert len(g.blocks) == 9  # METHODS.md part A: 9 residual blocks
+    assert len(g.blocks) == 9  # Exo2Ego paper: 9 residual blocks
     assert len(g.down) == 2 and len(g.up) == 2
     assert g.blocks[0].a.conv.kernel.shape == (3, 3, 32, 32)  # width doubles per downsampling
     assert g.stem.conv.kernel.shape == (7, 7, 16, 8)

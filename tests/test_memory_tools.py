@@ -1,12 +1,23 @@
 """The full-size memory tools on the tiny Exo2Ego stage-2 model (same code path, CPU-sized shapes)."""
+import os
 import jax
 import pytest
 
-from exo2ego_jax.methods import exo2ego_config, exo2ego_memory
+from exo2ego_jax import config_lib
+from exo2ego_jax.methods.exo2ego import config as exo2ego_config
+from exo2ego_jax.methods.exo2ego import memory as exo2ego_memory
+
+def stage_config(stage: int, hardware: str = "cpu"):
+    """configs/exo2ego/stage<N>_*.py (the paper's stage), unlocked for the test to shrink."""
+    c = config_lib.load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                     "exo2ego", f"{exo2ego_config.STAGE_NAMES[stage]}.py"), f"hardware={hardware}")
+    c.unlock()
+    return c
+
 
 
 def _tiny_stage2(global_batch: int):
-    c = exo2ego_config.stage_config(2, hardware="tpu_v5p_128")  # fsdp=-1, remat on, bf16
+    c = stage_config(2, hardware="tpu_v5p_128")  # fsdp=-1, remat on, bf16
     c.model = exo2ego_config.tiny_model()
     c.data.num_frames, c.data.max_len = 4, 64
     c.train.global_batch = global_batch

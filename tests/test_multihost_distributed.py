@@ -42,7 +42,7 @@ def run_steps(steps: int = 3) -> dict:
     config = tiny_config()
     s = setup_lib.build(config)
     state = s.init_state()
-    it = iter(s.method.make_dataset(config, "train", jax.process_index(), jax.process_count()))
+    it = iter(s.method.dataset("train", jax.process_index(), jax.process_count()))
     losses = []
     for _ in range(steps):
         state, m = s.step_fn(state, s.frozen, s.other, s.global_batch(next(it)))

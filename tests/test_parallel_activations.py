@@ -61,7 +61,7 @@ def _step_temp_bytes(n_devices: int, batch: int) -> float:
         return state_lib.unflatten({p: jax.ShapeDtypeStruct(tmpl[p].shape, tmpl[p].dtype,
                                                             sharding=parts.shardings[p]) for p in names})
 
-    def loss_fn(model, b, rng, aux):
+    def loss_fn(model, b, rng):
         return jnp.mean(jnp.square(model(b["pixels"]))), {}
 
     tx = optax.sgd(1e-3)

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from exo2ego_jax.data import synthetic_tokenizer
+from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
 from exo2ego_jax.data.video import encode_mp4
 
 NUM_FRAMES = 60  # 2 s at 30 fps

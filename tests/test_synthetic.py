@@ -6,7 +6,10 @@ import types
 import numpy as np
 import pytest
 
-from exo2ego_jax.data import egoexo4d, synthetic, synthetic_render, synthetic_scene, video
+from exo2ego_jax.data import egoexo4d, video
+from exo2ego_jax.synthetic import world as synthetic
+from exo2ego_jax.synthetic import render as synthetic_render
+from exo2ego_jax.synthetic import scene as synthetic_scene
 
 
 def tiny_config(num_takes=3, seed=7):
@@ -122,7 +125,7 @@ def test_job_run_and_config(tmp_path):
     with pytest.raises(AttributeError):
         config.data.num_take = 2  # locked: misspelt fields are errors
     from exo2ego_jax.jobs import JOBS
-    assert JOBS["synthetic_world"] == "exo2ego_jax.data.synthetic:run"
+    assert JOBS["synthetic_world"] == "exo2ego_jax.synthetic.world:run"
     config.unlock()
     config.data.num_workers = 0
     config.data.action_seconds = (0.3, 0.4)

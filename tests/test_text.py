@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from exo2ego_jax.data import synthetic_tokenizer, text
+from exo2ego_jax.data import text
+from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
 
 IGNORE = text.IGNORE_INDEX
 CONV = [{"from": "human", "value": "<video>\nDescribe what the camera wearer is doing."},

@@ -163,7 +163,7 @@ def test_bad_paths_and_configs_are_clear_errors(built, tmp_path):
 
 
 def test_synthetic_world_round_trips_ground_truth_attributes(tmp_path):
-    from exo2ego_jax.data import synthetic
+    from exo2ego_jax.synthetic import world as synthetic
 
     wc = synthetic.world_config()
     wc.num_takes, wc.fps, wc.exo_size, wc.ego_size = 2, 10, (48, 28), 32

@@ -22,7 +22,7 @@ def tiny(arg="", **fields):
 
 
 def batches(s, n):
-    it = iter(s.method.make_dataset(s.config, "train", 0, 1))
+    it = iter(s.method.dataset("train", 0, 1))
     return [s.global_batch(next(it)) for _ in range(n)]
 
 

@@ -22,7 +22,7 @@ from transformers.video_utils import VideoMetadata  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import chat as chat_config  # noqa: E402
 from exo2ego_jax import chat  # noqa: E402
-from exo2ego_jax.data import synthetic_tokenizer as stok  # noqa: E402
+from exo2ego_jax.synthetic import tokenizer as stok  # noqa: E402
 from exo2ego_jax.data import video as video_lib  # noqa: E402
 from exo2ego_jax.data import videollama3_processor as vp  # noqa: E402
 

@@ -5,7 +5,7 @@ Args (`synthetic.py:key=value`): num_takes=160, seed=0, tiny (a 6-take world for
 See docs/synthetic_world.md for what is in the world.
 """
 from exo2ego_jax import config_lib
-from exo2ego_jax.data.synthetic import world_config
+from exo2ego_jax.synthetic.world import world_config
 
 
 def get_config(arg: str | None = None):

@@ -10,8 +10,8 @@ Args: small, takes, teacher_steps, student_steps, image, patch, glove (dark glov
 exo_view ("best": answers paired with the take's best exo camera; "random": the paper's random camera).
 """
 from exo2ego_jax import config_lib
-from exo2ego_jax.data import synthetic
-from exo2ego_jax.methods import ego2exo_config
+from exo2ego_jax.synthetic import world as synthetic
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
 
 
 def get_config(arg: str | None = None):
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
     c.eval.batch_size = 16  # questions per adapter call
 
     d = c.demo = config_lib.ConfigDict()
-    d.world = synthetic.world_config()  # the synthetic world (data/synthetic.py)
+    d.world = synthetic.world_config()  # the synthetic world (synthetic/world.py)
     d.world.num_takes = a.takes or (8 if a.small else 64)  # takes (val_fraction of them held out)
     d.world.val_fraction = 0.25  # held-out takes for the Ego-in-Exo questions
     d.world.action_seconds = (0.5, 0.8)  # short actions: short clips, fast rendering

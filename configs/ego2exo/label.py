@@ -1,4 +1,4 @@
-"""Teacher labelling (job "label", Ego2ExoVLM METHODS.md part B): ego keystep segments -> LLaVA JSON.
+"""Teacher labelling (job "label", Ego2ExoVLM Ego2ExoVLM paper): ego keystep segments -> LLaVA JSON.
 
 A trained teacher (a trainer workdir of method ego2exo, e.g. the demo's teacher):
 
@@ -10,7 +10,8 @@ conversion): leave teacher_workdir empty and set --config.model.llm_hf / vision_
 and --config.data.tokenizer. Args: hardware=<preset>, tiny (CPU-sized random teacher for tests).
 """
 from exo2ego_jax import config_lib
-from exo2ego_jax.methods import ego2exo, ego2exo_config
+from exo2ego_jax.methods.ego2exo import model as ego2exo_model
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
 
 
 def get_config(arg: str | None = None):
@@ -27,5 +28,5 @@ def get_config(arg: str | None = None):
         c.label.max_frames = 4  # tiny teacher input: 1 fps, at most 4 frames ...
         c.label.frame_buckets = (2, 4)  # ... rounded up to 2 or 4
         c.label.max_new_tokens = 16  # short answers
-    ego2exo.sync_data_fields(c)
+    ego2exo_model.sync_data_fields(c)
     return config_lib.finalize(c)

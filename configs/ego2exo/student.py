@@ -1,4 +1,4 @@
-"""Ego2ExoVLM student (METHODS.md part B): exo video + teacher question -> teacher answer.
+"""Ego2ExoVLM student (Ego2ExoVLM paper): exo video + teacher question -> teacher answer.
 
 SigLIP-so400m/14-384 (frozen) -> 2x merge + mlp2x_gelu -> Qwen2.5-7B with LoRA r64/alpha16/dropout 0.05
 at 1e-5; projector, EAVT modules, probe vectors and probe projector at 2e-6; AdamW, cosine, 3% warmup,
@@ -12,7 +12,8 @@ weight decay 0, global batch 128, 3 epochs (all defaults are the paper's; see eg
 Args: hardware=<preset>, probes=<N> (0 = the no-EAVT ablation), frames=<cap of 1 fps sampling>.
 """
 from exo2ego_jax import config_lib
-from exo2ego_jax.methods import ego2exo, ego2exo_config
+from exo2ego_jax.methods.ego2exo import model as ego2exo_model
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
 
 
 def get_config(arg: str | None = None):
@@ -25,5 +26,5 @@ def get_config(arg: str | None = None):
         # 17.3 GiB of a v5e chip's 14.9; tensor 4 with one row per 4 chips needs 5.4 GiB.
         c.hardware.ici_tensor = 4
         c.hardware.per_device_batch = 1
-    ego2exo.sync_data_fields(c)
+    ego2exo_model.sync_data_fields(c)
     return config_lib.finalize(c)

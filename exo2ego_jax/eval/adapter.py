@@ -2,7 +2,7 @@
 
 Methods implement these with their real models (greedy KV-cache generation, log-likelihood of
 option continuations, text-video similarity) and expose a factory
-`eval_model(config, workdir) -> adapter` in `exo2ego_jax/methods/<name>.py` (or any
+`eval_model(workdir) -> adapter` of the method object (exo2ego_jax/methods/__init__.py; or any
 "module:function" named by `config.eval.adapter`). Prompts are plain user-turn text: the adapter
 applies its chat template and inserts its video placeholder. Calls are batched by the runner
 (`config.eval.batch_size`; the last batch is padded to full size so jitted shapes stay static).
@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from exo2ego_jax import methods as methods_lib
 from exo2ego_jax.eval.records import VideoRef
 
 
@@ -54,8 +55,10 @@ def resolve(spec: str) -> Any:
 
 
 def build_adapter(config, workdir: str) -> Any:
-    """The adapter named by `config.eval.adapter`, else `methods/<config.method>.py:eval_model`."""
-    spec = config.eval.get("adapter") or f"exo2ego_jax.methods.{config.method}:eval_model"
+    """The adapter named by `config.eval.adapter`, else the method's `eval_model(workdir)`."""
+    spec = config.eval.get("adapter")
+    if not spec:  # the method's own adapter
+        return methods_lib.build(config).eval_model(workdir)
     try:
         factory = resolve(spec)
     except (ImportError, AttributeError) as e:

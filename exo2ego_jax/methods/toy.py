@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from exo2ego_jax.methods import common
+from exo2ego_jax.train import losses
 from exo2ego_jax.train.step import remat_policy
 
 part = nnx.with_partitioning
@@ -69,27 +71,6 @@ class ToyLM(nnx.Module):
         return self.head(self.norm(x)).astype(jnp.float32)
 
 
-def build_model(config, rngs: nnx.Rngs) -> ToyLM:
-    m = config.model
-    return ToyLM(m.vocab, m.dim, m.layers, m.heads, m.mlp_dim,
-                 dtype=jnp.dtype(config.hardware.compute_dtype),
-                 remat=config.hardware.remat, rngs=rngs)
-
-
-def loss_fn(model, batch, rng, aux):
-    """Next-token cross entropy over positions whose label is not -100."""
-    del rng, aux
-    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
-    labels = batch["labels"][:, 1:]
-    valid = labels != -100
-    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.where(valid, labels, 0)[..., None],
-                              axis=-1)[..., 0]
-    n = jnp.maximum(valid.sum(), 1)
-    loss = jnp.where(valid, ce, 0.0).sum() / n
-    acc = jnp.where(valid, logits.argmax(-1) == labels, False).sum() / n
-    return loss, {"accuracy": acc, "loss_weight": valid.sum()}  # token mean: weight accumulation
-
-
 @dataclasses.dataclass(frozen=True)
 class ProgressionSource:
     """Random-access source: example i is a deterministic function of (seed, i)."""
@@ -111,32 +92,49 @@ class ProgressionSource:
                 "attention_mask": np.ones(self.seq_len, np.int32)}
 
 
-def make_dataset(config, split: str, process_index: int, process_count: int):
-    """Per-process batches of the global batch: process p gets rows [p*L, (p+1)*L) of each."""
-    g = config.train.global_batch
-    if g % process_count:
-        raise ValueError(f"config.train.global_batch={g} is not divisible by {process_count} processes")
-    local = g // process_count
-    seed = config.seed + (0 if split == "train" else 10_000)
-    src = ProgressionSource(config.model.vocab, config.data.seq_len, config.data.max_step, seed)
+class Toy:
+    """The toy method bound to its config (methods/__init__.py describes the interface)."""
 
-    def global_index(j):
-        return (j // local) * g + process_index * local + j % local
+    def __init__(self, config):
+        self.config = config
 
-    ds = (grain.MapDataset.range(len(src) // g * local)
-          .map(lambda j: src[global_index(j)])
-          .batch(local, drop_remainder=True))
-    return ds.to_iter_dataset()
+    def build_model(self, rngs: nnx.Rngs) -> ToyLM:
+        m, hw = self.config.model, self.config.hardware
+        return ToyLM(m.vocab, m.dim, m.layers, m.heads, m.mlp_dim, dtype=jnp.dtype(hw.compute_dtype),
+                     remat=hw.remat, rngs=rngs)
 
+    def loss(self, model: ToyLM, batch: dict[str, jax.Array], rng: jax.Array):
+        """Next-token cross entropy over positions whose label is not IGNORE_INDEX."""
+        del rng  # no dropout
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        loss, n = losses.answer_cross_entropy(logits, batch["labels"])
+        acc = losses.token_accuracy(logits, batch["labels"])
+        return loss, {"accuracy": acc, "loss_weight": n}  # token mean: weight accumulation
 
-def flops_per_example(config) -> float:
-    """Training FLOPs (forward + backward = 3x forward) of one sequence."""
-    m, t = config.model, config.data.seq_len
-    per_layer = 2 * (3 * m.dim * m.dim + m.dim * m.dim + 2 * m.dim * m.mlp_dim)
-    attn = 2 * 2 * t * m.dim  # scores and weighted sum, per token
-    fwd = t * (m.layers * (per_layer + attn) + 2 * m.dim * m.vocab)
-    return 3.0 * fwd
+    def dataset(self, split: str, process_index: int, process_count: int):
+        """Per-process batches of the global batch: process p gets rows [p*L, (p+1)*L) of each."""
+        config = self.config
+        g = config.train.global_batch
+        if g % process_count:
+            raise ValueError(f"config.train.global_batch={g} is not divisible by {process_count} processes")
+        local = g // process_count
+        seed = config.seed + (0 if split == "train" else 10_000)
+        src = ProgressionSource(config.model.vocab, config.data.seq_len, config.data.max_step, seed)
 
+        def global_index(j):
+            return (j // local) * g + process_index * local + j % local
 
-def tokens_in_batch(batch) -> int:
-    return int(np.asarray(batch["attention_mask"]).sum())
+        ds = (grain.MapDataset.range(len(src) // g * local)
+              .map(lambda j: src[global_index(j)])
+              .batch(local, drop_remainder=True))
+        return ds.to_iter_dataset()
+
+    def flops_per_example(self) -> float:
+        """Training FLOPs (forward + backward = 3x forward) of one sequence."""
+        m, t = self.config.model, self.config.data.seq_len
+        per_layer = 2 * (3 * m.dim * m.dim + m.dim * m.dim + 2 * m.dim * m.mlp_dim)
+        attn = 2 * 2 * t * m.dim  # scores and weighted sum, per token
+        fwd = t * (m.layers * (per_layer + attn) + 2 * m.dim * m.vocab)
+        return 3.0 * fwd
+
+    tokens_in_batch = staticmethod(common.tokens_in_batch)

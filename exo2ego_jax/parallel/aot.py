@@ -1,6 +1,6 @@
 """Devices to compile for without owning them: fake CPU devices, or a TPU slice through libtpu.
 
-The memory tools (methods/exo2ego_memory.py, methods/ego2exo_memory.py) lower the real train
+The memory tools (methods/exo2ego/memory.py, methods/ego2exo/memory.py) lower the real train
 step for a pod and read XLA's `memory_analysis()`. Two targets:
 
 * ``cpu:N``: N fake CPU devices (``--xla_force_host_platform_device_count``). Always available,
@@ -76,10 +76,3 @@ def devices_for(target: str) -> Sequence:
         return tpu_devices(rest)
     raise ValueError(f"target {target!r}: expected cpu:N or tpu:TOPOLOGY (e.g. tpu:v5p:4x4x4)")
 
-
-def memory_gib(compiled) -> dict[str, float]:
-    """XLA's per-device memory analysis in GiB (`total` = arguments + outputs + temp - aliased)."""
-    from exo2ego_jax.train import metrics as metrics_lib
-    rep = metrics_lib.memory_report(compiled)
-    return {k.replace("_size_in_bytes", "").replace("_bytes", ""): round(v / 2**30, 3)
-            for k, v in rep.items() if not k.startswith("generated")}

@@ -97,6 +97,3 @@ def variable_axes(var) -> tuple | None:
             return tuple(meta[key])
     return None
 
-
-def named(mesh: jax.sharding.Mesh, spec: P) -> NamedSharding:
-    return NamedSharding(mesh, spec)

@@ -80,7 +80,7 @@ def train(config, workdir: str) -> dict:
                  tc.global_batch // s.micro_batches, s.total_steps)
     metrics_lib.log_parameter_overview(s.trainable_init, s.frozen, workdir)
 
-    data = s.method.make_dataset(config, "train", jax.process_index(), jax.process_count())
+    data = s.method.dataset("train", jax.process_index(), jax.process_count())
     data_iter = iter(data)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), tc)
     start = ckpt.latest_step()
@@ -93,10 +93,9 @@ def train(config, workdir: str) -> dict:
         state = s.init_state()
 
     writer = metrics_lib.Writer(workdir)
-    flops_example = (s.method.flops_per_example(config)
-                     if hasattr(s.method, "flops_per_example") else 0.0)
+    flops_example = s.method.flops_per_example()
     peak = metrics_lib.resolve_peak_flops(config.hardware.peak_flops)
-    tokens_fn = getattr(s.method, "tokens_in_batch", None)
+    tokens_fn = s.method.tokens_in_batch
     agg = metrics_lib.Aggregator()
     preempt = _Preemption()
     progress = None

@@ -15,10 +15,11 @@ decides the activation memory of a long-sequence step.
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
+# LLaVA / VideoLLaMA IGNORE_INDEX. data/text.py writes the same value into its labels (the data
+# layer may not import train/; tests/test_losses.py checks that the two agree).
 IGNORE_INDEX = -100
 
 
@@ -173,3 +174,11 @@ def chunked_answer_cross_entropy(hidden: jax.Array, head_kernel: jax.Array, labe
     loss = _weighted_nll(h.reshape(k, chunk, d), head_kernel, targets.reshape(k, chunk),
                          weights.reshape(k, chunk))
     return loss, n
+
+
+def token_accuracy(logits: jax.Array, labels: jax.Array, example_mask: jax.Array | None = None
+                   ) -> jax.Array:
+    """Fraction of answer tokens whose argmax prediction is right (a metric: no gradient)."""
+    targets, valid = shifted_targets(labels, example_mask)
+    right = jnp.where(valid, jnp.argmax(jax.lax.stop_gradient(logits), -1) == targets, False)
+    return jnp.sum(right) / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)

@@ -5,7 +5,6 @@ Shared by the training loop, bench/train_step.py and tests, so they all run the 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
 import time
@@ -18,6 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from exo2ego_jax import methods as methods_lib
 from exo2ego_jax.parallel import mesh as mesh_lib
 from exo2ego_jax.train import checkpoint as ckpt_lib
 from exo2ego_jax.train import metrics as metrics_lib
@@ -26,23 +26,17 @@ from exo2ego_jax.train import state as state_lib
 from exo2ego_jax.train.step import make_train_step
 
 
-def load_method(name: str):
-    try:
-        return importlib.import_module(f"exo2ego_jax.methods.{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"exo2ego_jax.methods.{name}":
-            raise ValueError(f"config.method={name!r}: no module exo2ego_jax/methods/{name}.py") from e
-        raise
-
-
 def total_steps(config, method) -> int:
     tc = config.train
     if tc.epochs > 0:
         if not hasattr(method, "num_train_examples"):
-            raise ValueError(f"config.train.epochs={tc.epochs} needs methods/{config.method}.py to "
-                             "define num_train_examples(config); or set config.train.steps")
-        return max(1, int(math.ceil(tc.epochs * method.num_train_examples(config) / tc.global_batch)))
+            raise ValueError(f"config.train.epochs={tc.epochs} needs method {config.method!r} to "
+                             "define num_train_examples(); or set config.train.steps")
+        return max(1, int(math.ceil(tc.epochs * method.num_train_examples() / tc.global_batch)))
     return tc.steps
+
+
+_total_steps = total_steps  # `abstract`'s keyword of the same name shadows it
 
 
 def micro_batches(config, dp_size: int) -> int:
@@ -64,30 +58,90 @@ def micro_batches(config, dp_size: int) -> int:
 
 
 @dataclasses.dataclass
-class Setup:
+class Abstract:
+    """The shapes, shardings and jitted step of a run, without any parameter memory.
+
+    `train/loop.py` fills it with arrays (`build`); the memory tools lower `step_fn` on it.
+    """
     config: Any
     method: Any
     mesh: jax.sharding.Mesh
     parts: state_lib.ModelParts
-    frozen: dict
-    other: dict
-    trainable_init: dict | None  # initial trainable params (None once consumed by init_state)
     tx: optax.GradientTransformation
     schedules: dict[int, Callable]
     state_shardings: dict
-    abstract_state: dict
+    abstract_state: dict  # {"step", "params", "opt"} as ShapeDtypeStructs with shardings
+    abstract_frozen: dict
+    abstract_other: dict
     batch_sharding: NamedSharding
     micro_batches: int
     total_steps: int
     step_fn: Callable  # jitted step: (state, frozen, other, batch) -> (state, metrics)
-    aux: Any = None
+
+    def lower(self, batch: dict[str, jax.ShapeDtypeStruct]):
+        """Lowers the step for one global batch of these shapes (arrays or ShapeDtypeStructs)."""
+        abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
+                          for k, v in batch.items()}
+        return self.step_fn.lower(self.abstract_state, self.abstract_frozen, self.abstract_other,
+                                  abstract_batch)
+
+
+def abstract(config, mesh: jax.sharding.Mesh | None = None, *, total_steps: int | None = None) -> Abstract:
+    """Mesh, parameter shapes and shardings (nnx.eval_shape: no memory), optimizer and jitted step.
+
+    `total_steps` overrides the run length (tools that only lower the step need no data to count it).
+    """
+    method = methods_lib.build(config)
+    mesh = mesh or mesh_lib.make_mesh(config.hardware)
+    tc = config.train
+    k = micro_batches(config, mesh_lib.data_parallel_size(mesh))
+    steps = _total_steps(config, method) if total_steps is None else total_steps
+    # No mesh context here: the logical names on parameters are not mesh axes; placement
+    # comes from the rule table through out_shardings.
+    parts = state_lib.describe(lambda: method.build_model(nnx.Rngs(config.seed)), tc.groups, mesh)
+
+    def shapes(names):
+        return state_lib.unflatten({p: jax.ShapeDtypeStruct(parts.templates[p][1].get_value().shape,
+                                                            parts.templates[p][1].get_value().dtype,
+                                                            sharding=parts.shardings[p]) for p in names})
+
+    tx, schedules = optim.make_optimizer(tc, parts.labels, steps)
+    p_sh = parts.sharding_tree(parts.trainable)
+    p_abs = shapes(parts.trainable)
+    opt_sh, opt_abs = state_lib.opt_state_shardings(tx, p_abs, p_sh, mesh)
+    rep = NamedSharding(mesh, P())
+    state_sh = {"step": rep, "params": p_sh, "opt": opt_sh}
+    abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), "params": p_abs,
+                      "opt": state_lib.abstract_like(opt_abs, opt_sh)}
+    batch_sh = NamedSharding(mesh, P(mesh_lib.batch_axes()))
+    step = make_train_step(parts, method.loss, tx, micro_batches=k, mesh=mesh, seed=config.seed,
+                           skip_nonfinite=tc.nan_guard)
+    step_fn = jax.jit(step, in_shardings=(state_sh, parts.sharding_tree(parts.frozen),
+                                          parts.sharding_tree(parts.other), batch_sh),
+                      out_shardings=(state_sh, rep), donate_argnums=0)
+    return Abstract(config, method, mesh, parts, tx, schedules, state_sh, abstract_state,
+                    shapes(parts.frozen), shapes(parts.other), batch_sh, k, steps, step_fn)
+
+
+@dataclasses.dataclass
+class Setup:
+    """`Abstract` plus the run's arrays: frozen parameters, other variables, initial trainables."""
+    abstract: Abstract
+    frozen: dict
+    other: dict
+    trainable_init: dict | None  # initial trainable params (None once consumed by init_state)
+
+    def __getattr__(self, name):  # config, method, mesh, parts, tx, step_fn, ... of the Abstract
+        if name == "abstract":
+            raise AttributeError(name)
+        return getattr(self.abstract, name)
 
     def init_state(self) -> dict:
         """A fresh train state (parameters from init / load_pretrained / init_from)."""
         params, self.trainable_init = self.trainable_init, None
-        init = jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,
-                                  "opt": self.tx.init(p)},
-                       out_shardings=self.state_shardings, donate_argnums=0)
+        tx = self.abstract.tx
+        init = jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt": tx.init(p)},
+                       out_shardings=self.abstract.state_shardings, donate_argnums=0)
         return init(params)
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -100,10 +154,7 @@ class Setup:
     def compile(self, batch: dict[str, jax.Array]):
         """Ahead-of-time compile of the step for these batch shapes; logs memory analysis."""
         t0 = time.time()
-        abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
-                          for k, v in batch.items()}
-        lowered = self.step_fn.lower(self.abstract_state, self.frozen, self.other, abstract_batch)
-        compiled = lowered.compile()
+        compiled = self.abstract.lower(batch).compile()
         seconds = time.time() - t0
         mem = metrics_lib.memory_report(compiled)
         logging.info("compiled train step in %.1f s; memory per device: %s", seconds,
@@ -115,32 +166,25 @@ class Setup:
 
 
 def build(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
-    """Builds mesh, model parts (sharded at birth), optimizer and the jitted step."""
-    method = load_method(config.method)
-    mesh = mesh or mesh_lib.make_mesh(config.hardware)
-    tc = config.train
-    dp = mesh_lib.data_parallel_size(mesh)
-    k = micro_batches(config, dp)
-    steps = total_steps(config, method)
-
-    build_fn = lambda: method.build_model(config, nnx.Rngs(config.seed))
-    # No mesh context here: the logical names on parameters are not mesh axes; placement
-    # comes from the rule table through out_shardings.
-    parts = state_lib.describe(build_fn, tc.groups, mesh)
+    """`abstract(config, mesh)` plus parameters: init (sharded at birth), then the method's
+    `load_pretrained`, then `train.init_from`."""
+    a = abstract(config, mesh)
+    parts, method = a.parts, a.method
+    build_fn = lambda: method.build_model(nnx.Rngs(config.seed))  # noqa: E731
     trainable, frozen, other = state_lib.init_sharded(build_fn, parts)
     if hasattr(method, "load_pretrained"):
         model = parts.merge(trainable, frozen, other)
-        method.load_pretrained(model, config)
+        method.load_pretrained(model)
         trainable, frozen, other = jax.device_put(
             parts.split(model), (parts.sharding_tree(parts.trainable),
                                  parts.sharding_tree(parts.frozen),
                                  parts.sharding_tree(parts.other)))
-    if tc.init_from:
-        abstract = {p: jax.ShapeDtypeStruct(parts.templates[p][1].get_value().shape,
-                                            parts.templates[p][1].get_value().dtype,
-                                            sharding=parts.shardings[p])
-                    for p in parts.trainable + parts.frozen}
-        loaded, missing = ckpt_lib.load_params(tc.init_from, abstract)
+    if config.train.init_from:
+        abstract_params = {p: jax.ShapeDtypeStruct(parts.templates[p][1].get_value().shape,
+                                                   parts.templates[p][1].get_value().dtype,
+                                                   sharding=parts.shardings[p])
+                           for p in parts.trainable + parts.frozen}
+        loaded, missing = ckpt_lib.load_params(config.train.init_from, abstract_params)
         if missing:
             logging.warning("init_from: %d parameters not in the checkpoint keep their "
                             "initial values: %s", len(missing), missing[:10])
@@ -148,23 +192,4 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
         for p, v in loaded.items():
             (t_flat if p in t_flat else f_flat)[p] = v
         trainable, frozen = state_lib.unflatten(t_flat), state_lib.unflatten(f_flat)
-    aux = method.build_aux(config, mesh) if hasattr(method, "build_aux") else None
-
-    tx, schedules = optim.make_optimizer(tc, parts.labels, steps)
-    p_sh = parts.sharding_tree(parts.trainable)
-    p_abs = state_lib.abstract_like(jax.eval_shape(lambda x: x, trainable), p_sh)
-    opt_sh, opt_abs = state_lib.opt_state_shardings(tx, p_abs, p_sh, mesh)
-    rep = NamedSharding(mesh, P())
-    state_sh = {"step": rep, "params": p_sh, "opt": opt_sh}
-    abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), "params": p_abs,
-                      "opt": state_lib.abstract_like(opt_abs, opt_sh)}
-    batch_sh = NamedSharding(mesh, P(mesh_lib.batch_axes()))
-
-    step = make_train_step(parts, method.loss_fn, tx, micro_batches=k, mesh=mesh, aux=aux,
-                           seed=config.seed, skip_nonfinite=tc.nan_guard)
-    frozen_sh = parts.sharding_tree(parts.frozen)
-    other_sh = parts.sharding_tree(parts.other)
-    step_fn = jax.jit(step, in_shardings=(state_sh, frozen_sh, other_sh, batch_sh),
-                      out_shardings=(state_sh, rep), donate_argnums=0)
-    return Setup(config, method, mesh, parts, frozen, other, trainable, tx, schedules, state_sh,
-                 abstract_state, batch_sh, k, steps, step_fn, aux)
+    return Setup(a, frozen, other, trainable)

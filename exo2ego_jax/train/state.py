@@ -115,13 +115,5 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
                         tree, shardings)
 
 
-def param_count(tree: Nested) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(tree)))
-
-
-def replicated(mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
 __all__ = ["ModelParts", "describe", "init_sharded", "opt_state_shardings", "abstract_like",
-           "flatten", "unflatten", "param_count", "replicated"]
+           "flatten", "unflatten"]

@@ -1,7 +1,7 @@
 """The jitted train step: gradient accumulation over micro-batches, clipping, AdamW, NaN guard."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ from exo2ego_jax.train.state import ModelParts
 
 # Name of the remat policies understood by `remat_policy` (config.hardware.remat).
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-# Optional metric a loss_fn returns with a per-token mean loss: how many tokens it averaged. Then
+# Optional metric a loss returns with a per-token mean loss: how many tokens it averaged. Then
 # accumulated micro-batches are weighted by it, so the step equals the full batch's token mean
 # (plain micro-batch means would overweight micro-batches with short answers).
 LOSS_WEIGHT = "loss_weight"
@@ -46,10 +46,11 @@ def split_micro(batch: dict, k: int, mesh) -> dict:
 
 
 def make_train_step(parts: ModelParts, loss_fn: Callable, tx: optax.GradientTransformation,
-                    *, micro_batches: int, mesh, aux: Any = None, seed: int = 0,
+                    *, micro_batches: int, mesh, seed: int = 0,
                     skip_nonfinite: bool = True) -> Callable:
     """Returns `step(state, frozen, other, batch) -> (state, metrics)` (pure; jit it outside).
 
+    `loss_fn(model, batch, rng) -> (loss, metrics)` (a method's `loss`).
     state = {"step": int32 [], "params": trainable nested dict, "opt": optax state}.
     The step's rng is fold_in(PRNGKey(seed), step), so a resumed run draws the same numbers.
     With `skip_nonfinite`, a step whose loss or gradient norm is NaN/Inf leaves the state as it
@@ -57,7 +58,7 @@ def make_train_step(parts: ModelParts, loss_fn: Callable, tx: optax.GradientTran
     """
     def compute_loss(params, frozen, other, batch, rng):
         model = parts.merge(params, frozen, other)
-        loss, metrics = loss_fn(model, batch, rng, aux)
+        loss, metrics = loss_fn(model, batch, rng)
         return loss.astype(jnp.float32), metrics
 
     grad_fn = jax.value_and_grad(compute_loss, has_aux=True)

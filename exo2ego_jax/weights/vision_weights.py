@@ -202,11 +202,6 @@ def export_connector(connector: Connector, key_prefix: str = LLAVA_PROJECTOR_PRE
     return export(connector, connector_entries(connector.cfg), key_prefix, dtype=dtype)
 
 
-def save_hf(tensors: Mapping[str, np.ndarray], directory: str, **kw) -> list[str]:
-    """Writes exported tensors as HF safetensors (sharded past 5 GiB)."""
-    return sio.save_safetensors(tensors, directory, **kw)
-
-
 # ----------------------------------------------------------------------------- full checkpoints
 
 

@@ -3,7 +3,7 @@
 Each take: an actor at one side of a table performs a short task (keysteps of atomic actions with
 one hand) while four static exo cameras (cam01..cam04, one per side) and a head-mounted ego camera
 (aria01, rgb stream 214-1) film it at 30 fps, frame-aligned. The world is written exactly as
-docs/FORMATS.md section 1 describes a download (takes.json, captures.json, annotations/*.json,
+docs/formats.md section 1 describes a download (takes.json, captures.json, annotations/*.json,
 takes/<name>/frame_aligned_videos/*.mp4 and downscaled/448/), plus `synthetic_meta.json` with
 the ground truth behind every narration. Deterministic from `seed`. See docs/synthetic_world.md.
 
@@ -23,10 +23,14 @@ from typing import Any
 import numpy as np
 
 from exo2ego_jax import progress
-from exo2ego_jax.data import synthetic_narration as narration_lib
-from exo2ego_jax.data import synthetic_render as render_lib
-from exo2ego_jax.data import synthetic_scene as scene
+from exo2ego_jax.synthetic import narration as narration_lib
+from exo2ego_jax.synthetic import render as render_lib
+from exo2ego_jax.synthetic import scene
+from exo2ego_jax.synthetic import tokenizer as tokenizer_lib
 from exo2ego_jax.data import video as video_lib
+from exo2ego_jax import config_lib
+
+TOKENIZER_DIR = "tokenizer"  # the world's word-level tokenizer, written by job synthetic_world
 
 EGO_CAM = "aria01"
 EGO_FILE = "aria01_214-1.mp4"
@@ -35,7 +39,6 @@ META_FILE = "synthetic_meta.json"
 
 def world_config():
     """The `config.data` block of the synthetic_world job (also used by tests and demos)."""
-    from exo2ego_jax import config_lib
     d = config_lib.ConfigDict()
     d.root = ""  # output directory of the world ('' = --workdir)
     d.seed = 0  # world seed: same seed -> same JSON and the same video bytes
@@ -73,7 +76,7 @@ def world_config():
     d.p_mention_other_hand = 0.3  # chance a narration mentions the other hand (exo-favoured)
     d.p_mention_side = 0.15  # chance a narration mentions where the actor stands (exo-favoured)
     d.floor_tint_range = (90.0, 150.0)  # per-take floor RGB tint drawn from [lo, hi] (lo == hi: one tint for all)
-    d.crf = 24  # x264 quality (Ego-Exo4D frame-aligned videos: crf 24, FORMATS.md 1.4)
+    d.crf = 24  # x264 quality (Ego-Exo4D frame-aligned videos: crf 24, docs/formats.md 1.4)
     d.gop = 30  # keyframe interval in frames (short: cheap seeks to clips)
     d.preset = "veryfast"  # x264 preset (speed vs size; does not change decoded content much)
     d.write_448 = True  # also write downscaled/448 (videos are < 448 px already: hard links)
@@ -270,10 +273,14 @@ def run(config, workdir: str) -> dict[str, Any]:
     """Job `synthetic_world`: writes the world to config.data.root (or workdir) and prints its size."""
     root = config.data.root or workdir
     summary = write_world(config.data, root)
+    # The world's own word-level tokenizer (a pretrained LLM's vocabulary would dwarf a tiny model):
+    # point `config.data.tokenizer` of a training config at it.
+    summary["tokenizer"] = tokenizer_lib.build_tokenizer(tokenizer_lib.world_texts(root),
+                                                         os.path.join(root, TOKENIZER_DIR))
     msg = (f"synthetic_world: wrote {summary['takes']} takes ({summary['train_takes']} train / "
            f"{summary['val_takes']} val), {summary['narrations']} narrations, {summary['keysteps']} keysteps, "
            f"{summary['videos']} videos, {summary['frames_per_view']} frames per view "
            f"({summary['hours_per_view'] * 60:.1f} min), {summary['bytes'] / 2 ** 20:.1f} MiB to {root} in "
            f"{summary['seconds']:.1f} s ({summary['takes_per_sec']:.2f} takes/s)")
-    print(msg)
+    print(msg + f"; tokenizer in {summary['tokenizer']}")
     return summary

@@ -8,6 +8,7 @@ format stage 3 trains on (answer tokens + end-of-turn).
 from __future__ import annotations
 
 import copy
+import json
 import os
 from typing import Any, Sequence
 
@@ -15,14 +16,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from exo2ego_jax import tokenizer as tokenizer_lib
 from exo2ego_jax.data import text as text_lib
+from exo2ego_jax.data.video import resize_crop_normalise
+from exo2ego_jax.eval import loaders_mcq, runner
 from exo2ego_jax.eval.records import MCQRecord, VideoRef
+from exo2ego_jax.eval.video_io import load_video
+from exo2ego_jax.methods.exo2ego import data as exo2ego_data
+from exo2ego_jax.methods.exo2ego.model import tokens_per_video
+from exo2ego_jax.train import setup as setup_lib
 
 
 def load_learner(config, stage_dir: str):
     """(model, tokenizer) of a finished stage: its config, parameters from its checkpoint."""
-    from exo2ego_jax.data.pipeline import load_tokenizer
-    from exo2ego_jax.train import setup as setup_lib
     cfg = copy.deepcopy(config)
     with cfg.unlocked():
         cfg.train.init_from = stage_dir
@@ -33,14 +39,13 @@ def load_learner(config, stage_dir: str):
     s = setup_lib.build(cfg, mesh)
     model = s.parts.merge(s.trainable_init, s.frozen, s.other)
     model.eval()
-    return model, load_tokenizer(cfg.data)
+    return model, tokenizer_lib.load_tokenizer(cfg.data.tokenizer)
 
 
 class Learner:
     """MCQModel adapter (eval/adapter.py) around a loaded Exo2Ego learner."""
 
     def __init__(self, config, model, tokenizer, *, pixels_fn=None, max_new_tokens: int = 16):
-        from exo2ego_jax.methods.exo2ego import tokens_per_video
         self.config, self.model, self.tok = config, model, tokenizer
         self.k = tokens_per_video(config)
         self.max_len = config.data.max_len
@@ -50,8 +55,6 @@ class Learner:
         self._logits = jax.jit(_logits_fn)
 
     def _load_pixels(self, ref: VideoRef) -> np.ndarray:
-        from exo2ego_jax.data.video import resize_crop_normalise
-        from exo2ego_jax.eval.video_io import load_video
         d = self.config.data
         frames = ref.frames if ref.frames is not None else load_video(ref, num_frames=d.num_frames)
         return resize_crop_normalise(np.asarray(frames), d.image_size, d.image_mean, d.image_std,
@@ -132,10 +135,6 @@ def eval_model(config, workdir: str) -> Learner:
 
 def evaluate_arrays(config, stage_dir: str, bench_json: str, *, batch_size: int = 16) -> dict[str, Any]:
     """Synthetic EgoBench accuracy of a finished learner, on the pre-decoded ego clips."""
-    from exo2ego_jax.eval import loaders_mcq, runner
-    from exo2ego_jax.methods import exo2ego_data
-    from exo2ego_jax.methods.pipeline import resolve_stage  # noqa: F401  (documented entry point)
-    import json
     arr = exo2ego_data.load_arrays(config.data.arrays)
     where = {(str(t), int(n)): i for i, (t, n) in enumerate(zip(arr["take"], arr["narration"]))}
     with open(bench_json) as f:

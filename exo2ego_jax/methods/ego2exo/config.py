@@ -1,13 +1,13 @@
 """Config builders for Ego2ExoVLM (configs/ego2exo/*.py call these).
 
 Every number from the paper is a field whose default is the paper's value, with a comment citing
-METHODS.md part B ([C] = the authors' public code). [I] marks choices the paper leaves open.
+Ego2ExoVLM paper ([C] = the authors' public code). [I] marks choices the paper leaves open.
 """
 from __future__ import annotations
 
 from exo2ego_jax import config_lib
 from exo2ego_jax.methods import tiny_config
-from exo2ego_jax.data.pipeline import pipeline_config
+from exo2ego_jax.data.pipeline_fields import pipeline_config
 from exo2ego_jax.eval.config import eval_config
 
 ConfigDict = config_lib.ConfigDict
@@ -21,7 +21,7 @@ def student_groups(lr_lora: float, lr_probe: float, *, train_tower: bool = False
     """Ego2ExoVLM [C] parameter groups: LoRA at `lr_lora`; projectors, EAVT and probes at `lr_probe`.
 
     The probe vectors (`eavt/probes`) are in the probe group on purpose: the authors' code leaves
-    them out of every optimizer group by accident (METHODS.md part B). `train_tower` / `train_llm`
+    them out of every optimizer group by accident (Ego2ExoVLM paper). `train_tower` / `train_llm`
     (demo only) also train the tower / LLM base, which the paper keeps frozen.
     """
     groups = [(r"/lora_[ab]$", lr_lora),
@@ -89,7 +89,7 @@ def tiny_model(*, vocab_size: int = 64, width: int = 64, vit_width: int = 32, im
 
 
 def method_block() -> ConfigDict:
-    """`config.ego2exo`: LoRA and learning rates of the student (METHODS.md part B)."""
+    """`config.ego2exo`: LoRA and learning rates of the student (Ego2ExoVLM paper)."""
     e = ConfigDict()
     e.lora_rank = 64  # Ego2ExoVLM [C]: LoRA r 64 (0 = no LoRA)
     e.lora_alpha = 16.0  # Ego2ExoVLM [C]: LoRA alpha 16
@@ -117,7 +117,7 @@ def data_block(*, image_size: int = 384, num_frames: int = 16) -> ConfigDict:
 
 
 def label_block() -> ConfigDict:
-    """`config.label`: the teacher labelling job (METHODS.md part B)."""
+    """`config.label`: the teacher labelling job (Ego2ExoVLM paper)."""
     lb = ConfigDict()
     lb.root = ""  # Ego-Exo4D (or synthetic) root with takes.json and annotations/
     lb.split = "train"  # keystep split to label

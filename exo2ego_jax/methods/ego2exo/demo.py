@@ -3,7 +3,7 @@
     python -m exo2ego_jax.main --config configs/ego2exo/demo.py --workdir /tmp/ego2exo_demo
 
 Phases (each a real job of this package, run in-process; a rerun reuses finished phases):
-1. world: a synthetic Ego-Exo4D world (data/synthetic.py) and its word-level tokenizer.
+1. world: a synthetic Ego-Exo4D world (synthetic/world.py) and its word-level tokenizer.
 2. teacher: a tiny video LLM trained on EGO keystep clips -> ego captions (the atomic narrations,
    which name the acting hand and sometimes the object's marking), asked the 12 teacher questions.
 3. label: the "label" job - the frozen teacher answers 3 questions per EGO train segment; each
@@ -28,7 +28,17 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from exo2ego_jax.methods import ego2exo_prompts as prompts_lib
+from exo2ego_jax.methods.ego2exo import prompts as prompts_lib
+from exo2ego_jax.data.egoexo4d import EgoExo4D
+from exo2ego_jax.synthetic import egoinexo as eie
+from exo2ego_jax.methods.ego2exo import label as label_lib
+from exo2ego_jax.synthetic import world as synthetic
+from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
+from exo2ego_jax.methods.ego2exo import model as ego2exo_model
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
+from exo2ego_jax.train import loop
+from exo2ego_jax.eval import loaders_mcq, runner
+from exo2ego_jax.methods.ego2exo import infer as ego2exo_infer
 
 MODELS = ("teacher", "student_eavt", "student", "baseline_exo_captions")
 
@@ -40,9 +50,6 @@ def _cfg_copy(config) -> ml_collections.ConfigDict:
 # --- data -------------------------------------------------------------------------------------
 def caption_datasets(root: str, out_dir: str, *, seed: int, exo_view: str = "random") -> dict[str, str]:
     """Writes the teacher's ego-caption JSON and the baseline's exo-caption JSON (train split)."""
-    from exo2ego_jax.data.egoexo4d import EgoExo4D
-    from exo2ego_jax.eval import egoinexo_synthetic as eie
-    from exo2ego_jax.methods import label as label_lib
     with open(os.path.join(root, "synthetic_meta.json"), encoding="utf-8") as f:
         meta = json.load(f)["takes"]
     ds = EgoExo4D(root)
@@ -74,8 +81,6 @@ def caption_datasets(root: str, out_dir: str, *, seed: int, exo_view: str = "ran
 
 def build_world(config, workdir: str) -> tuple[str, str]:
     """(world root, tokenizer dir), written once."""
-    from exo2ego_jax.data import synthetic, synthetic_tokenizer
-    from exo2ego_jax.eval import egoinexo_synthetic as eie
     d = config.demo
     root = d.world_dir or os.path.join(workdir, "world")
     if not os.path.exists(os.path.join(root, synthetic.META_FILE)):
@@ -96,7 +101,6 @@ def build_world(config, workdir: str) -> tuple[str, str]:
 def label_accuracy(labels_path: str, root: str) -> dict[str, float]:
     """How often the teacher's answers state the ground truth of a segment's first action (%):
     the acting hand (for verbs whose narration names it), the verb, the object (colour + shape)."""
-    from exo2ego_jax.eval import egoinexo_synthetic as eie
     with open(os.path.join(root, "synthetic_meta.json"), encoding="utf-8") as f:
         meta = json.load(f)["takes"]
     with open(labels_path, encoding="utf-8") as f:
@@ -120,7 +124,6 @@ def label_accuracy(labels_path: str, root: str) -> dict[str, float]:
 def phase_config(config, *, root: str, tok_dir: str, instructions: str, num_probes: int, steps: int,
                  lr: float, init_from: str = "", groups=None) -> ml_collections.ConfigDict:
     """A train config of method ego2exo for one demo phase (unlocked copy of the demo config)."""
-    from exo2ego_jax.methods import ego2exo, ego2exo_config
     c = _cfg_copy(config)
     c.job, c.method = "train", "ego2exo"
     c.data.instructions = (instructions,)
@@ -128,7 +131,7 @@ def phase_config(config, *, root: str, tok_dir: str, instructions: str, num_prob
     c.data.tokenizer = tok_dir
     c.model.num_probes = num_probes
     c.model.llm.vocab_size = _vocab_size(tok_dir)
-    ego2exo.sync_data_fields(c)
+    ego2exo_model.sync_data_fields(c)
     c.train.epochs = 0.0  # phases run a fixed number of steps
     c.train.steps = steps
     c.train.init_from = init_from
@@ -146,7 +149,6 @@ def _vocab_size(tok_dir: str) -> int:
 
 
 def _train(cfg, workdir: str) -> dict[str, Any]:
-    from exo2ego_jax.train import loop
     t0 = time.time()
     out = loop.train(cfg, workdir)
     out["seconds"] = time.time() - t0
@@ -156,7 +158,6 @@ def _train(cfg, workdir: str) -> dict[str, Any]:
 
 
 def _label(config, root: str, teacher_dir: str, workdir: str) -> str:
-    from exo2ego_jax.methods import label as label_lib
     c = _cfg_copy(config)
     c.job = "label"
     c.label.root = root
@@ -170,8 +171,6 @@ def _label(config, root: str, teacher_dir: str, workdir: str) -> str:
 
 
 def _evaluate(config, run_dir: str, bench: dict[str, Any]) -> dict[str, Any]:
-    from exo2ego_jax.eval import loaders_mcq, runner
-    from exo2ego_jax.methods import ego2exo_infer
     r, _ = ego2exo_infer.runner_from_run(run_dir, hardware=config.hardware)
     adapter = ego2exo_infer.Ego2ExoAdapter(r)
     records = loaders_mcq.load_ego_in_exo(bench["annotation"], bench["video_dir"], views=("exo", "ego"))
@@ -238,7 +237,6 @@ def _plot(results: dict[str, dict[str, Any]], categories: tuple[str, ...], path:
 
 def run(config, workdir: str) -> dict[str, Any]:
     """Runs every phase (skipping finished ones) and prints the table."""
-    from exo2ego_jax.eval import egoinexo_synthetic as eie
     import jax
     d = config.demo
     t_start = time.time()

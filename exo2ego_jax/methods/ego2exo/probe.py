@@ -6,7 +6,7 @@ mean-pool + linear head, trained with cross-entropy on one clip per atomic actio
 demo's teacher (ego) and students (exo) can learn from video: if the probe is at chance held out, no
 amount of labelling transfers the attribute. Numbers measured with it are in docs/ego2exo.md section 3.
 
-    python -m exo2ego_jax.methods.ego2exo_probe --world DIR/world --clips DIR/clips32.npz \
+    python -m exo2ego_jax.methods.ego2exo.probe --world DIR/world --clips DIR/clips32.npz \
         --view exo --train_view best [--build] [--steps 600]
 
 `--build` writes the world (demo config, `--world_override key=value`) and the clip arrays first.
@@ -20,6 +20,12 @@ import time
 from typing import Any
 
 import numpy as np
+from exo2ego_jax.methods.exo2ego import data as exo2ego_data
+from exo2ego_jax.methods.exo2ego.model import Encoder
+from exo2ego_jax.models import connectors
+from exo2ego_jax.models.vit import VisionConfig
+from exo2ego_jax import config_lib
+from exo2ego_jax.synthetic import world as synthetic
 
 
 def clip_labels(meta: dict[str, Any], arr: dict[str, np.ndarray], label: str = "hand"
@@ -51,10 +57,6 @@ def probe(arr: dict[str, np.ndarray], meta: dict[str, Any], *, view: str = "exo"
     import jax.numpy as jnp
     import optax
     from flax import nnx
-    from exo2ego_jax.methods import exo2ego_data
-    from exo2ego_jax.methods.exo2ego_model import Encoder
-    from exo2ego_jax.models import connectors
-    from exo2ego_jax.models.vit import VisionConfig
     if view not in ("ego", "exo") or train_view not in ("all", "best"):
         raise ValueError(f"probe: view must be ego|exo and train_view all|best, got {view!r}, {train_view!r}")
     y, names, best = clip_labels(meta, arr, label)
@@ -126,9 +128,6 @@ def probe(arr: dict[str, np.ndarray], meta: dict[str, Any], *, view: str = "exo"
 
 def build(world: str, clips: str, *, takes: int, image: int, frames: int, overrides: dict[str, Any]) -> None:
     """Writes the demo config's world (plus `overrides`) at `world` and its action clips at `clips`."""
-    from exo2ego_jax import config_lib
-    from exo2ego_jax.data import synthetic
-    from exo2ego_jax.methods import exo2ego_data
     here = os.path.dirname(os.path.abspath(__file__))
     cfg_path = os.path.join(os.path.dirname(os.path.dirname(here)), "configs", "ego2exo", "demo.py")
     wc = config_lib.load(cfg_path, f"takes={takes}").demo.world  # a full world_config()
@@ -159,7 +158,6 @@ def main(argv=None) -> None:
     if a.build:
         build(a.world, a.clips, takes=a.takes, image=a.image, frames=a.frames,
               overrides={k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in a.world_override)})
-    from exo2ego_jax.methods import exo2ego_data
     with open(os.path.join(a.world, "synthetic_meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     res = probe(exo2ego_data.load_arrays(a.clips), meta, view=a.view, train_view=a.train_view, label=a.label,

@@ -1,42 +1,32 @@
-"""Config builders for the Exo2Ego stages (configs/exo2ego/*.py and configs/demo.py call these).
+"""Building blocks of the Exo2Ego stage configs: the model, the method's switches, the data fields.
 
-Every number from the paper is a field with the paper's value as default and a comment citing
-METHODS.md part A ("Exo2Ego stage table" = the [S] stage table there). [I] marks choices the paper
-leaves open; their defaults are our inference.
+The stage files (configs/exo2ego/stage*.py) hold each stage's own values (batch, learning rate,
+warmup, epochs, trainable groups, LoRA) with the paper's numbers; this module holds what every
+stage shares. Paper numbers are fields with the paper's value and a comment naming where it
+comes from (Exo2Ego, arXiv 2503.09143; docs/papers.md summarises it); [I] marks choices the
+paper leaves open, whose defaults are our inference.
 """
 from __future__ import annotations
 
 from exo2ego_jax import config_lib
+from exo2ego_jax.data.pipeline_fields import pipeline_config
 from exo2ego_jax.methods import tiny_config
 
 ConfigDict = config_lib.ConfigDict
 
-# Exo2Ego stage table (METHODS.md part A): global batch / peak LR / warmup ratio / epochs.
-STAGE_HPARAMS = {
-    0: dict(global_batch=512, lr=1e-3, warmup_ratio=0.1, epochs=5.0),   # stage 0 init
-    1: dict(global_batch=256, lr=1e-4, warmup_ratio=0.03, epochs=2.0),  # stage 1 demonstrator
-    2: dict(global_batch=256, lr=1e-4, warmup_ratio=0.03, epochs=2.0),  # stage 2 guidance
-    3: dict(global_batch=64, lr=2e-5, warmup_ratio=0.03, epochs=1.0),   # stage 3 self-practice
-}
 STAGE_NAMES = {0: "stage0_init", 1: "stage1_demonstrator", 2: "stage2_guidance", 3: "stage3_practice"}
 
 
-def stage_groups(stage: int, lr: float, *, train_llm: bool = False) -> list[tuple[str, float | None]]:
-    """Trainable / frozen parameter groups of METHODS.md part A's stage table.
+def with_lr(groups, lr: float, *, train_llm: bool = False) -> list[tuple[str, float | None]]:
+    """A stage's groups with every trainable group at `lr` (demos and tests rescale the paper's).
 
-    `train_llm` (demo only) also trains the LLM in stages 0-2, where the paper keeps a pretrained
-    LLM frozen: the demo's tiny LLM starts from scratch and must learn the language somewhere.
+    `train_llm` also trains the LLM where the paper keeps a pretrained one frozen (stages 0-2): the
+    demo's tiny LLM starts from scratch and must learn the language somewhere.
     """
-    llm = [(r"^llm/", lr)] if train_llm else []
-    if stage == 0:  # exo encoder + ego encoder; LLM frozen
-        return [(r"^(ego|exo)/", lr), *llm, (r".*", None)]
-    if stage == 1:  # exo encoder; LLM frozen
-        return [(r"^exo/", lr), *llm, (r".*", None)]
-    if stage == 2:  # ego encoder, F, G; exo encoder + LLM frozen
-        return [(r"^(ego|mapping_f|mapping_g)/", lr), *llm, (r".*", None)]
-    if stage == 3:  # ego encoder, F, LoRA; exo encoder frozen, G dropped, LLM base frozen
-        return [(r"^(ego|mapping_f)/", lr), (r"/lora_[ab]$", lr), (r".*", None)]
-    raise ValueError(f"stage={stage}; expected 0..3")
+    out = [(rx, None if rate is None else lr) for rx, rate in groups]
+    if train_llm and not any(rx == r"^llm/" for rx, _ in out):
+        out.insert(len(out) - 1, (r"^llm/", lr))  # before the frozen catch-all
+    return out
 
 
 def full_size_model() -> ConfigDict:
@@ -59,27 +49,27 @@ def full_size_model() -> ConfigDict:
     llm.rms_norm_eps = 1e-5  # Mistral RMSNorm eps
     llm.tie_word_embeddings = False  # Mistral has a separate lm_head
     llm.max_position_embeddings = 32768  # Mistral-7B-v0.2 context
-    v = m.vision = ConfigDict()  # CLIP ViT-L/14-336 (METHODS.md part A backbone)
+    v = m.vision = ConfigDict()  # CLIP ViT-L/14-336 (Exo2Ego backbone)
     v.model_type = "clip"  # CLIP tower (class token, pre-LN)
     v.hidden_size = 1024  # ViT-L width
     v.intermediate_size = 4096  # ViT-L MLP width
     v.num_layers = 24  # ViT-L depth
     v.num_heads = 16  # ViT-L heads
-    v.image_size = 336  # METHODS.md part A: CLIP ViT-L/14 at 336 px
+    v.image_size = 336  # Exo2Ego: CLIP ViT-L/14 at 336 px
     v.patch_size = 14  # /14 patches -> 24x24 grid
     v.feature_layer = -2  # VideoLLaMA2 mm_vision_select_layer=-2
     v.remat = False  # rematerialise ViT layers (hardware presets with remat turn it on)
-    c = m.connector = ConfigDict()  # METHODS.md part A: STC connector
+    c = m.connector = ConfigDict()  # Exo2Ego: STC connector
     c.kind = "stc"  # RegStage -> Conv3d (2,2,2) -> RegStage -> 2-layer GELU MLP
     c.in_dim = 1024  # = vision.hidden_size
     c.out_dim = 4096  # = llm.hidden_size
-    c.stc_padding = 0  # METHODS.md part A: 16x24x24 -> 8x12x12 = 1152 tokens with padding 0
+    c.stc_padding = 0  # Exo2Ego: 16x24x24 -> 8x12x12 = 1152 tokens with padding 0
     c.stc_depth = 4  # VideoLLaMA2 STCConnector: 4 RegStage blocks per stage
-    mp = m.mapping = ConfigDict()  # F and G (METHODS.md part A: ResNet generators)
+    mp = m.mapping = ConfigDict()  # F and G (Exo2Ego: ResNet generators)
     mp.kind = "resnet"  # "resnet" (paper) or "fc" (paper's ablation: -0.9 avg)
     mp.width = 64  # [I] first-conv width (CycleGAN ngf=64); the paper does not state it
     mp.n_downsample = 2  # [I] CycleGAN: 2 stride-2 downsamplings (12x12 -> 3x3 maps on STC tokens)
-    mp.n_blocks = 9  # METHODS.md part A: 9 residual blocks
+    mp.n_blocks = 9  # Exo2Ego: 9 residual blocks
     mp.norm = "instance"  # [I] CycleGAN instance norm
     mp.groups = 32  # groups when norm="group"
     mp.stem_kernel = 7  # [I] CycleGAN 7x7 stem / head
@@ -92,19 +82,19 @@ def full_size_model() -> ConfigDict:
 def method_block(stage: int) -> ConfigDict:
     """`config.exo2ego`: the method's switches and loss weights."""
     e = ConfigDict()
-    e.stage = stage  # 0 init, 1 demonstrator, 2 guidance, 3 self-practice (METHODS.md part A)
+    e.stage = stage  # 0 init, 1 demonstrator, 2 guidance, 3 self-practice (Exo2Ego)
     e.mapping_on = "connector"  # [I] F/G act on connector tokens (as t x h x w maps) or "patch" (ViT patches)
-    e.llm_input = "concat"  # METHODS.md part A: concat(x, F(x)) along tokens; "mapped" | "ego" alternatives
+    e.llm_input = "concat"  # Exo2Ego: concat(x, F(x)) along tokens; "mapped" | "ego" alternatives
     e.vtg_weight = 1.0  # weight of the answer-token cross-entropy
     e.kl_weight = 1.0  # [I] KL weight (paper: not stated); 0 = the "w/o KL" ablation
     e.kl_temperature = 1.0  # [I] softmax temperature of the KL (paper: not stated)
     e.kl_direction = "exo_to_mapped"  # [I] KL(softmax(y/t) || softmax(F(x)/t)); or "mapped_to_exo"
     e.cycle_weight = 1.0  # [I] weight of the L1 cycle loss (paper: not stated)
-    e.cycle_forward_only = False  # METHODS.md part A ablation: forward cycle only (54.9 avg)
+    e.cycle_forward_only = False  # Exo2Ego ablation: forward cycle only (54.9 avg)
     e.use_g = True  # False = "w/o G and cycle" ablation (54.4 avg)
-    e.lora_rank = 128 if stage == 3 else 0  # METHODS.md part A stage 3: LoRA r 128
-    e.lora_alpha = 256.0  # METHODS.md part A stage 3: LoRA alpha 256
-    e.lora_dropout = 0.1  # METHODS.md part A stage 3: LoRA dropout 0.1
+    e.lora_rank = 0  # LoRA rank on the LLM (0 = none; stage 3 sets the paper's r 128)
+    e.lora_alpha = 256.0  # LoRA alpha (stage 3: the paper's 256)
+    e.lora_dropout = 0.0  # dropout on the LoRA input in training (stage 3: the paper's 0.1)
     e.lora_targets = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"  # [I] all linear layers
     # Parameters this stage takes from checkpoints other than train.init_from (applied first;
     # init_from then overrides): "regex=path" entries. The pipeline fills them per stage.
@@ -114,7 +104,6 @@ def method_block(stage: int) -> ConfigDict:
 
 def data_block() -> ConfigDict:
     """`config.data` for Exo2Ego: data/pipeline.py's fields plus the method's own."""
-    from exo2ego_jax.data.pipeline import pipeline_config
     d = pipeline_config()
     d.kinds = ("atomic",)  # Exo2Ego trains on atomic-narration clips (Ego-ExoClip)
     d.max_len = 2560  # tokens per example after <video> expansion (2 x 1152 visual + text)
@@ -129,28 +118,47 @@ def data_block() -> ConfigDict:
     # same offset for every frame of a clip; 0 = off, the paper uses none). The demo's tiny towers
     # from scratch memorise takes without it.
     d.shift_augment = 0
-    d.views = ("ego", "exo")  # filled per stage by make_dataset (which pixel keys a batch has)
     return d
 
 
-def stage_config(stage: int, *, hardware: str = "cpu", job: str = "train") -> ConfigDict:
-    """The full config of one Exo2Ego stage at the paper's size and hyper-parameters (unlocked)."""
-    hp = STAGE_HPARAMS[stage]
+def stage_base(stage: int, *, hardware: str = "cpu", size: str = "full", job: str = "train") -> ConfigDict:
+    """What every stage shares (unlocked): paper-size model, switches, data fields, optimizer defaults.
+
+    `size="tiny"`: the CPU-sized model with data fields that fit it (frames, text length, image
+    side), a small batch and a few steps instead of the paper's epochs: a smoke run.
+    """
+    if size not in ("full", "tiny"):
+        raise ValueError(f"size={size!r}; expected full | tiny")
     c = config_lib.base_config(method="exo2ego", job=job, hardware=hardware)
     c.model = full_size_model()
     c.exo2ego = method_block(stage)
     c.data = data_block()
-    t = c.train
-    t.global_batch = hp["global_batch"]  # Exo2Ego stage table: global batch
-    t.epochs = hp["epochs"]  # Exo2Ego stage table: epochs
-    t.warmup_ratio = hp["warmup_ratio"]  # Exo2Ego stage table: warmup ratio
-    t.groups = stage_groups(stage, hp["lr"])  # Exo2Ego stage table: trainable groups at the peak LR
-    t.schedule = "cosine"  # [I] cosine decay (METHODS.md: optimizer not stated)
-    t.weight_decay = 0.0  # [I] no weight decay
+    c.train.schedule = "cosine"  # [I] cosine decay (the paper does not state its optimizer)
+    c.train.weight_decay = 0.0  # [I] no weight decay
     c.eval = ConfigDict()
     c.eval.batch_size = 8  # questions per evaluation batch
     c.eval.mcq_json = ""  # synthetic EgoBench / MCQ JSON evaluated after training ('' = none)
-    c.eval.first_person_cue = True  # METHODS.md part A: first-person cue in the eval prompt (+1.1)
+    c.eval.first_person_cue = True  # Exo2Ego evaluation prompt: first-person cue (+1.1 avg)
+    return c
+
+
+def apply_tiny(c: ConfigDict) -> ConfigDict:
+    """Turns a stage config into its `size=tiny` smoke-run version, in place (after its values)."""
+    c.model = tiny_model()
+    # Room for a synthetic world's word-level tokenizer (a few hundred words; job synthetic_world):
+    # an id past the vocabulary would embed as NaN.
+    c.model.llm.vocab_size = 1024
+    c.data.num_frames = 4  # tiny clips
+    c.data.max_len = 64  # tiny text
+    c.data.image_size = c.model.vision.image_size  # the tiny tower's input side
+    c.train.epochs = 0.0  # a fixed number of steps, not the paper's epochs
+    c.train.steps = 2  # smoke run
+    c.train.global_batch = 8  # one example per fake CPU device
+    c.train.warmup_ratio = 0.0
+    c.train.warmup_steps = 0
+    if c.exo2ego.lora_rank:
+        c.exo2ego.lora_rank = 4  # tiny LLM
+        c.exo2ego.lora_alpha = 8.0  # keeps the paper's alpha / r = 2
     return c
 
 
@@ -172,17 +180,17 @@ def tiny_model(*, vocab_size: int = 64, width: int = 64, vit_width: int = 64, im
     return m
 
 
-def stage_file_config(stage: int, arg: str | None) -> ConfigDict:
-    """What every configs/exo2ego/stage*.py returns: the stage at paper size (or `size=tiny`).
-
-    Args (`stageN_*.py:key=value`): hardware=cpu|gpu_h100x8|tpu_v5e_64|tpu_v5p_128,
-    init_from=<previous stage workdir>, size=full|tiny.
-    """
-    args = config_lib.parse_arg(arg, hardware="cpu", init_from="", size="full")
-    config = stage_config(stage, hardware=args.hardware)
-    if args.size == "tiny":
-        config.model = tiny_model()
-        config.data.num_frames = 4  # tiny clips
-        config.data.max_len = 64  # tiny text
-    config.train.init_from = args.init_from
-    return config_lib.finalize(config)
+def stages_config(stages: dict[str, ConfigDict], *, sources: dict[str, tuple[str, ...]] | None = None,
+                    job: str = "exo2ego_pipeline") -> ConfigDict:
+    """Wraps per-stage trainer configs into one pipeline config (unlocked; job exo2ego_pipeline)."""
+    c = ConfigDict()
+    c.job = job  # exo2ego_pipeline (or demo)
+    c.order = tuple(stages)  # stage names, run in this order
+    c.stages = ConfigDict(stages)  # name -> trainer config of that stage
+    src = ConfigDict()
+    for name in stages:
+        src[name] = tuple((sources or {}).get(name, ()))  # "regex=<earlier stage>" extra init sources
+    c.sources = src
+    first = next(iter(stages.values()))
+    c.hardware = first.hardware  # main.py reads the preset's XLA flags from here
+    return c

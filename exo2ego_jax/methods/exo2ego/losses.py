@@ -1,4 +1,5 @@
-"""Exo2Ego losses (METHODS.md part A): VTG, feature KL, and L1 cycle consistency.
+"""Exo2Ego's guidance losses: feature KL and L1 cycle consistency (VTG is the shared
+answer-only cross-entropy of train/losses.py).
 
 All losses are means over valid items; `mask` arguments are 1 for real items, 0 for padding,
 and broadcast against the leading axes of the inputs. Computations run in float32.
@@ -10,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-IGNORE_INDEX = -100
 KL_DIRECTIONS = ("exo_to_mapped", "mapped_to_exo")
 
 
@@ -23,33 +23,11 @@ def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def vtg_loss(logits: jax.Array, labels: jax.Array,
-             example_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Video-grounded text generation loss: next-token cross-entropy on answer tokens.
-
-    Args:
-      logits: [B, T, V]; position t predicts token t + 1.
-      labels: [B, T]; the label of position t is token t (the batch contract), -100 = not trained.
-      example_mask: [B], 0 drops an example (padding at the end of an epoch).
-
-    Returns:
-      (mean loss over trained tokens, number of trained tokens as float32).
-    """
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = labels[:, 1:]
-    valid = targets != IGNORE_INDEX
-    if example_mask is not None:
-        valid = valid & (example_mask[:, None] > 0)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, targets, 0))
-    n = jnp.sum(valid).astype(jnp.float32)
-    return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(n, 1.0), n
-
-
 def feature_kl(exo: jax.Array, mapped: jax.Array, *, temperature: float = 1.0,
                direction: str = "exo_to_mapped", mask: jax.Array | None = None) -> jax.Array:
     """KL between per-token softmax distributions over the feature axis.
 
-    direction="exo_to_mapped" is KL(softmax(y/t) || softmax(F(x)/t)) (METHODS.md [I] default),
+    direction="exo_to_mapped" is KL(softmax(y/t) || softmax(F(x)/t)) ([I] default, docs/papers.md),
     "mapped_to_exo" is KL(softmax(F(x)/t) || softmax(y/t)). `exo` (y) is wrapped in
     stop_gradient: the demonstrator only teaches. No t^2 factor is applied [I].
 
@@ -77,7 +55,7 @@ def l1(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Array:
 def cycle_loss(x: jax.Array, g_f_x: jax.Array, y: jax.Array | None = None,
                f_g_y: jax.Array | None = None, *, forward_only: bool = False,
                mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """E||G(F(x)) - x||_1 + E||F(G(y)) - y||_1 (METHODS.md part A); forward_only drops the second.
+    """E||G(F(x)) - x||_1 + E||F(G(y)) - y||_1 (Exo2Ego paper); forward_only drops the second.
 
     Returns (total, {"cycle_fwd": ..., "cycle_bwd": ...}).
     """

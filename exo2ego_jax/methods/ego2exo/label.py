@@ -3,7 +3,7 @@
     python -m exo2ego_jax.main --config configs/ego2exo/label.py --workdir DIR \
         --config.label.root=/data/egoexo4d --config.label.teacher_workdir=/ckpt/teacher
 
-For every keystep segment of `config.label.split` (METHODS.md part B [C]):
+For every keystep segment of `config.label.split` (Ego2ExoVLM paper [C]):
 - 3 questions, one per category (descriptive / temporal / spatial), drawn from the 12 templates
   with a seed that depends only on (label.seed, segment id);
 - the teacher sees the EGO video of the segment (1 fps, at most 180 frames) and answers greedily
@@ -40,7 +40,11 @@ from exo2ego_jax import progress
 from exo2ego_jax.data.egoexo4d import EgoExo4D
 from exo2ego_jax.data.skips import SkipCounter
 from exo2ego_jax.eval.records import VideoRef
-from exo2ego_jax.methods import ego2exo_prompts as prompts_lib
+from exo2ego_jax.methods.ego2exo import prompts as prompts_lib
+from exo2ego_jax.data import pipeline
+from exo2ego_jax.methods.ego2exo import model as ego2exo_model
+from exo2ego_jax.methods.ego2exo import infer as ego2exo_infer
+from exo2ego_jax.parallel import mesh as mesh_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +142,6 @@ def segment_records(seg: Segment, questions: list[tuple[str, str]], answers: lis
 
 def teacher_runner(config, mesh):
     """(VideoLLMRunner, teacher description) for config.label's teacher on `mesh`."""
-    from exo2ego_jax.data import pipeline
-    from exo2ego_jax.methods import ego2exo, ego2exo_infer
     lb = config.label
     if lb.teacher_workdir:
         cfg = ego2exo_infer.load_run_config(lb.teacher_workdir)
@@ -156,7 +158,7 @@ def teacher_runner(config, mesh):
     cfg.data.sample_fps = lb.sample_fps
     cfg.data.num_frames = lb.max_frames
     if cfg.method == "ego2exo":
-        ego2exo.sync_data_fields(cfg)
+        ego2exo_model.sync_data_fields(cfg)
     model, _ = ego2exo_infer.build_inference_model(cfg, mesh=mesh)
     tok = pipeline.load_tokenizer(cfg.data)
     runner = ego2exo_infer.VideoLLMRunner(model, tok, cfg.data, system_prompt=lb.system_prompt,
@@ -182,7 +184,6 @@ def _paths(workdir: str, lb, shard: int, num_shards: int) -> tuple[str, str]:
 
 def label(config, workdir: str) -> dict[str, Any]:
     """Labels every keystep segment of config.label.split; see the module docstring."""
-    from exo2ego_jax.parallel import mesh as mesh_lib
     lb = config.label
     if not lb.root:
         raise ValueError("config.label.root is empty: set it to the Ego-Exo4D (or synthetic world) directory")

@@ -8,7 +8,7 @@ Parameter paths (the stage configs' optimizer groups match them):
 - ``mapping_f/...`` (F: ego -> exo), ``mapping_g/...`` (G: exo -> ego).
 - ``llm/...`` (+ ``.../lora_a``, ``.../lora_b`` in stage 3).
 
-Which modules a stage builds (``modules_for_stage``) follows METHODS.md part A: stage 1 has no
+Which modules a stage builds (``modules_for_stage``) follows Exo2Ego paper: stage 1 has no
 use for the ego encoder or the mappings, and in stage 3 G is dropped (and the exo encoder too,
 unless F acts on ViT patches, where F(x) goes through the frozen exo connector).
 """
@@ -27,6 +27,8 @@ from exo2ego_jax.models import lora as lora_lib
 from exo2ego_jax.models.llm import DecoderLM, LLMConfig
 from exo2ego_jax.models.mapping import MappingConfig, build_mapping
 from exo2ego_jax.models.vit import VisionConfig, VisionTower
+from exo2ego_jax.parallel import mesh as mesh_lib
+from exo2ego_jax.weights import llm_weights
 
 Array = jax.Array
 LLM_INPUTS = ("concat", "mapped", "ego")
@@ -42,7 +44,7 @@ class Modules:
 
 
 def modules_for_stage(stage: int, mapping_on: str = "connector", use_g: bool = True) -> Modules:
-    """Which sub-modules stage `stage` (0..3, METHODS.md part A) holds."""
+    """Which sub-modules stage `stage` (0..3, Exo2Ego paper) holds."""
     if stage == 0:
         return Modules(ego=True, exo=True, f=False, g=False)
     if stage == 1:
@@ -51,7 +53,7 @@ def modules_for_stage(stage: int, mapping_on: str = "connector", use_g: bool = T
         return Modules(ego=True, exo=True, f=True, g=use_g)
     if stage == 3:
         return Modules(ego=True, exo=mapping_on == "patch", f=True, g=False)
-    raise ValueError(f"config.exo2ego.stage={stage}; expected 0, 1, 2 or 3 (METHODS.md part A)")
+    raise ValueError(f"config.exo2ego.stage={stage}; expected 0, 1, 2 or 3 (Exo2Ego paper)")
 
 
 class Encoder(nnx.Module):
@@ -164,13 +166,17 @@ class Exo2EgoModel(nnx.Module):
         return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     # -- LLM ----------------------------------------------------------------------------------
-    def llm_logits(self, input_ids: Array, attention_mask: Array, visual: Array) -> Array:
-        """Logits with visual tokens [B, V*K, D] spliced in at the `<video>` placeholders."""
+    def llm_logits(self, input_ids: Array, attention_mask: Array, visual: Array,
+                   dropout_rng: Array | None = None) -> Array:
+        """Logits with visual tokens [B, V*K, D] spliced in at the `<video>` placeholders.
+
+        `dropout_rng` turns on LoRA dropout (training); without it the LLM is deterministic.
+        """
         # '<video>' may lie outside the LLM vocabulary (Mistral: id 32000 of 32000); its rows are
         # replaced by visual tokens, so embed a valid id there.
         safe = jnp.where(input_ids == self.video_token_id, 0, input_ids)
         embeds = shard_batch(splice(self.llm.embed(safe), input_ids, visual, self.video_token_id))
-        logits, _ = self.llm(inputs_embeds=embeds, attention_mask=attention_mask)
+        logits, _ = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, dropout_rng=dropout_rng)
         return shard_batch(logits)
 
 
@@ -180,7 +186,6 @@ def shard_batch(x: Array) -> Array:
     Only under a mesh context (`jax.set_mesh`); without one it is the identity. GSPMD otherwise
     may follow the FSDP-sharded weights and keep activations replicated over the batch.
     """
-    from exo2ego_jax.parallel import mesh as mesh_lib
     mesh = jax.sharding.get_abstract_mesh()
     axes = tuple(a for a in mesh_lib.batch_axes() if a in mesh.axis_names)
     if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
@@ -206,3 +211,24 @@ def add_lora(model: Exo2EgoModel, *, rank: int, alpha: float, dropout: float, ta
              rngs: nnx.Rngs) -> list[str]:
     """LoRA on the LLM's Linear layers matching `targets` (stage 3)."""
     return lora_lib.apply_lora(model.llm, targets, rank=rank, alpha=alpha, dropout=dropout, rngs=rngs)
+
+
+def model_configs(config) -> tuple[LLMConfig, VisionConfig, conn_lib.ConnectorConfig, MappingConfig]:
+    """(LLM, vision, connector, mapping) configs from `config.model` (HF config.json where given)."""
+    m = config.model
+    llm = LLMConfig(**dict(m.llm)) if not m.llm_hf else llm_weights.llm_config(m.llm_hf)
+    vision_kw = dict(m.vision)
+    vision = VisionConfig(**vision_kw) if not m.vision_hf else VisionConfig.from_hf(
+        m.vision_hf, feature_layer=vision_kw.get("feature_layer", -2), remat=vision_kw.get("remat", False))
+    connector = conn_lib.ConnectorConfig(**dict(m.connector))
+    return llm, vision, connector, MappingConfig.from_config(m.mapping)
+
+
+def tokens_per_video(config) -> int:
+    """Visual tokens one `<video>` placeholder stands for in this stage (the learner's stages 2-3
+    feed concat(x, F(x)): twice a video's tokens)."""
+    _, vision, connector, _ = model_configs(config)
+    n = conn_lib.num_visual_tokens(connector, vision, config.data.num_frames)
+    e = config.exo2ego
+    learner = e.stage in (2, 3)
+    return 2 * n if learner and e.llm_input == "concat" else n

@@ -6,7 +6,7 @@ visual tokens in one jitted call, and decodes with the KV-cache generator (exo2e
 With a mesh, the batch is sharded over the data axes and the parameters stay where the trainer's
 rule table put them, so the same code labels on one CPU or on a pod.
 
-It serves the teacher labelling job (methods/label.py) and the evaluation adapter
+It serves the teacher labelling job (methods/ego2exo/label.py) and the evaluation adapter
 (`Ego2ExoAdapter`, the eval harness's MCQModel).
 """
 from __future__ import annotations
@@ -26,10 +26,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from exo2ego_jax import generate as gen_lib
-from exo2ego_jax.data import pipeline_ops
+from exo2ego_jax.data import pipeline, pipeline_ops
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.eval.records import VideoRef
-from exo2ego_jax.methods.ego2exo_prompts import VIDEO_TOKEN
+from exo2ego_jax.methods.ego2exo.model import sync_data_fields
+from exo2ego_jax.methods.ego2exo.prompts import VIDEO_TOKEN
+from exo2ego_jax.models import connectors as conn_lib
+from exo2ego_jax.train import checkpoint as ckpt_lib
+from exo2ego_jax.train import setup as setup_lib
 
 # End-of-turn markers of common chat templates; a generated one ends the answer like EOS.
 END_OF_TURN = ("<|end|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>")
@@ -77,7 +81,6 @@ class VideoLLMRunner:
 
     def with_frames(self, num_frames: int) -> "VideoLLMRunner":
         """A runner sharing model and tokenizer that feeds `num_frames` evenly spaced frames per clip."""
-        from exo2ego_jax.models import connectors as conn_lib
         cfg = ml_collections.ConfigDict(copy.deepcopy(self.cfg.to_dict()))
         cfg.sampling, cfg.num_frames = "uniform", int(num_frames)
         mc = self.model.cfg
@@ -172,7 +175,6 @@ class Ego2ExoAdapter:
 # --- building from a trained workdir ------------------------------------------------------------
 def load_run_config(path: str) -> ml_collections.ConfigDict:
     """The config a training run saved (workdir/config.json), unlocked."""
-    from exo2ego_jax.train import checkpoint as ckpt_lib
     cfg_file = ckpt_lib.config_path(path)
     if not os.path.exists(cfg_file):
         raise FileNotFoundError(f"{cfg_file}: no config.json of a training run; point config.train.init_from "
@@ -188,7 +190,6 @@ def tupleize_groups(cfg: ml_collections.ConfigDict) -> None:
 
 def build_inference_model(config, *, mesh=None):
     """(model, setup) for `config` with config.train.init_from loaded; parameters sharded on `mesh`."""
-    from exo2ego_jax.train import setup as setup_lib
     cfg = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
     cfg.train.epochs = 0.0  # no data needed to count steps
     cfg.train.steps = 1
@@ -200,7 +201,6 @@ def build_inference_model(config, *, mesh=None):
 def runner_from_run(run_dir: str, *, hardware=None, data_overrides: dict | None = None, system_prompt=None,
                     text_budget: int = 128, mesh=None) -> tuple[VideoLLMRunner, ml_collections.ConfigDict]:
     """A runner for the model trained in `run_dir` (its saved config + its latest checkpoint)."""
-    from exo2ego_jax.data import pipeline
     cfg = load_run_config(run_dir)
     tupleize_groups(cfg)
     if hardware is not None:
@@ -208,8 +208,7 @@ def runner_from_run(run_dir: str, *, hardware=None, data_overrides: dict | None 
     for k, v in (data_overrides or {}).items():
         cfg.data[k] = v
     if "num_frames" in (data_overrides or {}):
-        from exo2ego_jax.methods import ego2exo
-        ego2exo.sync_data_fields(cfg)
+        sync_data_fields(cfg)
     cfg.train.init_from = run_dir
     t0 = time.time()
     model, s = build_inference_model(cfg, mesh=mesh)

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from exo2ego_jax.data import synthetic_scene as scene
+from exo2ego_jax.synthetic import scene
 
 COUNTER_BLOCK = 4  # pixels per frame-counter bit (a multiple of H.264's 4x4 transform: stays crisp)
 COUNTER_BITS = 11  # up to 2047 frames (68 s at 30 fps)

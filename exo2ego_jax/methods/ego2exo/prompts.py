@@ -3,7 +3,7 @@
 Everything here is plain Python so the labelling job, the student's data pipeline, the evaluation
 adapter and the tests agree on one spelling of every prompt.
 
-Sources: METHODS.md part B ([C] = the authors' public code): the 12 query templates verbatim, the
+Sources: Ego2ExoVLM paper ([C] = the authors' public code): the 12 query templates verbatim, the
 system prompt, and the MCQ prompt of Ego-in-Exo Perception / ADL-X.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def llava_record(
     answer: str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One LLaVA / VideoLLaMA2 conversation sample (FORMATS.md section 3) with the <video> first."""
+    """One LLaVA / VideoLLaMA2 conversation sample (docs/formats.md section 3) with the <video> first."""
     rec: dict[str, Any] = {
         "id": record_id,
         "video": video,

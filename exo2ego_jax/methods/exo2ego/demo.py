@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from exo2ego_jax.methods import pipeline as pipeline_lib
+from exo2ego_jax.methods.exo2ego import config as exo2ego_config
+from exo2ego_jax.methods.exo2ego import pipeline as pipeline_lib
+from exo2ego_jax.synthetic import world as synthetic
+from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
+from exo2ego_jax.synthetic import egobench as eb
+from exo2ego_jax.methods.exo2ego import data as exo2ego_data
+from exo2ego_jax.eval import report
+from exo2ego_jax.methods.exo2ego import eval as exo2ego_eval
 
 VARIANTS = {
     "a_exo2ego": "(a) Exo2Ego",
@@ -34,9 +41,6 @@ VARIANTS = {
 
 def _prepare(config, workdir: str) -> dict[str, Any]:
     """World, tokenizer, clips and benchmark (each skipped when already there)."""
-    from exo2ego_jax.data import synthetic, synthetic_tokenizer
-    from exo2ego_jax.eval import egobench_synthetic as eb
-    from exo2ego_jax.methods import exo2ego_data
     d = config.demo
     world = os.path.join(workdir, "world")
     times = {}
@@ -90,7 +94,7 @@ def _pipeline(config, variant: str, paths, seed: int):
         s = d.teacher_seed if name == d.teacher_stage and d.teacher_seed >= 0 else seed
         stages[name] = _with_paths(config.variants[variant].stages[name], paths, s)
     sources = {k: tuple(v) for k, v in config.variants[variant].sources.items()}
-    return pipeline_lib.pipeline_config(stages, sources=sources)
+    return exo2ego_config.stages_config(stages, sources=sources)
 
 
 def _curves(stage_dir: str) -> list[dict[str, Any]]:
@@ -157,7 +161,6 @@ def plan(config, paths) -> list[Job]:
 def _timed_run(pcfg, run_dir: str, name: str) -> float:
     """Runs (or resumes) a pipeline; returns its training seconds summed over every invocation, so
     a resumed demo still reports what its runs cost (``train_s_<name>.json`` in the run dir)."""
-    from exo2ego_jax.eval import report
     path = os.path.join(run_dir, f"train_s_{name}.json")
     before = 0.0
     if os.path.exists(path):
@@ -172,12 +175,11 @@ def _timed_run(pcfg, run_dir: str, name: str) -> float:
 
 def run_job(config, workdir: str, paths, job: Job) -> dict[str, Any]:
     """Trains (and, for a whole run, evaluates) one job in this process; returns its result rows."""
-    from exo2ego_jax.methods import exo2ego_eval
     pcfg = _pipeline(config, job.variant, paths, job.seed)
     run_dir = _run_dir(workdir, job.seed, job.variant)
     first = pcfg.order[0]
     if job.prefix:
-        train_s = _timed_run(pipeline_lib.pipeline_config({first: pcfg.stages[first]}), run_dir, first)
+        train_s = _timed_run(exo2ego_config.stages_config({first: pcfg.stages[first]}), run_dir, first)
         return {job.name: {"variant": job.variant, "seed": job.seed, "stage": first, "train_s": train_s}}
     if job.link:
         here = os.path.join(run_dir, first)
@@ -306,7 +308,6 @@ def run(config, workdir: str) -> dict[str, Any]:
     results["total_s"] = time.time() - t0
     table = summary_table(results, config)
     results["table"] = table
-    from exo2ego_jax.eval import report
     report.write_json(os.path.join(workdir, "results.json"), results)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(table + "\n")

@@ -27,10 +27,18 @@ import os
 from typing import Any
 
 import grain
+import ml_collections
 import numpy as np
 
+from exo2ego_jax import tokenizer as tokenizer_lib
+from exo2ego_jax.data import pipeline, records
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.data import video as video_lib
+from exo2ego_jax.eval import prompts as prompts_lib
+from exo2ego_jax.eval.loaders_mcq import shuffled_options
+from exo2ego_jax.eval.records import MCQRecord
+from exo2ego_jax.methods import common
+from exo2ego_jax.synthetic import egobench as eb
 
 MODES = ("exo_captions", "pairs", "ego_captions", "ego_qa")
 CAPTION_PROMPT = "Describe what I am doing."  # [I] user turn of caption examples (demo)
@@ -103,15 +111,9 @@ def labelled_takes(takes: list[str], fraction: float, seed: int) -> set[str]:
     return {names[i] for i in order[:k]}
 
 
-def _tokenizer(path: str):
-    from exo2ego_jax.data.pipeline import load_tokenizer
-    import ml_collections
-    return load_tokenizer(ml_collections.ConfigDict({"tokenizer": path}))
-
-
 @functools.lru_cache(maxsize=8)
 def _cached_tokenizer(path: str):
-    return _tokenizer(path)
+    return tokenizer_lib.load_tokenizer(path)
 
 
 def encode(tokenizer, prompt: str, answer: str, *, max_len: int, num_visual_tokens: int):
@@ -122,8 +124,6 @@ def encode(tokenizer, prompt: str, answer: str, *, max_len: int, num_visual_toke
 
 def qa_prompt(question: str, options: list[str], letters: str = "ABCD") -> str:
     """The MCQ prompt used both to train (stage 3) and to evaluate (eval.prompts EgoBench style)."""
-    from exo2ego_jax.eval import prompts as prompts_lib
-    from exo2ego_jax.eval.records import MCQRecord
     rec = MCQRecord(uid="q", video=None, question=question, options=list(options), answer_index=0)
     return prompts_lib.build_mcq_prompt(rec, "synthetic", style="egobench", first_person=False,
                                         task_details=False)
@@ -151,12 +151,10 @@ def _examples(config, split: str) -> list[dict[str, Any]]:
         out = [dict(clip=int(i), exo=-1, prompt=CAPTION_PROMPT, answer=str(arr["text"][i]), train_text=True)
                for i in sel if str(arr["take"][i]) in labelled]
     elif d.mode == "ego_qa":
-        from exo2ego_jax.eval import egobench_synthetic as eb
         where = {(str(t), int(n)): int(i) for i, t, n in zip(range(len(arr["take"])), arr["take"], arr["narration"])}
         items = eb.generate(d.world, take_names=sorted(labelled), seed=d.label_seed,
                             categories=tuple(d.get("qa_categories", eb.CATEGORIES)),
                             distractors=d.get("qa_distractors", "take"))
-        from exo2ego_jax.eval.loaders_mcq import shuffled_options
         for it in items:
             opts, ans = shuffled_options(it["answer"], it["wrong_answers"], d.label_seed, it["sample_id"])
             out.append(dict(clip=where[(it["take_name"], it["narration_index"])], exo=-1,
@@ -171,11 +169,11 @@ def _examples(config, split: str) -> list[dict[str, Any]]:
 class _ArrayExample:
     """Recipe -> example dict (pixels normalised, text tokenised). Picklable."""
 
-    def __init__(self, config, tokens_per_video: int):
+    def __init__(self, config, tokens_per_video: int, views: tuple[str, ...]):
         d = config.data
         self.path, self.tok_path = d.arrays, d.tokenizer
         self.max_len, self.k = d.max_len, tokens_per_video
-        self.views = tuple(d.views)
+        self.views = tuple(views)
 
     def __call__(self, ex: dict[str, Any]) -> dict[str, np.ndarray]:
         arr = load_arrays(self.path)
@@ -211,7 +209,8 @@ class _Shift:
         return ex
 
 
-def _views(config) -> tuple[str, ...]:
+def views(config) -> tuple[str, ...]:
+    """Which pixel keys (ego / exo) this stage's batches carry."""
     stage = config.exo2ego.stage
     if stage == 1:
         return ("exo",)
@@ -225,52 +224,44 @@ def _views(config) -> tuple[str, ...]:
 def num_examples(config, split: str) -> int:
     if config.data.source == "arrays":
         return len(_examples(config, split))
-    from exo2ego_jax.data import records
     meta = records.load_meta(config.data.records_dir)
     return int(meta["splits"][split]["num_records"])
 
 
-def make_dataset(config, split: str, process_index: int, process_count: int):
-    """The stage's training batches (a Grain IterDataset with a checkpointable iterator)."""
-    from exo2ego_jax.methods.exo2ego import tokens_per_video
+def make_dataset(config, split: str, process_index: int, process_count: int, *, tokens_per_video: int):
+    """The stage's training batches (a Grain IterDataset with a checkpointable iterator).
+
+    `tokens_per_video`: visual tokens one `<video>` expands to (model.tokens_per_video(config)).
+    """
     d = config.data
-    k = tokens_per_video(config)
-    g = config.train.global_batch
-    if g % process_count:
-        raise ValueError(f"config.train.global_batch={g} is not divisible by {process_count} processes")
-    local = g // process_count
+    local = common.local_data_config(config, process_count, num_visual_tokens=tokens_per_video)
     if d.source == "records":
-        return _records_dataset(config, split, process_index, process_count, k, local)
+        return _records_dataset(config, local, split, process_index, process_count)
     if d.source != "arrays":
         raise ValueError(f"config.data.source={d.source!r}; expected 'arrays' or 'records'")
     recipes = _examples(config, split)
-    with config.unlocked():
-        d.views = _views(config)
-    fn = _ArrayExample(config, k)
+    fn = _ArrayExample(config, tokens_per_video, views(config))
     ds = (grain.MapDataset.source(recipes).shuffle(seed=config.seed + d.shuffle_seed).repeat()
           [process_index::process_count].map(fn))
     if d.get("shift_augment", 0):
         ds = ds.random_map(_Shift(d.shift_augment), seed=config.seed + d.shuffle_seed)
-    ds = ds.batch(local, drop_remainder=True)
+    ds = ds.batch(local.batch_size, drop_remainder=True)
     return ds.to_iter_dataset()
 
 
-def _records_dataset(config, split, process_index, process_count, k, local):
-    from exo2ego_jax.data import pipeline
-    d = config.data
-    with config.unlocked():
-        d.num_visual_tokens = k
-        d.batch_size = local
+def _records_dataset(config, local, split, process_index, process_count):
     stage = config.exo2ego.stage
     if stage == 1:
         kind, rename = "exo", "exo_pixels"
-    elif stage == 3 and d.instructions:
+    elif stage == 3 and local.instructions:
         kind, rename = "instructions", "ego_pixels"
     elif stage == 3:
         kind, rename = "ego", "ego_pixels"
     else:
         kind, rename = "pair", None
-    ds = pipeline.make_dataset(config, split, process_index, process_count, kind=kind)
+    # The pipeline reads only `.data`: hand it this process's copy (per-process batch, tokens per video).
+    ds = pipeline.make_dataset(ml_collections.ConfigDict({"data": local}), split, process_index,
+                               process_count, kind=kind)
     if rename is None:
         return ds
 

@@ -5,7 +5,7 @@ captions name (object colour and shape, verb). This probe feeds held-out caption
 and reports next-token accuracy on colour / shape / verb / hand words (and everything else), for
 the exo view (stage-1 models) or the learner's ego input (later stages).
 
-    python -m exo2ego_jax.methods.exo2ego_demo_probe --workdir DIR --variant a_exo2ego --stage stage1 \
+    python -m exo2ego_jax.methods.exo2ego.demo_probe --workdir DIR --variant a_exo2ego --stage stage1 \
         [--config_arg seeds=1] [--split val] [--seed 0]
 """
 from __future__ import annotations
@@ -16,6 +16,13 @@ import os
 from typing import Any
 
 import numpy as np
+from exo2ego_jax.data import text as text_lib
+from exo2ego_jax.methods.exo2ego import data as data_lib
+from exo2ego_jax.methods.exo2ego import demo
+from exo2ego_jax.methods.exo2ego import pipeline as pipeline_lib
+from exo2ego_jax.methods.exo2ego.model import tokens_per_video
+from exo2ego_jax.methods.exo2ego.eval import load_learner
+from exo2ego_jax import config_lib
 
 WORD_CLASSES = ("colour", "shape", "verb", "hand", "other")
 VERBS_3P = ("picks", "puts", "moves", "opens", "closes", "pours", "shakes")
@@ -45,12 +52,6 @@ def caption_probe(config, workdir: str, *, variant: str, stage: str, seed: int =
     """
     import jax
     import jax.numpy as jnp
-    from exo2ego_jax.data import text as text_lib
-    from exo2ego_jax.methods import exo2ego_data as data_lib
-    from exo2ego_jax.methods import exo2ego_demo as demo
-    from exo2ego_jax.methods import pipeline as pipeline_lib
-    from exo2ego_jax.methods.exo2ego import tokens_per_video
-    from exo2ego_jax.methods.exo2ego_eval import load_learner
 
     paths = demo._prepare(config, workdir)
     run_dir = os.path.join(workdir, f"seed{seed}", variant)
@@ -100,7 +101,6 @@ def caption_probe(config, workdir: str, *, variant: str, stage: str, seed: int =
 
 
 def main(argv=None) -> None:
-    from exo2ego_jax import config_lib
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="the demo's --workdir")
     p.add_argument("--config_arg", default=None, help="the configs/demo.py arg the run used (e.g. seeds=1)")

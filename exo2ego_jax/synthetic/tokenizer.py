@@ -23,6 +23,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel, WordPiece
+from exo2ego_jax.data import instructions
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 VIDEO, PROBE = "<video>", "<probe>"
@@ -119,7 +120,6 @@ def world_texts(root: str) -> list[str]:
     Reads the atomic-description and keystep annotations, ``synthetic_meta.json`` (all string
     values) and the instruction templates of :mod:`exo2ego_jax.data.instructions`.
     """
-    from exo2ego_jax.data import instructions  # local: instructions imports nothing from here
 
     texts: list[str] = list(instructions.all_template_texts())
     ann = os.path.join(root, "annotations")

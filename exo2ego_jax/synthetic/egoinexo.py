@@ -1,6 +1,6 @@
 """Synthetic Ego-in-Exo Perception questions: ego properties asked of exo video (held-out takes).
 
-Writes the real benchmark's format (FORMATS.md 2.8): `<out>/egoinexo_synthetic.json`, a list of
+Writes the real benchmark's format (docs/formats.md 2.8): `<out>/egoinexo_synthetic.json`, a list of
 `{video_filename, question, answer_choices {letter: text}, ground_truth_letter, category_name}`,
 and `<out>/videos/<segment>_exo1.mp4` + `<segment>_ego.mp4` clips, so the "eval" job's `ego_in_exo`
 benchmark reads it unchanged (each question on the exo and on the ego view).
@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from exo2ego_jax.data import video as video_lib
+from exo2ego_jax.data.egoexo4d import EgoExo4D
+from exo2ego_jax.eval.prompts import EGO2EXO_TEMPLATE
 
 CATEGORIES = ("hand", "object", "action", "marking")
 QUESTIONS = {
@@ -134,7 +136,6 @@ def _write_clip(src: str, start: float, end: float, dst: str, fps: float) -> Non
 def write_questions(root: str, out_dir: str, *, split: str = "val", seed: int = 0,
                     max_segments: int = 0, categories: tuple[str, ...] = CATEGORIES) -> dict[str, Any]:
     """Writes the benchmark for `split` takes of the synthetic world at `root`; returns a summary."""
-    from exo2ego_jax.data.egoexo4d import EgoExo4D
     meta_path = os.path.join(root, "synthetic_meta.json")
     if not os.path.exists(meta_path):
         raise FileNotFoundError(f"{meta_path}: not a synthetic world (write one with the synthetic_world job)")
@@ -173,7 +174,6 @@ def write_questions(root: str, out_dir: str, *, split: str = "val", seed: int = 
 
 def all_texts() -> list[str]:
     """Every word these questions can use (the demo's word-level tokenizer must cover them)."""
-    from exo2ego_jax.eval.prompts import EGO2EXO_TEMPLATE
     texts = list(QUESTIONS.values()) + [EGO2EXO_TEMPLATE.format(question="", choices="(A) (B) (C) (D)")]
     texts += [f"{v} with the left hand right hand no marking" for v in VERB_PHRASES.values()]
     texts += ["while the other hand, standing at the side of the table."]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from exo2ego_jax.data import synthetic_scene as scene
+from exo2ego_jax.synthetic import scene
 
 # Camera that faces the actor (opposite side of the table) = the exo view that sees the hands best.
 BEST_EXO = {"south": "cam03", "north": "cam01", "east": "cam04", "west": "cam02"}

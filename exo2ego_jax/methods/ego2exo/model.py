@@ -1,6 +1,6 @@
 """The Ego2ExoVLM student (and teacher) model: the shared VideoLLM plus optional EAVT probes.
 
-Parameter paths (config.train.groups match them; METHODS.md part B):
+Parameter paths (config.train.groups match them; Ego2ExoVLM paper):
 
 - ``vision/...``: SigLIP (or CLIP) vision tower, frozen in the student.
 - ``connector/...``: 2x spatial token merge + mlp2x_gelu projector.
@@ -20,8 +20,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from exo2ego_jax.models import connectors as conn_lib
+from exo2ego_jax.models.llm import LLMConfig
 from exo2ego_jax.models.mllm import VideoLLM, VideoLLMConfig, scatter_tokens
 from exo2ego_jax.models.probes import EAVT, EAVTConfig
+from exo2ego_jax.models.vit import VisionConfig
+from exo2ego_jax.weights import llm_weights
 
 Array = jax.Array
 
@@ -87,8 +90,31 @@ class Ego2ExoModel(VideoLLM):
 
     def __call__(self, input_ids: Array, pixels: Array, attention_mask: Array | None = None,
                  video_mask: Array | None = None, positions: Array | None = None,
-                 frame_mask: Array | None = None) -> Array:
-        """Logits [B, T, vocab] (float32)."""
+                 frame_mask: Array | None = None, dropout_rng: Array | None = None) -> Array:
+        """Logits [B, T, vocab] (float32); `dropout_rng` turns on LoRA dropout (training only)."""
         logits, _ = self.llm(inputs_embeds=self.embed_all(input_ids, pixels, video_mask, frame_mask),
-                             attention_mask=attention_mask, positions=positions)
+                             attention_mask=attention_mask, positions=positions, dropout_rng=dropout_rng)
         return logits
+
+
+def model_configs(config) -> tuple[LLMConfig, VisionConfig, conn_lib.ConnectorConfig]:
+    """(LLM, vision, connector) configs from config.model (HF config.json files where given)."""
+    m = config.model
+    llm_kw = dict(m.llm)
+    llm = llm_weights.llm_config(m.llm_hf) if m.llm_hf else LLMConfig(**llm_kw)
+    v_kw = dict(m.vision)
+    vision = (VisionConfig.from_hf(m.vision_hf, feature_layer=v_kw.get("feature_layer", -2),
+                                   remat=v_kw.get("remat", False)) if m.vision_hf else VisionConfig(**v_kw))
+    return llm, vision, conn_lib.ConnectorConfig(**dict(m.connector))
+
+
+def tokens_per_video(config) -> int:
+    """Visual tokens one `<video>` placeholder expands to (the data pipeline needs it)."""
+    _, vision, connector = model_configs(config)
+    return conn_lib.num_visual_tokens(connector, vision, config.data.num_frames)
+
+
+def sync_data_fields(config) -> None:
+    """Copies the model-derived counts into config.data (call in config files before locking)."""
+    config.data.num_visual_tokens = tokens_per_video(config)
+    config.data.num_probes = int(config.model.num_probes)

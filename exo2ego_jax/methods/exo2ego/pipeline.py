@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from exo2ego_jax import config_lib
+from exo2ego_jax.train import loop
 
 DONE_FILE = "stage_done.json"
 
@@ -56,7 +57,6 @@ def resolve_stage(config, name: str, workdir: str) -> config_lib.ConfigDict:
 
 def run(config, workdir: str) -> dict[str, Any]:
     """Job exo2ego_pipeline: every stage of `config.order`, skipping finished ones."""
-    from exo2ego_jax.train import loop
     results = {}
     for name, stage_dir in stage_dirs(config, workdir).items():
         if is_done(stage_dir):
@@ -74,19 +74,3 @@ def run(config, workdir: str) -> dict[str, Any]:
             json.dump(metrics, f, indent=1)
         results[name] = metrics
     return results
-
-
-def pipeline_config(stages: dict[str, config_lib.ConfigDict], *, sources: dict[str, tuple[str, ...]] | None = None,
-                    job: str = "exo2ego_pipeline") -> config_lib.ConfigDict:
-    """Wraps per-stage trainer configs into one pipeline config (unlocked)."""
-    c = config_lib.ConfigDict()
-    c.job = job  # exo2ego_pipeline (or demo)
-    c.order = tuple(stages)  # stage names, run in this order
-    c.stages = config_lib.ConfigDict(stages)  # name -> trainer config of that stage
-    src = config_lib.ConfigDict()
-    for name in stages:
-        src[name] = tuple((sources or {}).get(name, ()))  # "regex=<earlier stage>" extra init sources
-    c.sources = src
-    first = next(iter(stages.values()))
-    c.hardware = first.hardware  # main.py reads the preset's XLA flags from here
-    return c

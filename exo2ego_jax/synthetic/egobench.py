@@ -1,6 +1,6 @@
 """Synthetic EgoBench: ego-view multiple-choice questions from a synthetic world's takes.
 
-Questions come from the ground truth in ``synthetic_meta.json`` (data/synthetic.py), one set per
+Questions come from the ground truth in ``synthetic_meta.json`` (synthetic/world.py), one set per
 atomic action (narration) of the chosen split, asked about the EGO clip of that action:
 
 - ``object``: "Which object did I just <verb>?" -> the manipulated object ("the purple box").
@@ -19,7 +19,7 @@ atomic action (narration) of the chosen split, asked about the EGO clip of that 
   world's objects); ``verb`` options are verbs the world does with objects of that shape
   (``shape_verbs``); ``hand`` and ``next`` as with "take".
 
-Written in the QaEgo4D-closed format (FORMATS.md 2.4; loader
+Written in the QaEgo4D-closed format (docs/formats.md 2.4; loader
 ``eval.loaders_mcq.load_qaego4d_closed``): ``video_id``, ``sample_id``, ``question``, ``answer``,
 ``wrong_answers`` (3), ``moment_start_frame`` / ``moment_end_frame`` (30 fps frames of the clip
 inside the take's ego video), plus ``category``, ``take_name`` and ``split``. With ``video_dir``
@@ -33,6 +33,8 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
+from exo2ego_jax.synthetic.world import EGO_FILE
+from exo2ego_jax.data import video as video_lib
 
 CATEGORIES = ("object", "hand", "next", "verb")
 DISTRACTORS = ("take", "balanced")
@@ -171,7 +173,6 @@ def write(world_root: str, out_json: str, split: str = "val", *, video_dir: str 
         json.dump(items, f, indent=1)
     clips = 0
     if video_dir:
-        from exo2ego_jax.data import video as video_lib
         os.makedirs(video_dir, exist_ok=True)
         for it in {i["video_id"]: i for i in items}.values():
             src = ego_video_path(world_root, it["take_name"])
@@ -184,5 +185,4 @@ def write(world_root: str, out_json: str, split: str = "val", *, video_dir: str 
 
 
 def ego_video_path(world_root: str, take_name: str) -> str:
-    from exo2ego_jax.data.synthetic import EGO_FILE
     return os.path.join(world_root, "takes", take_name, "frame_aligned_videos", EGO_FILE)
