@@ -4,7 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-from exo2ego_jax.methods import exo2ego_demo  # noqa: E402
+from exo2ego_jax.methods.exo2ego import demo as exo2ego_demo  # noqa: E402
 
 
 def test_every_panel_is_self_explaining(tmp_path, monkeypatch):
