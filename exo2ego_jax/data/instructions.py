@@ -1,6 +1,6 @@
 """Instruction data: a reader of LLaVA / VideoLLaMA2 conversation JSON and an EgoIT-style generator.
 
-Format (FORMATS.md section 3): a JSON list of ``{"id", "video"|"image"?, "conversations": [{"from":
+Format (docs/formats.md section 3): a JSON list of ``{"id", "video"|"image"?, "conversations": [{"from":
 "human"|"gpt", "value": str}, ...]}``. As in VideoLLaMA2's ``preprocess_multimodal``, a leading
 non-human turn is dropped, turns must alternate human/gpt with an even count, and the modal
 placeholder is moved to the start of the first human turn (``"<video>\\n" + rest``; added there when
@@ -62,7 +62,7 @@ OBJECT_TEMPLATES = (
     "What colour is the {shape}?",
     "Which colour does the {shape} on the table have?",
 )
-# Ego2ExoVLM teacher questions, one category each per segment (METHODS.md B, authors' code).
+# Ego2ExoVLM teacher questions, one category each per segment (docs/papers.md, Ego2ExoVLM teacher [C]).
 EGO2EXO_QUESTIONS = {
     "descriptive": (
         "Describe what is happening in this video in detail.",

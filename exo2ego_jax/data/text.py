@@ -1,6 +1,6 @@
 """Chat-template tokenisation with answer-only labels, placeholder expansion and static padding.
 
-Conversations use the LLaVA/VideoLLaMA2 roles (``human``/``gpt``, FORMATS.md section 3) or chat
+Conversations use the LLaVA/VideoLLaMA2 roles (``human``/``gpt``, docs/formats.md section 3) or chat
 roles (``user``/``assistant``/``system``); they are rendered with the tokenizer's own
 ``apply_chat_template``. Answer spans are found by rendering the conversation prefix by prefix:
 the characters that turn ``render(messages[:i], add_generation_prompt=True)`` into
@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100  # LLaVA / VideoLLaMA2 IGNORE_INDEX (FORMATS.md section 3)
+IGNORE_INDEX = -100  # LLaVA / VideoLLaMA2 IGNORE_INDEX (docs/formats.md section 3)
 ROLE_MAP = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant",
             "system": "system"}
 
