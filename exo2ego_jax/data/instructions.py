@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from exo2ego_jax.data.egoexo4d import EgoExo4D
 from exo2ego_jax.data.skips import SkipCounter
 
 VIDEO_TOKEN, IMAGE_TOKEN = "<video>", "<image>"
@@ -215,8 +216,6 @@ def generate_egoit(root: str, split: str, out_path: str, *, seed: int = 0, clip_
     ground truth, questions on ``attribute_keys`` and on the colour of each object. Each sample draws one of its task's
     templates with a seeded RNG. Video paths are the ego videos, relative to ``root``.
     """
-    from exo2ego_jax.data.egoexo4d import EgoExo4D
-
     rng = np.random.default_rng(seed)
     reader = EgoExo4D(root, video_variant="full", skips=skips)
     meta_path = os.path.join(root, "synthetic_meta.json")

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from exo2ego_jax.models import lora
 from exo2ego_jax.models.llm import DecoderLM, LLMConfig, stack_layers, unstack_layers
 from exo2ego_jax.weights import gguf
 from exo2ego_jax.weights import safetensors_io as sio
@@ -80,8 +81,6 @@ def load_hf_llm(model, path_or_reader, *, mesh=None, rules=None, prefix: str = "
 
 def to_hf_tensors(model: DecoderLM, hf_prefix: str = "model.", dtype=None) -> dict[str, np.ndarray]:
     """HF-named numpy tensors of ``model`` (LoRA merged if present; see models.lora.merge_lora)."""
-    from exo2ego_jax.models import lora
-
     if not model.scanned:  # the HF names below follow the scanned layout
         model = stack_layers(nnx.clone(model))
     params = sio.param_paths(model)
