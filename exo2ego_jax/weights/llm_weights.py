@@ -11,6 +11,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -131,8 +132,6 @@ def load_llm(path: str, *, dtype=None, param_dtype=None, mesh=None, rules=None,
     each parameter is materialised once, straight into its target sharding. ``scan_layers=False``
     gives the unstacked inference layout (``models.llm.unstack_layers``: faster CPU decoding).
     """
-    import jax.numpy as jnp
-
     dtype = dtype or jnp.float32
     param_dtype = param_dtype or jnp.float32
     cfg = llm_config(path)
