@@ -156,7 +156,7 @@ def apply_tiny(c: ConfigDict) -> ConfigDict:
     """Turns a stage config into its `size=tiny` smoke-run version, in place (after its values)."""
     c.model = tiny_model()
     # Room for a synthetic world's word-level tokenizer (a few hundred words; job synthetic_world):
-    # an id past the vocabulary would embed as NaN.
+    # an id past the vocabulary is an error (data/text.check_tokenizer_fits).
     c.model.llm.vocab_size = 1024
     c.data.num_frames = 4  # tiny clips
     c.data.max_len = 64  # tiny text
