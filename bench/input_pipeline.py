@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from exo2ego_jax.data import pipeline, records, video  # noqa: E402
+from exo2ego_jax.data.preprocess_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
 from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer  # noqa: E402
 
 
@@ -83,7 +84,6 @@ def plain_decode(mp4s: list[tuple[bytes, bytes]], num_frames: int, normalise_to:
     normalise_to > 0: also resize/crop/normalise the frames with data/video.py (a hand-written
     loader doing the pipeline's pixel work, for context).
     """
-    from exo2ego_jax.data.preprocess_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     t0 = time.perf_counter()
     for pair in mp4s:
         for data in pair:

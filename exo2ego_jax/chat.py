@@ -30,7 +30,7 @@ from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.data import video as video_lib
 from exo2ego_jax.tokenizer import load_tokenizer
 from exo2ego_jax.models.llm import unstack_layers
-from exo2ego_jax.weights import llm_weights
+from exo2ego_jax.weights import llm_weights, vision_weights
 from exo2ego_jax.weights.gguf import smollm2_gguf_path
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -140,8 +140,6 @@ def _video_embeds(model, input_ids, pixels):
 
 
 def run_video(config, workdir: str) -> dict:
-    from exo2ego_jax.weights import vision_weights
-
     c = config.chat
     ckpt = config.checkpoint
     if not ckpt or not os.path.isdir(ckpt):

@@ -7,6 +7,9 @@ arguments, starts from `base_config(...)`, fills the method's fields, and return
 from __future__ import annotations
 
 import ast
+import importlib.util
+import json
+import os
 from typing import Any
 
 import ml_collections
@@ -192,7 +195,6 @@ def finalize(config: ConfigDict) -> ConfigDict:
 
 def to_json_dict(config: ConfigDict) -> dict:
     """A JSON-serialisable dict of `config` (tuples become lists)."""
-    import json
     return json.loads(config.to_json())
 
 
@@ -201,8 +203,6 @@ def load(path: str, arg: str | None = None) -> ConfigDict:
 
     `path` may carry the argument as on the command line: "configs/toy.py:steps=10".
     """
-    import importlib.util
-    import os
     if arg is None and ":" in os.path.basename(path):
         path, arg = path.rsplit(":", 1)
     if not os.path.exists(path):

@@ -9,6 +9,8 @@ resizes a DecoderLM's embedding / LM head to match.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from collections.abc import Sequence
 
@@ -132,8 +134,6 @@ def gguf_tokenizer(path: str) -> PreTrainedTokenizerFast:
 
 
 def _supports_replace(tok) -> bool:
-    import inspect
-
     return "replace_extra_special_tokens" in inspect.signature(tok.add_special_tokens).parameters
 
 
@@ -154,8 +154,6 @@ def resize_token_embeddings(model, new_vocab: int, *, rng: jax.Array | None = No
     the usual choice (e.g. LLaVA, HF ``mean_resizing``) so added tokens do not disturb the output
     distribution before training. ``model.cfg.vocab_size`` is updated.
     """
-    import dataclasses
-
     def resize(param: nnx.Param, axis: int):
         old = param.get_value()
         n_old = old.shape[axis]

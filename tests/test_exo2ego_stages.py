@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from exo2ego_jax import config_lib
+from exo2ego_jax import tokenizer as tokenizer_lib
 from exo2ego_jax.methods import common
 from exo2ego_jax.methods.exo2ego import method as exo2ego
 from exo2ego_jax.methods.exo2ego import model as exo2ego_model
 from exo2ego_jax.methods.exo2ego import config as ec
+from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
 from exo2ego_jax.train import setup as setup_lib
 from exo2ego_jax.train import state as state_lib
 
@@ -156,3 +158,16 @@ def test_shard_batch_pins_batch_axis_only_under_a_mesh():
         assert y.sharding.spec[0] == ("data", "fsdp")
         z = jax.jit(lambda a: shard_batch(a))(jnp.ones((3, 2)))  # 3 rows do not split over 8
         assert np.asarray(z).shape == (3, 2)
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_fails_at_build(tmp_path):
+    words = " ".join(f"word{i}" for i in range(40))  # 40 words + specials > the tiny model's 32 rows
+    path = synthetic_tokenizer.build_tokenizer([words], str(tmp_path / "tok"))
+    n = len(tokenizer_lib.load_tokenizer(path))
+    c = tiny_stage(2)
+    c.data.tokenizer = path
+    with pytest.raises(ValueError, match=rf"has {n} tokens but the model's vocabulary has 32 rows .*"
+                                         rf"config.model.llm.vocab_size >= {n}"):
+        exo2ego.Exo2Ego(c)
+    c.model.llm.vocab_size = n
+    assert exo2ego.Exo2Ego(c).vocab_size == n

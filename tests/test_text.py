@@ -107,3 +107,28 @@ def test_chatml_template_of_a_real_tokenizer():
     assert tok.decode([int(l) for l in enc.labels if l != IGNORE]) == (
         "C picks up the kettle.<|im_end|>C pours water into the cup.<|im_end|>")
     assert (enc.input_ids == tok.convert_tokens_to_ids("<video>")).sum() == 4
+
+
+def test_tokenizer_past_the_vocabulary_is_an_error(word_tok):
+    n = len(word_tok)
+    text.check_tokenizer_fits(word_tok, n)  # every id has a row
+    with pytest.raises(ValueError, match=rf"has {n} tokens .* vocabulary has {n - 2} rows .* token id {n - 2} "
+                                         rf"and 1 more .*vocab_size >= {n}"):
+        text.check_tokenizer_fits(word_tok, n - 2)
+    # A placeholder past the table is allowed: the model replaces its rows before use.
+    text.check_tokenizer_fits(word_tok, n - 1, placeholder_ids=(n - 1,))
+
+
+def test_batch_ids_past_the_vocabulary_are_an_error():
+    ids = np.array([[1, 2, 3], [4, 40, 2]], np.int32)
+    with pytest.raises(ValueError, match=r"input_ids\[1, 1\] = 40 is outside the model's vocabulary of 32 tokens"
+                                         r".* at least 41 tokens"):
+        text.check_ids_in_vocabulary(ids, 32)
+    text.check_ids_in_vocabulary(ids, 32, placeholder_ids=(40,))  # <video> past the table (Mistral: 32000)
+    with pytest.raises(ValueError, match=r"input_ids\[0, 0\] = -1"):
+        text.check_ids_in_vocabulary(np.array([[-1, 0]]), 32)
+    check = text.IdsInVocabulary(41)
+    batch = {"input_ids": ids, "labels": ids}
+    assert check(batch) is batch
+    with pytest.raises(ValueError, match="= 40 is outside"):
+        text.IdsInVocabulary(40)(batch)

@@ -9,22 +9,17 @@ init_from=<previous stage workdir>, size=full|tiny (tiny: a CPU-sized model, 2 s
       --config.data.records_dir=gs://BUCKET/ego_exoclip --config.data.tokenizer=/ckpt/mistral-7b-instruct \
       --config.model.llm_hf=/ckpt/mistral-7b-instruct --workdir gs://BUCKET/exo2ego/stage0_init
 """
-from exo2ego_jax import config_lib
 from exo2ego_jax.methods.exo2ego import config as ec
 
 STAGE = 0
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, hardware="cpu", init_from="", size="full")
-    c = ec.stage_base(STAGE, hardware=args.hardware)
+    c, args = ec.stage_base(STAGE, arg)
     t = c.train
     t.global_batch = 512  # Exo2Ego stage table, stage 0: global batch 512
     t.epochs = 5.0  # Exo2Ego stage table, stage 0: 5 epochs
     t.warmup_ratio = 0.1  # Exo2Ego stage table, stage 0: warmup ratio 0.1
     # Exo2Ego stage table, stage 0: both encoders train at peak LR 1e-3; the LLM is frozen.
     t.groups = [(r"^(ego|exo)/", 1e-3), (r".*", None)]
-    t.init_from = args.init_from  # previous stage's workdir (its parameters are loaded first)
-    if args.size == "tiny":
-        ec.apply_tiny(c)
-    return config_lib.finalize(c)
+    return ec.finish_stage(c, args)

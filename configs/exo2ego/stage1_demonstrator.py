@@ -10,22 +10,17 @@ init_from=<previous stage workdir>, size=full|tiny (tiny: a CPU-sized model, 2 s
       --config.model.llm_hf=/ckpt/mistral-7b-instruct \
       --config.model.vision_hf=/ckpt/clip-vit-large-patch14-336 --workdir gs://BUCKET/exo2ego/stage1_demonstrator
 """
-from exo2ego_jax import config_lib
 from exo2ego_jax.methods.exo2ego import config as ec
 
 STAGE = 1
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, hardware="cpu", init_from="", size="full")
-    c = ec.stage_base(STAGE, hardware=args.hardware)
+    c, args = ec.stage_base(STAGE, arg)
     t = c.train
     t.global_batch = 256  # Exo2Ego stage table, stage 1: global batch 256
     t.epochs = 2.0  # Exo2Ego stage table, stage 1: 2 epochs
     t.warmup_ratio = 0.03  # Exo2Ego stage table, stage 1: warmup ratio 0.03
     # Exo2Ego stage table, stage 1: the exo encoder (demonstrator) trains at peak LR 1e-4; LLM frozen.
     t.groups = [(r"^exo/", 1e-4), (r".*", None)]
-    t.init_from = args.init_from  # previous stage's workdir (its parameters are loaded first)
-    if args.size == "tiny":
-        ec.apply_tiny(c)
-    return config_lib.finalize(c)
+    return ec.finish_stage(c, args)

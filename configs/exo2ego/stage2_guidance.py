@@ -9,15 +9,13 @@ init_from=<previous stage workdir>, size=full|tiny (tiny: a CPU-sized model, 2 s
       --config.data.records_dir=gs://BUCKET/ego_exoclip --config.data.tokenizer=/ckpt/mistral-7b-instruct \
       --config.model.llm_hf=/ckpt/mistral-7b-instruct --workdir gs://BUCKET/exo2ego/stage2_guidance
 """
-from exo2ego_jax import config_lib
 from exo2ego_jax.methods.exo2ego import config as ec
 
 STAGE = 2
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, hardware="cpu", init_from="", size="full")
-    c = ec.stage_base(STAGE, hardware=args.hardware)
+    c, args = ec.stage_base(STAGE, arg)
     t = c.train
     t.global_batch = 256  # Exo2Ego stage table, stage 2: global batch 256
     t.epochs = 2.0  # Exo2Ego stage table, stage 2: 2 epochs
@@ -25,7 +23,4 @@ def get_config(arg: str | None = None):
     # Exo2Ego stage table, stage 2: ego encoder, F and G train at peak LR 1e-4; the exo encoder
     # (demonstrator) and the LLM are frozen.
     t.groups = [(r"^(ego|mapping_f|mapping_g)/", 1e-4), (r".*", None)]
-    t.init_from = args.init_from  # previous stage's workdir (its parameters are loaded first)
-    if args.size == "tiny":
-        ec.apply_tiny(c)
-    return config_lib.finalize(c)
+    return ec.finish_stage(c, args)

@@ -10,15 +10,13 @@ init_from=<previous stage workdir>, size=full|tiny (tiny: a CPU-sized model, 2 s
       --config.model.llm_hf=/ckpt/mistral-7b-instruct \
       --config.data.instructions="('/data/egoit.json',)" --workdir gs://BUCKET/exo2ego/stage3_practice
 """
-from exo2ego_jax import config_lib
 from exo2ego_jax.methods.exo2ego import config as ec
 
 STAGE = 3
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, hardware="cpu", init_from="", size="full")
-    c = ec.stage_base(STAGE, hardware=args.hardware)
+    c, args = ec.stage_base(STAGE, arg)
     t = c.train
     t.global_batch = 64  # Exo2Ego stage table, stage 3: global batch 64
     t.epochs = 1.0  # Exo2Ego stage table, stage 3: 1 epoch
@@ -30,7 +28,4 @@ def get_config(arg: str | None = None):
     e.lora_rank = 128  # Exo2Ego stage 3: LoRA r 128
     e.lora_alpha = 256.0  # Exo2Ego stage 3: LoRA alpha 256
     e.lora_dropout = 0.1  # Exo2Ego stage 3: LoRA dropout 0.1
-    t.init_from = args.init_from  # previous stage's workdir (its parameters are loaded first)
-    if args.size == "tiny":
-        ec.apply_tiny(c)
-    return config_lib.finalize(c)
+    return ec.finish_stage(c, args)

@@ -1,6 +1,6 @@
 """Instruction data: a reader of LLaVA / VideoLLaMA2 conversation JSON and an EgoIT-style generator.
 
-Format (FORMATS.md section 3): a JSON list of ``{"id", "video"|"image"?, "conversations": [{"from":
+Format (docs/formats.md section 3): a JSON list of ``{"id", "video"|"image"?, "conversations": [{"from":
 "human"|"gpt", "value": str}, ...]}``. As in VideoLLaMA2's ``preprocess_multimodal``, a leading
 non-human turn is dropped, turns must alternate human/gpt with an even count, and the modal
 placeholder is moved to the start of the first human turn (``"<video>\\n" + rest``; added there when
@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from exo2ego_jax.data.egoexo4d import EgoExo4D
 from exo2ego_jax.data.skips import SkipCounter
 
 VIDEO_TOKEN, IMAGE_TOKEN = "<video>", "<image>"
@@ -62,7 +63,7 @@ OBJECT_TEMPLATES = (
     "What colour is the {shape}?",
     "Which colour does the {shape} on the table have?",
 )
-# Ego2ExoVLM teacher questions, one category each per segment (METHODS.md B, authors' code).
+# Ego2ExoVLM teacher questions, one category each per segment (docs/papers.md, Ego2ExoVLM teacher [C]).
 EGO2EXO_QUESTIONS = {
     "descriptive": (
         "Describe what is happening in this video in detail.",
@@ -215,8 +216,6 @@ def generate_egoit(root: str, split: str, out_path: str, *, seed: int = 0, clip_
     ground truth, questions on ``attribute_keys`` and on the colour of each object. Each sample draws one of its task's
     templates with a seeded RNG. Video paths are the ego videos, relative to ``root``.
     """
-    from exo2ego_jax.data.egoexo4d import EgoExo4D
-
     rng = np.random.default_rng(seed)
     reader = EgoExo4D(root, video_variant="full", skips=skips)
     meta_path = os.path.join(root, "synthetic_meta.json")

@@ -1,6 +1,6 @@
 """Chat-template tokenisation with answer-only labels, placeholder expansion and static padding.
 
-Conversations use the LLaVA/VideoLLaMA2 roles (``human``/``gpt``, FORMATS.md section 3) or chat
+Conversations use the LLaVA/VideoLLaMA2 roles (``human``/``gpt``, docs/formats.md section 3) or chat
 roles (``user``/``assistant``/``system``); they are rendered with the tokenizer's own
 ``apply_chat_template``. Answer spans are found by rendering the conversation prefix by prefix:
 the characters that turn ``render(messages[:i], add_generation_prompt=True)`` into
@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100  # LLaVA / VideoLLaMA2 IGNORE_INDEX (FORMATS.md section 3)
+IGNORE_INDEX = -100  # LLaVA / VideoLLaMA2 IGNORE_INDEX (docs/formats.md section 3)
 ROLE_MAP = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant",
             "system": "system"}
 
@@ -81,6 +81,51 @@ def special_id(tokenizer, token: str) -> int:
             f"{ids}); load it with exo2ego_jax.tokenizer.load_tokenizer(path, extra_special_tokens="
             f"('<video>', '<probe>')) or add it with tokenizer.add_special_tokens")
     return ids[0]
+
+
+def check_tokenizer_fits(tokenizer, vocab_size: int, *, placeholder_ids: Iterable[int] = (),
+                         tokenizer_field: str = "config.data.tokenizer",
+                         vocab_field: str = "config.model.llm.vocab_size") -> None:
+    """Raises ValueError when ``tokenizer`` can emit an id that the model's embedding table (``vocab_size``
+    rows) lacks: such an id embeds as NaN (or another row) instead of failing. ``placeholder_ids``
+    (``<video>``, ``<probe>``) may lie past the table: the model replaces their rows before use."""
+    allowed = set(int(i) for i in placeholder_ids)
+    past = [i for i in range(vocab_size, len(tokenizer)) if i not in allowed]
+    if past:
+        shown = ", ".join(f"{i} ({tokenizer.convert_ids_to_tokens(i)!r})" for i in past[:4])
+        raise ValueError(
+            f"{tokenizer_field}={getattr(tokenizer, 'name_or_path', '')!r} has {len(tokenizer)} tokens but the "
+            f"model's vocabulary has {vocab_size} rows ({vocab_field}): token id {past[0]} and {len(past) - 1} more "
+            f"lie past it ({shown}) and would embed as NaN. Set {vocab_field} >= {len(tokenizer)} (a model trained "
+            f"from scratch), or use the tokenizer the LLM was trained with.")
+
+
+def check_ids_in_vocabulary(input_ids: np.ndarray, vocab_size: int, *, placeholder_ids: Iterable[int] = (),
+                            source: str = "batch") -> None:
+    """Host-side guard of a tokenised batch: every id of ``input_ids`` [B, T] is in [0, vocab_size)
+    or a placeholder the model replaces; anything else raises ValueError naming the id."""
+    ids = np.asarray(input_ids)
+    bad = (ids < 0) | (ids >= vocab_size)
+    if placeholder_ids:
+        bad &= ~np.isin(ids, np.fromiter(placeholder_ids, np.int64))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{source}: input_ids{list(where)} = {int(ids[where])} is outside the model's vocabulary of "
+            f"{vocab_size} tokens: the tokenizer does not match the model. Use the LLM's own tokenizer or "
+            f"a vocabulary of at least {int(ids[bad].max()) + 1} tokens (config.model.llm.vocab_size).")
+
+
+class IdsInVocabulary:
+    """Grain map of batches: `check_ids_in_vocabulary` on each batch's ``input_ids``, batch unchanged."""
+
+    def __init__(self, vocab_size: int, placeholder_ids: Iterable[int] = ()):
+        self.vocab_size = int(vocab_size)
+        self.placeholder_ids = tuple(int(i) for i in placeholder_ids)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        check_ids_in_vocabulary(batch["input_ids"], self.vocab_size, placeholder_ids=self.placeholder_ids)
+        return batch
 
 
 def _render(tokenizer, messages, add_generation_prompt: bool) -> str:

@@ -1,4 +1,4 @@
-"""Loaders of the public multiple-choice benchmark files (FORMATS.md section 2) -> `MCQRecord`s.
+"""Loaders of the public multiple-choice benchmark files (docs/formats.md section 2) -> `MCQRecord`s.
 
 Each loader takes the annotation file as distributed plus the folder its videos were extracted
 to, and fails on a malformed record with the file, the record index, the key and what to do.
@@ -16,10 +16,10 @@ import numpy as np
 
 from exo2ego_jax.eval.records import LETTERS, MCQRecord, VideoRef
 
-# Ego4D / EgoPlan frame indices are at 30 fps (FORMATS.md 2.4 "NLQ clip seconds x 30"; EgoPlan2
+# Ego4D / EgoPlan frame indices are at 30 fps (docs/formats.md 2.4 "NLQ clip seconds x 30"; EgoPlan2
 # utils divide by 30).
 EGO4D_FPS = 30.0
-# EgoPlan-Bench question, the same for every sample (FORMATS.md 2.6); EgoPlan-Bench2 files carry
+# EgoPlan-Bench question, the same for every sample (docs/formats.md 2.6); EgoPlan-Bench2 files carry
 # only `task_goal`, so its question is built from it.
 EGOPLAN_QUESTION = ("Considering the progress shown in the video and my current observation in the last frame, "
                     "what action should I take next in order to {goal}?")
@@ -43,7 +43,7 @@ def require(item: Any, keys: Sequence[str], path: str, where: Any) -> None:
     missing = [k for k in keys if k not in item]
     if missing:
         raise ValueError(f"{path} record {where}: missing key(s) {missing}; has {sorted(item)}. "
-                         "Is this the right file for this benchmark (FORMATS.md section 2)?")
+                         "Is this the right file for this benchmark (docs/formats.md section 2)?")
 
 
 def _as_list(data: Any, path: str) -> list:

@@ -19,7 +19,7 @@ from exo2ego_jax.eval.records import (ClassificationRecord, ClassificationSet, M
 # EgoVLP stores Ego4D videos as 600-s chunks `<video_uid>/<int(sec // 600)>.mp4` (README, loader).
 EGOMCQ_CHUNK_SEC = 600.0
 # EgoMCQ `types`: EgoVLP's loader comment says "1 for inter; 2 for intra" while its metric zips
-# sorted types with ["Intra-video", "Inter-video"]. We follow the loader comment: FORMATS.md's
+# sorted types with ["Intra-video", "Inter-video"]. We follow the loader comment: docs/formats.md section 2.2's
 # example with types=1 has candidates from different videos, which is what inter-video means.
 EGOMCQ_TYPE_GROUPS = {1: "inter", 2: "intra"}
 _NARRATION_TAG = re.compile(r"#\s*[A-Za-z]+\s*")

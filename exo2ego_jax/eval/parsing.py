@@ -1,6 +1,6 @@
 """Answer-letter parsing for generated MCQ answers: regex first, then option-text matching.
 
-Order (the first that yields a valid letter wins; Ego2ExoVLM / METHODS.md B: "letter parsed by
+Order (the first that yields a valid letter wins; docs/papers.md, Ego2ExoVLM evaluation: "letter parsed by
 regex, then by matching the option text"):
 
 1. `(B)` or `(b)` anywhere (the first valid one).

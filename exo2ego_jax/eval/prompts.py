@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from exo2ego_jax.eval.records import MCQRecord
 
-# Exo2Ego (METHODS.md A): the evaluation prompt adds task details and a first-person cue
+# Exo2Ego (docs/papers.md, EgoBench): the evaluation prompt adds task details and a first-person cue
 # ("this video is recorded from your own point of view"-like; worth +1.1 avg). The paper does not
 # print its wording: these sentences are ours [I]; `first_person_text` is a config field.
 FIRST_PERSON_TEXT = "This video is recorded from your own point of view."
@@ -31,7 +31,7 @@ DEFAULT_TASK_DETAIL = "Answer the multiple-choice question about the video."
 # VideoLLaMA2's MCQ instruction (its EgoSchema eval maps options to (A)..(E)), the base of EgoBench.
 EGOBENCH_SUFFIX = "Answer with the option's letter from the given choices directly."
 
-# Ego2ExoVLM (METHODS.md B, EgoExo4ADL egoperceptionmcq.py): options joined by single spaces.
+# Ego2ExoVLM (docs/papers.md, Ego2ExoVLM evaluation; EgoExo4ADL egoperceptionmcq.py): options joined by single spaces.
 EGO2EXO_TEMPLATE = ("{question} The output should be the choice among one of the following choices. "
                     "Choices are {choices}")
 

@@ -1,4 +1,4 @@
-"""The internal record types every benchmark loader produces (FORMATS.md section 4).
+"""The internal record types every benchmark loader produces (from the files of docs/formats.md section 2).
 
 One MCQ record type serves all multiple-choice benchmarks; EgoMCQ (text -> clip retrieval) and
 Charades-Ego (multi-label classification) have their own small record types because their

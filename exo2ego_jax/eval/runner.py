@@ -23,6 +23,7 @@ from exo2ego_jax.eval import report
 from exo2ego_jax.eval.adapter import build_adapter
 from exo2ego_jax.eval.benchmarks import SUITES, get_benchmark, is_configured
 from exo2ego_jax.eval.config import with_defaults
+from exo2ego_jax.eval.judge import LLMJudge
 from exo2ego_jax.eval.parsing import parse_answer
 from exo2ego_jax.eval.records import (ClassificationSet, MCQRecord, MultiInstanceRetrievalSet, OpenQARecord,
                                       RetrievalRecord)
@@ -420,8 +421,6 @@ def run(config, workdir: str) -> dict[str, Any]:
     judge = None
     names, _ = benchmark_names(cfg)
     if cfg.judge.checkpoint and any(get_benchmark(n).kind == "open_qa" for n in names):
-        from exo2ego_jax.eval.judge import LLMJudge  # deferred: loads JAX and a checkpoint, only with a judge
-
         judge = LLMJudge(cfg.judge.checkpoint, tokenizer=cfg.judge.tokenizer, max_new_tokens=cfg.judge.max_new_tokens,
                          attention_impl=config.hardware.attention, batch_size=cfg.judge.batch_size)
     agree = None

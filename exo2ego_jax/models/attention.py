@@ -8,6 +8,8 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from exo2ego_jax.models import splash
+
 log = logging.getLogger(__name__)
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "dot_product", "splash")
@@ -81,8 +83,6 @@ def attention(q, k, v, mask, scale: float, impl: str, *, causal_lengths=None, wi
     if impl == "xla" or causal_lengths is None:
         return xla_attention(q, k, v, mask, scale)
     if impl == "splash":
-        from exo2ego_jax.models import splash
-
         if splash.supported(q.shape[1]):
             return splash.splash_attention(q, k, v, causal_lengths, scale, window=window)
         warn_once(f"splash attention needs lengths that are multiples of {splash.BLOCK}; got "

@@ -1,6 +1,6 @@
 """Exo2Ego mapping functions F (ego -> exo features) and G (exo -> ego features).
 
-The paper (METHODS.md part A, [S]) describes F and G as ResNet generators: downsampling,
+The paper (docs/papers.md, Exo2Ego, mapping functions [S]) describes F and G as ResNet generators: downsampling,
 9 residual blocks, upsampling (the CycleGAN generator layout [I]), and reports an ablation where
 they are replaced by fully connected layers (-0.9 avg). The paper does not say how wide they are,
 which normalisation they use, or on which features they act; those are `MappingConfig` fields

@@ -1,6 +1,6 @@
 """Ego2ExoVLM Ego Adaptive Visual Tokens (EAVT): learnable probes updated after every ViT layer.
 
-METHODS.md part B [C]: 16 probe vectors (ViT width, init N(0, 0.02)). After ViT layer i a
+docs/papers.md, Ego2ExoVLM, EAVT [C]: 16 probe vectors (ViT width, init N(0, 0.02)). After ViT layer i a
 cross-attention module i sets ``probes = CrossAttn_i(query=probes, key=value=all patch tokens of all
 frames of that video at layer i)``: no residual, no norm, no MLP. Module i starts as a copy of ViT
 layer i's self-attention (q/k/v/out). A probe projector, a copy of the main projector, maps the final

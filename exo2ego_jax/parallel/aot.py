@@ -39,7 +39,7 @@ def configure_cpu(n: int) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    import jax
+    import jax  # here, after XLA_FLAGS is set: a memory tool may call this before anything imported JAX
     jax.config.update("jax_num_cpu_devices", n)
     jax.config.update("jax_platforms", "cpu")
 
@@ -47,7 +47,7 @@ def configure_cpu(n: int) -> None:
 def tpu_devices(topology: str) -> list:
     """Abstract devices of a TPU slice (`v5p:4x4x4`, `v5e:8x8`, ...) for AOT compilation."""
     try:
-        import libtpu  # noqa: F401
+        import libtpu  # noqa: F401  (optional dependency: only AOT compilation for TPU targets needs it)
     except ImportError as e:
         raise RuntimeError(f"target tpu:{topology} needs the libtpu package (pip install libtpu; no TPU "
                            "is needed to compile), or use a cpu:N target") from e

@@ -11,9 +11,11 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from exo2ego_jax.models import lora
 from exo2ego_jax.models.llm import DecoderLM, LLMConfig, stack_layers, unstack_layers
 from exo2ego_jax.weights import gguf
 from exo2ego_jax.weights import safetensors_io as sio
@@ -80,8 +82,6 @@ def load_hf_llm(model, path_or_reader, *, mesh=None, rules=None, prefix: str = "
 
 def to_hf_tensors(model: DecoderLM, hf_prefix: str = "model.", dtype=None) -> dict[str, np.ndarray]:
     """HF-named numpy tensors of ``model`` (LoRA merged if present; see models.lora.merge_lora)."""
-    from exo2ego_jax.models import lora
-
     if not model.scanned:  # the HF names below follow the scanned layout
         model = stack_layers(nnx.clone(model))
     params = sio.param_paths(model)
@@ -132,8 +132,6 @@ def load_llm(path: str, *, dtype=None, param_dtype=None, mesh=None, rules=None,
     each parameter is materialised once, straight into its target sharding. ``scan_layers=False``
     gives the unstacked inference layout (``models.llm.unstack_layers``: faster CPU decoding).
     """
-    import jax.numpy as jnp
-
     dtype = dtype or jnp.float32
     param_dtype = param_dtype or jnp.float32
     cfg = llm_config(path)

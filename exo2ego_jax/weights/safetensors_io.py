@@ -33,6 +33,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from exo2ego_jax.parallel import rules as rules_lib
+
 # Sources and transforms live in sources.py; re-exported so mappings only import this module.
 from exo2ego_jax.weights.sources import (  # noqa: F401
     Chain, Fn, PermuteQK, Reader, Reshape, Source, Src, StackedShapeError, Transform, Transpose, stacked)
@@ -142,8 +144,6 @@ def logical_axes(var: nnx.Variable) -> tuple | None:
 
 def _target_sharding(var: nnx.Variable, value: Any, mesh, rules) -> jax.sharding.Sharding:
     if mesh is not None:
-        from exo2ego_jax.parallel import rules as rules_lib
-
         spec = rules_lib.logical_to_spec(logical_axes(var), value.shape, mesh, rules or rules_lib.RULES)
         return jax.sharding.NamedSharding(mesh, spec)
     sharding = getattr(value, "sharding", None)

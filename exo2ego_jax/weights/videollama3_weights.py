@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -186,7 +187,6 @@ def load_videollama3_dir(path: str, *, dtype=None, param_dtype=None, mesh=None, 
                          config_overrides: Mapping[str, Any] | None = None) -> VideoLlama3:
     """Builds the model abstractly from ``path/config.json`` (either layout) and loads its weights,
     so every parameter is materialised once, in its target sharding."""
-    import jax.numpy as jnp
 
     cfg = VideoLlama3Config.from_hf(path, **dict(config_overrides or {}))
     with nnx.use_eager_sharding(False):

@@ -23,11 +23,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from exo2ego_jax.data.preprocess_config import PreprocessConfig
 from exo2ego_jax.models.connectors import Connector, ConnectorConfig
+from exo2ego_jax.models.mllm import VideoLLM, VideoLLMConfig
 from exo2ego_jax.models.vit import VisionConfig, VisionTower
+from exo2ego_jax.weights import llm_weights
 from exo2ego_jax.weights import safetensors_io as sio
 
 CLIP_PREFIX = "vision_model."
@@ -208,8 +212,6 @@ def export_connector(connector: Connector, key_prefix: str = LLAVA_PROJECTOR_PRE
 def videollm_mappings(model, *, vision_prefix: str = LLAVA_VISION_PREFIX,
                       projector_prefix: str = LLAVA_PROJECTOR_PREFIX, llm_prefix: str = "model."):
     """``{module prefix: mapping}`` for a LLaVA / VideoLLaMA2-style checkpoint of a ``VideoLLM``."""
-    from exo2ego_jax.weights import llm_weights
-
     return {
         "vision/": to_mapping(vision_entries(model.cfg.vision), vision_prefix),
         "connector/": to_mapping(connector_entries(model.cfg.connector), projector_prefix),
@@ -234,8 +236,6 @@ def load_videollm(model, checkpoint, *, vision_checkpoint=None, vision_prefix: s
     Raises:
       ValueError: one error listing every missing, mis-shaped and unexpected key of all parts.
     """
-    from exo2ego_jax.weights import llm_weights
-
     reader = _reader(checkpoint)
     vreader = reader if vision_checkpoint is None else _reader(vision_checkpoint)
     if vision_prefix is None:
@@ -270,8 +270,6 @@ def export_videollm(model, *, include_vision: bool = True, dtype=None,
                     vision_prefix: str = LLAVA_VISION_PREFIX,
                     projector_prefix: str = LLAVA_PROJECTOR_PREFIX) -> dict[str, np.ndarray]:
     """A ``VideoLLM`` as one LLaVA / VideoLLaMA2-style state dict (LoRA merged into the LLM)."""
-    from exo2ego_jax.weights import llm_weights
-
     out = export(model.connector, connector_entries(model.cfg.connector), projector_prefix, dtype=dtype)
     if include_vision:
         out.update(export(model.vision, vision_entries(model.cfg.vision), vision_prefix, dtype=dtype))
@@ -325,8 +323,6 @@ def resolve_tower(checkpoint: str, hf_config: Mapping[str, Any], vision_tower: s
     copy), else from the tower dir. Preprocessing comes from the tower dir's
     ``preprocessor_config.json``, else the checkpoint's, else ``KNOWN_TOWERS``.
     """
-    from exo2ego_jax.data.preprocess_config import PreprocessConfig
-
     reader = reader if reader is not None else _reader(checkpoint)
     embedded = any(k.startswith(LLAVA_VISION_PREFIX) for k in reader.keys())
     name = str(hf_config.get("mm_vision_tower") or hf_config.get("vision_tower") or "")
@@ -376,10 +372,6 @@ def load_videollm_dir(checkpoint: str, *, vision_tower: str = "", num_frames: in
 
     Returns ``(model, tower_spec)``; the model is built abstractly and each parameter is read once.
     """
-    import jax.numpy as jnp
-
-    from exo2ego_jax.models.mllm import VideoLLM, VideoLLMConfig
-
     cfg_path = os.path.join(checkpoint, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{checkpoint}: no config.json; a video chat checkpoint is a LLaVA / VideoLLaMA2 "

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from exo2ego_jax.data import instructions, pipeline
+from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.methods import common
 from exo2ego_jax.methods.ego2exo import infer
 from exo2ego_jax.methods.ego2exo.model import Ego2ExoModel, model_configs
@@ -93,7 +94,11 @@ class Ego2Exo:
                              "(python -m exo2ego_jax.main --config configs/ego2exo/label.py ...)")
         cfg = common.local_data_config(self.config, process_count)
         tok = pipeline.load_tokenizer(cfg)
-        return pipeline.instruction_dataset(cfg, tok, process_index=process_index, process_count=process_count)
+        vocab_size = model_configs(self.config)[0].vocab_size
+        placeholders = (self.config.model.video_token_id, self.config.model.probe_token_id)
+        text_lib.check_tokenizer_fits(tok, vocab_size, placeholder_ids=placeholders)
+        ds = pipeline.instruction_dataset(cfg, tok, process_index=process_index, process_count=process_count)
+        return ds.map(text_lib.IdsInVocabulary(vocab_size, placeholders))
 
     def num_train_examples(self) -> int:
         d = self.config.data

@@ -121,15 +121,16 @@ def data_block() -> ConfigDict:
     return d
 
 
-def stage_base(stage: int, *, hardware: str = "cpu", size: str = "full", job: str = "train") -> ConfigDict:
-    """What every stage shares (unlocked): paper-size model, switches, data fields, optimizer defaults.
+def stage_base(stage: int, arg: str | None) -> tuple[ConfigDict, ConfigDict]:
+    """(config, args): what every stage shares (unlocked: paper-size model, switches, data fields,
+    optimizer defaults) and the stage file's parsed argument `hardware=...,init_from=...,size=full|tiny`.
 
-    `size="tiny"`: the CPU-sized model with data fields that fit it (frames, text length, image
-    side), a small batch and a few steps instead of the paper's epochs: a smoke run.
+    The stage file sets its own values on the config, then calls `finish_stage(config, args)`.
     """
-    if size not in ("full", "tiny"):
-        raise ValueError(f"size={size!r}; expected full | tiny")
-    c = config_lib.base_config(method="exo2ego", job=job, hardware=hardware)
+    args = config_lib.parse_arg(arg, hardware="cpu", init_from="", size="full")
+    if args.size not in ("full", "tiny"):
+        raise ValueError(f"size={args.size!r}; expected full | tiny")
+    c = config_lib.base_config(method="exo2ego", job="train", hardware=args.hardware)
     c.model = full_size_model()
     c.exo2ego = method_block(stage)
     c.data = data_block()
@@ -139,14 +140,23 @@ def stage_base(stage: int, *, hardware: str = "cpu", size: str = "full", job: st
     c.eval.batch_size = 8  # questions per evaluation batch
     c.eval.mcq_json = ""  # synthetic EgoBench / MCQ JSON evaluated after training ('' = none)
     c.eval.first_person_cue = True  # Exo2Ego evaluation prompt: first-person cue (+1.1 avg)
-    return c
+    c.train.init_from = args.init_from  # previous stage's workdir (its parameters are loaded first)
+    return c, args
+
+
+def finish_stage(c: ConfigDict, args: ConfigDict) -> ConfigDict:
+    """The locked stage config; `size=tiny` (a CPU-sized smoke run: tiny model, data fields that fit it,
+    a few steps instead of the paper's epochs) is applied after the stage's values."""
+    if args.size == "tiny":
+        apply_tiny(c)
+    return config_lib.finalize(c)
 
 
 def apply_tiny(c: ConfigDict) -> ConfigDict:
     """Turns a stage config into its `size=tiny` smoke-run version, in place (after its values)."""
     c.model = tiny_model()
     # Room for a synthetic world's word-level tokenizer (a few hundred words; job synthetic_world):
-    # an id past the vocabulary would embed as NaN.
+    # an id past the vocabulary is an error (data/text.check_tokenizer_fits).
     c.model.llm.vocab_size = 1024
     c.data.num_frames = 4  # tiny clips
     c.data.max_len = 64  # tiny text

@@ -65,8 +65,12 @@ def video_token_id(config) -> int:
 
 
 @functools.lru_cache(maxsize=8)
+def _tokenizer(path: str):
+    return tokenizer_lib.load_tokenizer(path)
+
+
 def _tokenizer_video_id(path: str) -> int:
-    return text_lib.special_id(tokenizer_lib.load_tokenizer(path), "<video>")
+    return text_lib.special_id(_tokenizer(path), "<video>")
 
 
 # --- losses -----------------------------------------------------------------------------------
@@ -150,6 +154,10 @@ class Exo2Ego:
         self.loss_config = LossConfig.from_config(config.exo2ego)
         self.video_token_id = video_token_id(config)
         self.tokens_per_video = tokens_per_video(config)  # the data recipe's <video> expansion
+        self.vocab_size = model_configs(config)[0].vocab_size
+        if config.data.get("tokenizer"):  # an id past the embedding table would embed as NaN
+            text_lib.check_tokenizer_fits(_tokenizer(config.data.tokenizer), self.vocab_size,
+                                          placeholder_ids=(self.video_token_id,))
 
     def build_model(self, rngs: nnx.Rngs) -> Exo2EgoModel:
         """Every parameter of this stage (trainable and frozen); see model.modules_for_stage."""
@@ -188,8 +196,9 @@ class Exo2Ego:
             logging.info("init source %s: loaded %d parameters matching %r", path, len(names), pattern)
 
     def dataset(self, split: str, process_index: int, process_count: int):
-        return data_lib.make_dataset(self.config, split, process_index, process_count,
-                                     tokens_per_video=self.tokens_per_video)
+        ds = data_lib.make_dataset(self.config, split, process_index, process_count,
+                                   tokens_per_video=self.tokens_per_video)
+        return ds.map(text_lib.IdsInVocabulary(self.vocab_size, (self.video_token_id,)))
 
     def num_train_examples(self) -> int:
         return data_lib.num_examples(self.config, "train")
