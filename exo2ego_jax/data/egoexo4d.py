@@ -1,4 +1,4 @@
-"""Reader of an Ego-Exo4D download (release v2 layout; docs/FORMATS.md section 1).
+"""Reader of an Ego-Exo4D download (release v2 layout; docs/formats.md section 1).
 
 Reads takes.json (with embedded captures), annotations/splits.json, atomic_descriptions_{split}.json
 and keystep_{split}.json, resolves the ego camera and the exo cameras of every take, and maps them to
@@ -114,7 +114,7 @@ def _has_bad_text(value: Any) -> bool:
 
 
 def ego_camera(take: dict[str, Any]) -> str:
-    """The ego cam_id of a take record (FORMATS.md 1.3 rule), or "" if there is none."""
+    """The ego cam_id of a take record (docs/formats.md 1.3 rule), or "" if there is none."""
     fav = take.get("frame_aligned_videos") or {}
     capture = take.get("capture") or {}
     cameras = capture.get("cameras") or [] if isinstance(capture, dict) else []
