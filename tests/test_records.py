@@ -47,10 +47,12 @@ def test_build_writes_every_pair_and_counts_skips(built):
     assert len(pairs) == 9 and ("synth_t2", "atomic", 0, "cam02") not in pairs
     assert summary["skipped/narration_outside_video"] == 1  # t1 at 9.0 s in a 2 s video
     assert summary["skipped/no_exo_views"] == 1  # t3
-    assert summary["skipped/missing_video"] == 1  # t2/cam02.mp4
+    # t2/cam02.mp4 is missing but t2's clip still pairs with cam01: a dropped view, not a lost example.
+    assert summary["skipped_views/missing_video"] == 1 and "skipped/missing_video" not in summary
+    assert summary["skipped/total"] == 2 and summary["skipped/seen"] == 8  # clips, the fraction's unit
     meta = json.load(open(os.path.join(out, records.RECORDS_JSON)))
     assert meta["splits"]["train"]["ego_first"] == [i for i, r in enumerate(train) if r["pair_index"] == 0]
-    assert meta["skips"]["examples"]["missing_video"][0].endswith("synth_t2/frame_aligned_videos/cam02.mp4")
+    assert meta["skips"]["view_examples"]["missing_video"][0].endswith("synth_t2/frame_aligned_videos/cam02.mp4")
 
 
 def test_clip_content_is_the_right_window_and_camera(built):
