@@ -185,3 +185,18 @@ def test_full_tmpfs_disk(tmp_path, mode):
         assert restored[0] == 1 and (np.asarray(restored[1]["w"]) == 1).all()
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_workdir_that_is_a_file_fails_up_front_naming_the_flag(tmp_path):
+    from exo2ego_jax.train import loop
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"--workdir=.*file is a file"):
+        loop.check_workdir(str(f))
+    with pytest.raises(NotADirectoryError, match=r"--workdir=.*is inside .*file, which is a file"):
+        loop.check_workdir(str(f / "run"))
+    loop.check_workdir(str(tmp_path / "new" / "run"))  # missing directories are fine: created later
+    p = subprocess.run([sys.executable, "-m", "exo2ego_jax.main", "--config", "configs/toy.py:tiny",
+                        f"--workdir={f}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert p.returncode != 0 and "--workdir=" in p.stderr and "is a file" in p.stderr

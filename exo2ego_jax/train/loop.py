@@ -66,9 +66,25 @@ def _check_finite(pending, ckpt, workdir):
                 "or resume from that checkpoint.")
 
 
+def check_workdir(path: str, flag: str = "--workdir") -> None:
+    """Fails up front, naming `flag`, when `path` cannot be a directory to write into."""
+    if not path:
+        raise ValueError(f"{flag} is empty: give a directory for checkpoints, metrics and logs")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):  # the nearest existing ancestor decides
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == os.path.abspath(path) else f"is inside {probe}, which is a file"
+        raise NotADirectoryError(f"{flag}={path} {what}, not a directory: point {flag} at a directory "
+                                 "(it is created if missing)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag}={path}: {probe} is not writable")
+
+
 def train(config, workdir: str) -> dict:
     """Trains `config.method` for `config.train` steps, writing to `workdir`."""
     tc = config.train
+    check_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(ckpt_lib.config_path(workdir), "w") as f:
