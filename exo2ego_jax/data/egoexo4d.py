@@ -103,6 +103,11 @@ def load_json(path: str) -> Any:
                          f"Re-download this file.") from e
 
 
+def has_bad_text(value: Any) -> bool:
+    """Whether a value read by load_json holds invalid UTF-8 (lone surrogates) anywhere."""
+    return _has_bad_text(value)
+
+
 def _has_bad_text(value: Any) -> bool:
     if isinstance(value, str):
         return bool(_SURROGATE.search(value))
