@@ -96,6 +96,8 @@ def distributed_init_kwargs(env: Mapping[str, str]) -> dict | None:
 
 
 def run(config, workdir: str):
+    from exo2ego_jax.train.loop import check_workdir
+    check_workdir(workdir)  # before ~10 s of start-up: a file or unwritable path fails naming --workdir
     # XLA reads its flags when the backend starts: set them before the first JAX call.
     _append_env("XLA_FLAGS", config.hardware.xla_flags)
     _append_env("LIBTPU_INIT_ARGS", config.hardware.libtpu_flags)

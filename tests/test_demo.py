@@ -3,6 +3,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,3 +70,36 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
         p = probe.caption_probe(c, str(tmp_path), variant="a_exo2ego", stage=stage, split="train", batch=4)
         assert p["colour"]["tokens"] > 0 and p["shape"]["tokens"] > 0 and p["other"]["tokens"] > 0
         assert all(0.0 <= p[k]["accuracy"] <= 100.0 for k in probe.WORD_CLASSES)
+
+
+# Two toy-scale runs from scratch, the second with every job on one worker (so in the opposite
+# order and sharing a process) beside a busy process: results.json must be the same to the bit.
+# Slow: two demos, ~5 minutes on 2 loaded cores.
+@pytest.mark.slow
+def test_demo_numbers_do_not_depend_on_workers_order_or_load(tmp_path):
+    import subprocess
+    import sys
+    from exo2ego_jax.methods.exo2ego import demo as exo2ego_demo
+
+    def run(workdir, workers):
+        c = demo_config(f"seeds=2,steps=0.01,takes=6,image=32,workers={workers}")
+        with c.unlocked():
+            c.demo.world.num_workers = 0
+            c.demo.world.exo_size = (48, 28)
+            c.demo.world.ego_size = 32
+            c.demo.world.val_fraction = 0.34
+        exo2ego_demo.run(c, str(workdir))
+        res = json.load(open(workdir / "results.json"))
+        # Loss curves too (not the timing columns of the rows).
+        return {k: (r["accuracy"], r["by_category"],
+                    {s: [(x["step"], x["loss"], x["grad_norm"]) for x in rows] for s, rows in r["curves"].items()})
+                for k, r in res["runs"].items()}
+
+    first = run(tmp_path / "a", -1)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        second = run(tmp_path / "b", 1)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert first == second

@@ -48,9 +48,11 @@ def test_plan_per_seed_demonstrators():
 def test_worker_cores(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert demo.worker_cores(-1, 10) == [[0], [1], [2], [3]]
-    assert demo.worker_cores(2, 10) == [[0, 2], [1, 3]]
-    assert demo.worker_cores(-1, 3) == [[0, 3], [1], [2]]  # no idle worker: spare cores go to the first
-    assert demo.worker_cores(0, 10) == demo.worker_cores(1, 10) == demo.worker_cores(-1, 1) == []
+    # One core per worker, always (one XLA thread: the same numbers whichever worker runs a job);
+    # spare cores stay idle.
+    assert demo.worker_cores(2, 10) == [[0], [1]]
+    assert demo.worker_cores(-1, 3) == [[0], [1], [2]]
+    assert demo.worker_cores(0, 10) == demo.worker_cores(1, 10) == demo.worker_cores(-1, 1) == [[0]]
     # An accelerator belongs to one process: every job runs in it.
     assert demo.worker_cores(-1, 10, "gpu") == demo.worker_cores(2, 10, "tpu") == []
 
@@ -93,3 +95,21 @@ def test_execute_on_worker_processes():
     assert os.getpid() not in {r[2] for r in out.values()}  # ran in worker processes
     with pytest.raises(RuntimeError, match=r"job a/seed1 failed in its worker process: OSError\('disk full'\)"):
         demo.execute([demo.Job(0, "a"), demo.Job(1, "a")], _fails, cores=[[core], [core]])
+
+
+def _xla_threads(job):
+    import jax.numpy as jnp
+    (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
+    task = f"/proc/{os.getpid()}/task"
+    n = sum(open(f"{task}/{t}/comm").read().strip() == "tf_XLAEigen" for t in os.listdir(task))
+    return {job.name: (sorted(os.sched_getaffinity(0)), n)}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts XLA threads in /proc")
+def test_workers_run_xla_on_one_thread_even_when_the_environment_says_otherwise(monkeypatch):
+    """XLA sizes its CPU thread pool from $PJRT_NPROC / $NPROC before the affinity; a worker pins
+    both, so an inherited NPROC cannot give a job more threads (and other numbers)."""
+    monkeypatch.setenv("NPROC", "3")
+    jobs = [demo.Job(s, "b") for s in range(2)]
+    out = demo.execute(jobs, _xla_threads, cores=demo.worker_cores(-1, 2))
+    assert {n for _, n in out.values()} == {1} and all(len(c) == 1 for c, _ in out.values())

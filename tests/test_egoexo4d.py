@@ -182,10 +182,13 @@ def test_bad_records_are_skipped_and_counted(tmp_path, tiny_mp4):
     assert set(ds.takes) == {UID, "no-exo", "no-ego"}
     narr = ds.narrations("train")
     assert [n.text for n in narr] == ["C picks up the kettle with his right hand.", "C pours water into the cup."]
-    assert skips.counts == {"malformed_json": 2, "narration_outside_video": 1, "non_utf8_text": 1,
-                            "no_exo_views": 1, "missing_video": 2}
-    assert skips.examples["malformed_json"][0].endswith("takes.json[1]")
-    assert skips.examples["missing_video"][0].endswith("no_ego/frame_aligned_videos/aria01_214-1.mp4")
+    assert skips.counts == {"malformed_take": 1, "malformed_json": 1, "narration_outside_video": 1,
+                            "non_utf8_text": 1, "no_exo_views": 1, "missing_video": 2}
+    assert skips.examples["malformed_take"][0].endswith("takes.json[1]")
+    assert "take_uid" in skips.details["malformed_take"][0]
+    # One file failing for two narrations is one example line (distinct paths).
+    assert skips.examples["missing_video"] == [os.path.join(root, "takes", "no_ego", "frame_aligned_videos",
+                                                            "aria01_214-1.mp4")]
     assert skips.num_seen == 2 + 3 + 1 + 2
 
 

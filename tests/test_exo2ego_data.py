@@ -148,3 +148,55 @@ def test_shift_augment_translates_each_clip_by_one_offset(world):
             assert crops, "every frame of a clip is the same edge-padded crop"
             moved += (s, s) not in crops
     assert moved > 0  # most clips actually move
+
+
+def test_damaged_world_is_skipped_and_counted_by_file(world, tmp_path):
+    """The demo's clips of a world with a truncated ego mp4, an exo view re-encoded at another frame
+    rate and half the length, a non-UTF-8 narration and a blank one: every undamaged clip is kept,
+    each damaged input is skipped and counted with its file name, and the tokenizer texts read."""
+    import shutil
+
+    from exo2ego_jax.data import video
+    from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
+    from exo2ego_jax.data.skips import SkipCounter
+
+    src = str(world / "world")
+    root = str(tmp_path / "world")
+    shutil.copytree(src, root)
+    meta = json.load(open(os.path.join(src, "synthetic_meta.json")))
+    takes = sorted(meta["takes"].values(), key=lambda t: t["take_name"])
+    fav = lambda t, f: os.path.join(root, "takes", t["take_name"], "frame_aligned_videos", f)  # noqa: E731
+    ego = fav(takes[0], "aria01_214-1.mp4")
+    with open(ego, "r+b") as f:  # a cut-off download
+        f.truncate(os.path.getsize(ego) // 3)
+    exo = fav(takes[1], "cam01.mp4")
+    frames = video.decode_frames(exo, list(range(takes[1]["num_frames"] // 2)))
+    video.encode_mp4(frames, exo, fps=25)  # re-encoded at 25 fps, half the take: decodes, but misaligned
+    ann = os.path.join(root, "annotations", f"atomic_descriptions_{takes[2]['split']}.json")
+    raw = open(ann, "rb").read()
+    uid2 = next(u for u, t in meta["takes"].items() if t["take_name"] == takes[2]["take_name"])
+    first, second = takes[2]["narrations"][:2]
+    raw = raw.replace(json.dumps(first["text"]).encode(), b'"C caf\xe9"', 1)  # invalid UTF-8
+    raw = raw.replace(json.dumps(second["text"]).encode(), b'"   "', 1)  # blank
+    open(ann, "wb").write(raw)
+
+    skips = SkipCounter()
+    texts = synthetic_tokenizer.world_texts(root, skips)
+    assert "C caf\udce9" not in texts and skips.counts == {"non_utf8_text": 1} and skips.examples["non_utf8_text"] == [ann]
+    skips = SkipCounter()
+    out = exo2ego_data.build_arrays(root, str(tmp_path / "clips.npz"), num_frames=2, image_size=16, skips=skips,
+                                    max_skip_fraction=1.0)
+    n0, n1 = len(takes[0]["narrations"]), len(takes[1]["narrations"])
+    assert skips.counts == {"truncated_video": n0, "misaligned_video": n1, "non_utf8_text": 1, "empty_text": 1}
+    assert skips.examples["truncated_video"] == [ego] and skips.examples["misaligned_video"] == [exo]
+    assert "25.000 fps" in skips.details["misaligned_video"][0]
+    assert all(p.startswith(ann) for p in skips.examples["non_utf8_text"] + skips.examples["empty_text"])
+    arr = exo2ego_data.load_arrays(str(tmp_path / "clips.npz"))
+    whole = exo2ego_data.load_arrays(str(world / "clips.npz"))
+    total = sum(len(t["narrations"]) for t in takes)
+    assert out["clips"] == len(arr["text"]) == total - n0 - n1 - 2
+    assert set(arr["take"]) == {t["take_name"] for t in takes[2:]}
+    keep = np.isin(whole["take"], [t["take_name"] for t in takes[2:]])
+    keep &= ~np.isin(whole["narration"], [first["index"], second["index"]]) | (whole["take"] != takes[2]["take_name"])
+    np.testing.assert_array_equal(arr["ego"], whole["ego"][keep])  # the undamaged clips, unchanged
+    assert SkipCounter.from_json(str(arr["skips"])) == skips

@@ -14,11 +14,6 @@ PACKAGE = "exo2ego_jax"
 # Cycles owned by other open work, skipped only while they are still there (the lead removes
 # these entries after merging that work): models/llm.py <-> weights/gguf.py (decoder fidelity)
 # and data/records.py <-> data/tfds_egoexoclip (data reliability).
-KNOWN_CYCLES = (
-    frozenset({"exo2ego_jax.models.llm", "exo2ego_jax.weights.gguf", "exo2ego_jax.weights.safetensors_io"}),
-    frozenset({"exo2ego_jax.data.records", "exo2ego_jax.data.tfds_egoexoclip.builder",
-               "exo2ego_jax.data.tfds_egoexoclip.reader"}),
-)
 # Lower layers never import higher ones.
 FORBIDDEN = {"exo2ego_jax.models": ("exo2ego_jax.methods", "exo2ego_jax.train"),
              "exo2ego_jax.data": ("exo2ego_jax.methods", "exo2ego_jax.train")}
@@ -122,11 +117,7 @@ def test_registries_import_no_method_module():
 
 def test_no_import_cycles():
     cycles = strongly_connected(import_graph())
-    unexpected = [sorted(c) for c in cycles if frozenset(c) not in KNOWN_CYCLES]
-    assert not unexpected, f"import cycles: {unexpected}"
-    still = [sorted(c) for c in cycles if frozenset(c) in KNOWN_CYCLES]
-    if still:
-        pytest.skip(f"cycles owned by other open work still present: {still}")
+    assert not cycles, f"import cycles: {[sorted(c) for c in cycles]}"
 
 
 def test_lower_layers_never_import_higher_ones():

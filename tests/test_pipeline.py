@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter, ArrayRecordReader
 
+from exo2ego_jax import config_lib
 from exo2ego_jax.data import pipeline, records
 from exo2ego_jax.data.pipeline_ops import state_to_json
 from exo2ego_jax.data.skips import TooManySkipped
@@ -263,3 +264,45 @@ def test_uint8_crop_normalised_on_device_matches_video_module(mode, shape):
     assert got.dtype == np.uint8 and got.shape == (3, 40, 40, 3)
     np.testing.assert_allclose((got / 255.0 - mean) / std, video.resize_crop_normalise(frames, 40, mean, std, mode),
                                atol=0.51 / 255 / std.min())
+
+
+def test_stage2_reads_only_its_kind_from_default_records_without_skips(world):
+    """Records built with the default (both kinds): Exo2Ego stage 2 (kinds=("atomic",)) reads only the
+    atomic pairs; the keystep records are filtered out before counting, never reported as skipped."""
+    root, out, tok = world
+    meta = records.load_meta(out)
+    assert set(meta["splits"]["train"]["kinds"]) == {"atomic", "keystep"}  # the default build: both
+    config = config_lib.load(os.path.join(os.path.dirname(__file__), "..", "configs", "exo2ego",
+                                          "stage2_guidance.py"))
+    with config.unlocked():
+        config.data.update(SHAPES, records_dir=out, tokenizer=os.path.join(root, "tokenizer"),
+                           max_skip_fraction=0.0)  # any skip would stop it
+    assert tuple(config.data.kinds) == ("atomic",)
+    it = iter(pipeline.make_dataset(config, "train", 0, 1, kind="pair"))
+    got = batches(it, 6)
+    texts = {tok.decode([t for t in b["labels"][i] if t != -100]) for b in got
+             for i in np.flatnonzero(b["example_mask"])}
+    assert texts and not any("kettle and switch" in t for t in texts)  # the keystep's text never appears
+    assert it.skips.num_skipped == 0 and it.skips.num_seen == 6 * SHAPES["batch_size"]
+    # 7 atomic records (t1: 3 clips x 2 views, t2: 1 x 1) of the 9: the filter is an index subset.
+    assert records.kind_subset(out, "train", ("atomic",)) == [i for i, r in enumerate(
+        records.open_records(out, "train")[j] for j in range(9)) if r["kind"] == "atomic"]
+    assert records.kind_subset(out, "train", ("atomic", "keystep")) is None
+    with pytest.raises(ValueError, match="no records of kind"):
+        records.kind_subset(out, "val", ("keystep",))
+
+
+def test_kind_filter_on_records_without_a_kind_index(world, tmp_path):
+    """Record directories written before the kind index: their kinds are read once from the records."""
+    root, out, _ = world
+    meta = json.load(open(os.path.join(out, records.RECORDS_JSON)))
+    for split in meta["splits"].values():
+        del split["kinds"]
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in os.listdir(out):
+        if name != records.RECORDS_JSON:
+            os.symlink(os.path.join(out, name), old / name)
+    json.dump(meta, open(old / records.RECORDS_JSON, "w"))
+    assert records.kind_subset(str(old), "train", ("keystep",)) == records.kind_subset(out, "train", ("keystep",))
+    assert len(records.kind_subset(out, "train", ("keystep",))) == 2

@@ -47,10 +47,12 @@ def test_build_writes_every_pair_and_counts_skips(built):
     assert len(pairs) == 9 and ("synth_t2", "atomic", 0, "cam02") not in pairs
     assert summary["skipped/narration_outside_video"] == 1  # t1 at 9.0 s in a 2 s video
     assert summary["skipped/no_exo_views"] == 1  # t3
-    assert summary["skipped/missing_video"] == 1  # t2/cam02.mp4
+    # t2/cam02.mp4 is missing but t2's clip still pairs with cam01: a dropped view, not a lost example.
+    assert summary["skipped_views/missing_video"] == 1 and "skipped/missing_video" not in summary
+    assert summary["skipped/total"] == 2 and summary["skipped/seen"] == 8  # clips, the fraction's unit
     meta = json.load(open(os.path.join(out, records.RECORDS_JSON)))
     assert meta["splits"]["train"]["ego_first"] == [i for i, r in enumerate(train) if r["pair_index"] == 0]
-    assert meta["skips"]["examples"]["missing_video"][0].endswith("synth_t2/frame_aligned_videos/cam02.mp4")
+    assert meta["skips"]["view_examples"]["missing_video"][0].endswith("synth_t2/frame_aligned_videos/cam02.mp4")
 
 
 def test_clip_content_is_the_right_window_and_camera(built):
@@ -104,3 +106,33 @@ def test_build_stops_past_the_skip_fraction(tmp_path, built):
     with pytest.raises(TooManySkipped, match="config.data.max_skip_fraction"):
         records.run(records_config(root, max_skip_fraction=0.1, kinds=("atomic",)), str(tmp_path))
     assert os.path.exists(tmp_path / records.RECORDS_JSON)  # the report is written before stopping
+
+
+def test_misaligned_and_blank_inputs_are_skipped_by_reason(tmp_path):
+    """A view that decodes but is not frame-aligned (re-encoded at 25 fps, half the take) is skipped
+    as misaligned_video with its path (an exo view: a dropped view; the ego view: lost clips), and a
+    blank narration as empty_text; the rest is written."""
+    from test_pipeline_fixtures import cam_frames
+
+    root = make_world(str(tmp_path / "world"))
+    t1 = os.path.join(root, "takes", "synth_t1", "frame_aligned_videos")
+    video.encode_mp4(cam_frames(2, 30), os.path.join(t1, "cam02.mp4"), fps=25)  # 1.2 s of a 2 s take
+    t4_ego = os.path.join(root, "takes", "synth_t4", "frame_aligned_videos", "aria01_214-1.mp4")
+    video.encode_mp4(cam_frames(0, 24), t4_ego, fps=30)  # 0.8 s of a 2 s take
+    ann = os.path.join(root, "annotations", "atomic_descriptions_train.json")
+    data = json.load(open(ann))
+    data["annotations"][next(iter(data["annotations"]))][0]["descriptions"][1]["text"] = "  "
+    json.dump(data, open(ann, "w"))
+    out = str(tmp_path / "records")
+    summary = records.run(records_config(root, kinds=("atomic",)), out)
+    meta = json.load(open(os.path.join(out, records.RECORDS_JSON)))
+    skips = meta["skips"]
+    assert skips["counts"] == {"empty_text": 1, "narration_outside_video": 1, "no_exo_views": 1,
+                               "misaligned_video": 1}  # t4's one clip: its ego view is misaligned
+    assert skips["examples"]["misaligned_video"] == [t4_ego] and "24 frames" in skips["details"]["misaligned_video"][0]
+    assert skips["view_counts"] == {"missing_video": 1, "misaligned_video": 2}  # t2/cam02; t1/cam02 x 2 clips
+    assert skips["view_examples"]["misaligned_video"] == [os.path.join(t1, "cam02.mp4")]
+    assert "25.000 fps" in skips["view_details"]["misaligned_video"][0]
+    train = read_all(out, "train")
+    assert summary["records/train"] == len(train) == 3 and {r["exo_cam"] for r in train} == {"cam01"}
+    assert "records/val" not in summary or summary["records/val"] == 0

@@ -52,3 +52,24 @@ def test_merge_and_state_roundtrip():
     fresh = SkipCounter()
     fresh.load_state_dict(a.state_dict())
     assert fresh.counts == a.counts and fresh.report() == a.report()
+
+
+def test_views_are_reported_apart_and_example_paths_are_distinct():
+    c = SkipCounter(max_examples=2)
+    c.seen(10)
+    for _ in range(3):
+        c.skip("truncated_video", "/w/t1/aria01.mp4")  # one file, three clips lost
+    c.skip("truncated_video", "/w/t2/aria01.mp4")
+    c.skip_view("misaligned_video", "/w/t3/cam02.mp4", "25.000 fps")
+    c.skip_view("misaligned_video", "/w/t3/cam02.mp4", "25.000 fps")
+    assert c.counts == {"truncated_video": 4} and c.fraction == 0.4  # views never count as lost examples
+    assert c.examples["truncated_video"] == ["/w/t1/aria01.mp4", "/w/t2/aria01.mp4"]
+    assert c.view_counts == {"misaligned_video": 2} and c.view_examples["misaligned_video"] == ["/w/t3/cam02.mp4"]
+    text = c.report()
+    assert "skipped 4 of 10 examples" in text and "dropped 2 views of examples that were kept" in text
+    assert c.metrics()["skipped_views/misaligned_video"] == 2.0 and "skipped/misaligned_video" not in c.metrics()
+    back = SkipCounter.from_json(c.to_json())
+    assert back == c
+    merged = SkipCounter(max_examples=2).merge(c).merge(back)
+    assert merged.counts == {"truncated_video": 8} and merged.view_counts == {"misaligned_video": 4}
+    assert merged.examples["truncated_video"] == ["/w/t1/aria01.mp4", "/w/t2/aria01.mp4"]

@@ -46,7 +46,7 @@ def test_tfds_dataset_equals_the_plain_records(built):
     root, plain, data_dir, summary = built
     assert summary["records/atomic/train"] == 7 and summary["records/atomic/val"] == 1
     assert summary["records/keystep/train"] == 2 and "records/keystep/val" not in summary  # no val keysteps
-    assert summary["skipped/no_exo_views"] == 1 and summary["skipped/missing_video"] == 1
+    assert summary["skipped/no_exo_views"] == 1 and summary["skipped_views/missing_video"] == 1
     for split in ("train", "val"):
         want = read(records.open_records(plain, split))
         for kind in ("atomic", "keystep"):

@@ -22,6 +22,12 @@ def data_config(storage: str = "mp4", kinds: tuple[str, ...] = ("atomic", "keyst
     d.clip_rule = "egoclip"  # "egoclip": length ~ take's mean narration gap; "fixed": clip_sec
     d.clip_mean_sec = 0.68  # Exo2Ego Sec. 3 (Ego-ExoClip): mean clip length 0.68 s
     d.clip_sec = 0.68  # window length of the "fixed" rule (seconds)
+    # Every view is checked against its take before clips are cut from it: a view at another frame
+    # rate or of another length is skipped as misaligned_video (a synthetic world's own fps, from
+    # synthetic_meta.json, replaces video_fps).
+    d.video_fps = 30.0  # frame rate of Ego-Exo4D frame-aligned videos
+    d.fps_tolerance = 0.5  # |view fps - video_fps| allowed
+    d.length_tolerance_sec = 1.0  # |view frames - duration_sec * fps| allowed, in seconds of frames
     d.min_clip_frames = 16  # pad windows to at least this many frames (Exo2Ego: 16 frames per clip)
     d.atomic_store_fps = 30.0  # stored frame rate of atomic clips (30 = every frame of 30 fps video)
     d.keystep_store_fps = 2.0  # stored frame rate of keystep clips (Ego2ExoVLM samples 1 fps)

@@ -103,6 +103,11 @@ def load_json(path: str) -> Any:
                          f"Re-download this file.") from e
 
 
+def has_bad_text(value: Any) -> bool:
+    """Whether a value read by load_json holds invalid UTF-8 (lone surrogates) anywhere."""
+    return _has_bad_text(value)
+
+
 def _has_bad_text(value: Any) -> bool:
     if isinstance(value, str):
         return bool(_SURROGATE.search(value))
@@ -158,6 +163,9 @@ class EgoExo4D:
         self.video_variant = video_variant
         self.skips = skips if skips is not None else SkipCounter()
         self._cache: dict[tuple[str, str], list] = {}
+        # take_uid -> (reason, where, detail) of take entries that could not be used: their
+        # narrations and keysteps are skipped with this one reason and path, not as unknown takes.
+        self.bad_takes: dict[str, tuple[str, str, str]] = {}
         self._splits = self._read_splits()
         self.takes: dict[str, Take] = self._read_takes()
 
@@ -190,12 +198,19 @@ class EgoExo4D:
         takes: dict[str, Take] = {}
         for i, rec in enumerate(data):
             where = f"{path}[{i}]"
-            if not isinstance(rec, dict) or not rec.get("take_uid") or not rec.get("take_name") \
-                    or not isinstance(rec.get("frame_aligned_videos"), dict):
-                self.skips.skip("malformed_json", where, "take needs take_uid, take_name, frame_aligned_videos")
+            if not isinstance(rec, dict):
+                self._bad_take(None, "malformed_take", where, f"entry is a {type(rec).__name__}, expected an object")
+                continue
+            missing = [k for k in ("take_uid", "take_name") if not rec.get(k)]
+            if not isinstance(rec.get("frame_aligned_videos"), dict):
+                missing.append("frame_aligned_videos")
+            label = f"take {rec.get('take_name') or '?'} ({rec.get('take_uid') or 'no take_uid'})"
+            if missing:
+                self._bad_take(rec.get("take_uid"), "malformed_take", where,
+                               f"{label} lacks field(s) {', '.join(missing)}")
                 continue
             if _has_bad_text(rec):
-                self.skips.skip("non_utf8_text", where, "invalid UTF-8 in the take record")
+                self._bad_take(rec["take_uid"], "non_utf8_text", where, f"{label}: invalid UTF-8 in the take record")
                 continue
             if not isinstance(rec.get("capture"), dict):
                 if captures is None:
@@ -204,10 +219,19 @@ class EgoExo4D:
             try:
                 take = self._parse_take(rec)
             except (TypeError, ValueError, AttributeError) as e:
-                self.skips.skip("malformed_json", where, str(e))
+                self._bad_take(rec["take_uid"], "malformed_take", where, f"{label}: {e}")
                 continue
             takes[take.take_uid] = take
         return takes
+
+    def _bad_take(self, uid: Any, reason: str, where: str, detail: str) -> None:
+        """Reports an unusable take entry once. With a uid, the examples it loses are counted when
+        the annotations are read (under this reason and path); without one, the entry itself is."""
+        logging.warning("%s: %s: %s", reason, where, detail)
+        if uid:
+            self.bad_takes[str(uid)] = (reason, where, detail)
+        else:
+            self.skips.skip(reason, where, detail)
 
     def _read_captures(self) -> dict[str, Any]:
         path = os.path.join(self.root, "captures.json")
@@ -315,7 +339,7 @@ class EgoExo4D:
             take = self.takes.get(uid)
             if take is None:
                 for _ in descs:
-                    self.skips.skip("unknown_take", where, "take_uid not in takes.json")
+                    self.skips.skip(*self.bad_takes.get(uid, ("unknown_take", where, "take_uid not in takes.json")))
                 continue
             bad = self._unusable(take, where) if descs else None
             if bad is not None:
@@ -333,6 +357,9 @@ class EgoExo4D:
                         self.skips.skip("non_utf8_text", where, repr(d.get("text"))[:60])
                         continue
                     ts = float(d["timestamp"])
+                    if not d["text"].strip():  # would train on the end-of-turn token alone
+                        self.skips.skip("empty_text", where, f"narration at {ts} s has no text")
+                        continue
                     if ts < 0 or (duration > 0 and ts > duration):
                         self.skips.skip("narration_outside_video", where, f"timestamp {ts} s not in [0, {duration}] s")
                         continue
@@ -371,7 +398,7 @@ class EgoExo4D:
                 take = self.takes.get(uid)
                 if take is None:
                     for _ in segments:
-                        self.skips.skip("unknown_take", where, "take_uid not in takes.json")
+                        self.skips.skip(*self.bad_takes.get(uid, ("unknown_take", where, "take_uid not in takes.json")))
                     continue
                 for i, s in enumerate(segments):
                     try:
@@ -382,6 +409,9 @@ class EgoExo4D:
                         if start < 0 or end < start or (take.duration_sec > 0 and start > take.duration_sec):
                             self.skips.skip("narration_outside_video", where,
                                             f"segment [{start}, {end}] s outside [0, {take.duration_sec}] s")
+                            continue
+                        if not str(s.get("step_description") or "").strip() and not str(s.get("step_name") or "").strip():
+                            self.skips.skip("empty_text", where, f"segment {i} has no step_name or step_description")
                             continue
                         uid_step = s.get("step_unique_id")
                         out.append(KeystepSegment(

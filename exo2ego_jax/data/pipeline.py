@@ -142,8 +142,6 @@ class _RecordFill:
             return skip("non_utf8_text", path, str(e))
         except (ValueError, KeyError, TypeError) as e:
             return skip("corrupt_record", path, str(e))
-        if kind not in self.cfg.kinds:
-            return skip("kind_not_selected", path, kind)
         path = f"{path} ({rec.get('take_name')} {kind} {rec.get('index')} {rec.get('ego_cam')}/{rec.get('exo_cam')})"
         prompts = self.cfg.keystep_prompts if kind == "keystep" else self.cfg.caption_prompts
         conv = [{"from": "human", "value": "<video>\n" + prompts[rng.integers(len(prompts))]},
@@ -180,6 +178,9 @@ def _record_dataset(cfg, records_dir: str, split: str, tokenizer, views: tuple[s
     meta = records.load_meta(records_dir)
     files = records.split_files(records_dir, split)
     subset = meta["splits"][split][subset_key] if subset_key else None
+    # Kinds are selected here, before anything is counted: records of a kind this stage does not
+    # read are not bad input and never reach the skip fraction.
+    subset = records.kind_subset(records_dir, split, tuple(cfg.kinds), subset)
     source = _IndexedRecords(files, subset)
     if len(source) == 0:
         raise ValueError(f"{records_dir}: split {split!r} has no records")

@@ -21,6 +21,9 @@ REASONS = (
     "narration_outside_video",
     "malformed_json",
     "non_utf8_text",
+    "empty_text",
+    "misaligned_video",
+    "malformed_take",
 )
 
 
@@ -29,7 +32,13 @@ class TooManySkipped(RuntimeError):
 
 
 class SkipCounter:
-    """Counts examples seen and skipped (per reason), keeping the first few paths per reason."""
+    """Counts examples seen and skipped (per reason), keeping the first few distinct paths per reason.
+
+    Two units: ``skip`` counts lost *examples* (what ``fraction`` and ``check`` are about);
+    ``skip_view`` counts views dropped from examples that were kept (e.g. one unreadable exo camera of
+    a clip whose other cameras still pair with its ego view). Views are reported separately and
+    never count towards the fraction.
+    """
 
     def __init__(self, max_examples: int = 5, config_field: str = "config.data.max_skip_fraction"):
         self.max_examples = int(max_examples)
@@ -38,6 +47,9 @@ class SkipCounter:
         self.counts: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}
         self.details: dict[str, list[str]] = {}
+        self.view_counts: dict[str, int] = {}
+        self.view_examples: dict[str, list[str]] = {}
+        self.view_details: dict[str, list[str]] = {}
 
     # --- counting -------------------------------------------------------------------------------
     def seen(self, n: int = 1) -> None:
@@ -47,14 +59,28 @@ class SkipCounter:
     def skip(self, reason: str, path: str, detail: str = "") -> None:
         """Records one skipped example for `reason` at `path` (detail: a short human hint)."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
-        paths = self.examples.setdefault(reason, [])
-        if len(paths) < self.max_examples:
+        self._example(self.examples, self.details, reason, path, detail)
+
+    def skip_view(self, reason: str, path: str, detail: str = "") -> None:
+        """Records one view dropped from an example that was kept (not an example lost)."""
+        self.view_counts[reason] = self.view_counts.get(reason, 0) + 1
+        self._example(self.view_examples, self.view_details, reason, path, detail)
+
+    def _example(self, examples, details, reason: str, path: str, detail: str) -> None:
+        # Distinct paths: one file failing for many examples is one line, and the other slots
+        # stay free for the other files that failed.
+        paths = examples.setdefault(reason, [])
+        if len(paths) < self.max_examples and str(path) not in paths:
             paths.append(str(path))
-            self.details.setdefault(reason, []).append(str(detail))
+            details.setdefault(reason, []).append(str(detail))
 
     @property
     def num_skipped(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def num_views_skipped(self) -> int:
+        return sum(self.view_counts.values())
 
     @property
     def fraction(self) -> float:
@@ -69,17 +95,32 @@ class SkipCounter:
         out["skipped/total"] = float(self.num_skipped)
         out["skipped/seen"] = float(self.num_seen)
         out["skipped/fraction"] = float(self.fraction)
+        for r, c in sorted(self.view_counts.items()):
+            out[f"skipped_views/{r}"] = float(c)
+        if self.view_counts:
+            out["skipped_views/total"] = float(self.num_views_skipped)
         return out
 
     def report(self) -> str:
         if not self.counts:
-            return f"skipped 0 of {self.num_seen} examples"
-        lines = [f"skipped {self.num_skipped} of {self.num_seen} examples ({100 * self.fraction:.2f}%):"]
-        for reason in sorted(self.counts):
-            lines.append(f"  {reason}: {self.counts[reason]}")
-            for path, detail in zip(self.examples.get(reason, []), self.details.get(reason, [])):
-                lines.append(f"    e.g. {path}" + (f" ({detail})" if detail else ""))
+            lines = [f"skipped 0 of {self.num_seen} examples"]
+        else:
+            lines = [f"skipped {self.num_skipped} of {self.num_seen} examples ({100 * self.fraction:.2f}%):"]
+            lines += self._lines(self.counts, self.examples, self.details)
+        if self.view_counts:
+            lines.append(f"dropped {self.num_views_skipped} views of examples that were kept (not counted as "
+                         "skipped examples):")
+            lines += self._lines(self.view_counts, self.view_examples, self.view_details)
         return "\n".join(lines)
+
+    @staticmethod
+    def _lines(counts, examples, details) -> list[str]:
+        lines = []
+        for reason in sorted(counts):
+            lines.append(f"  {reason}: {counts[reason]}")
+            for path, detail in zip(examples.get(reason, []), details.get(reason, [])):
+                lines.append(f"    e.g. {path}" + (f" ({detail})" if detail else ""))
+        return lines
 
     def check(self, max_fraction: float) -> None:
         """Raises TooManySkipped if skipped/seen > max_fraction."""
@@ -93,22 +134,25 @@ class SkipCounter:
     def merge(self, other: "SkipCounter") -> "SkipCounter":
         """Adds `other`'s counts into self (e.g. from worker processes); returns self."""
         self.num_seen += other.num_seen
-        for reason, count in other.counts.items():
-            self.counts[reason] = self.counts.get(reason, 0) + count
-            paths = self.examples.setdefault(reason, [])
-            details = self.details.setdefault(reason, [])
-            for path, detail in zip(other.examples.get(reason, []),
-                                    other.details.get(reason, [""] * len(other.examples.get(reason, [])))):
-                if len(paths) < self.max_examples:
-                    paths.append(path)
-                    details.append(detail)
+        for mine, theirs in (((self.counts, self.examples, self.details), (other.counts, other.examples, other.details)),
+                             ((self.view_counts, self.view_examples, self.view_details),
+                              (other.view_counts, other.view_examples, other.view_details))):
+            counts, examples, details = mine
+            for reason, count in theirs[0].items():
+                counts[reason] = counts.get(reason, 0) + count
+                paths = theirs[1].get(reason, [])
+                for path, detail in zip(paths, theirs[2].get(reason, [""] * len(paths))):
+                    self._example(examples, details, reason, path, detail)
         return self
 
     def state_dict(self) -> dict[str, Any]:
         return {"max_examples": self.max_examples, "config_field": self.config_field,
                 "num_seen": self.num_seen, "counts": dict(self.counts),
                 "examples": {k: list(v) for k, v in self.examples.items()},
-                "details": {k: list(v) for k, v in self.details.items()}}
+                "details": {k: list(v) for k, v in self.details.items()},
+                "view_counts": dict(self.view_counts),
+                "view_examples": {k: list(v) for k, v in self.view_examples.items()},
+                "view_details": {k: list(v) for k, v in self.view_details.items()}}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "SkipCounter":
@@ -121,8 +165,12 @@ class SkipCounter:
         self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
         self.examples = {k: list(v) for k, v in state.get("examples", {}).items()}
         self.details = {k: list(v) for k, v in state.get("details", {}).items()}
-        for reason, paths in self.examples.items():  # older states may lack details
-            self.details.setdefault(reason, [""] * len(paths))
+        self.view_counts = {k: int(v) for k, v in state.get("view_counts", {}).items()}
+        self.view_examples = {k: list(v) for k, v in state.get("view_examples", {}).items()}
+        self.view_details = {k: list(v) for k, v in state.get("view_details", {}).items()}
+        for examples, details in ((self.examples, self.details), (self.view_examples, self.view_details)):
+            for reason, paths in examples.items():  # older states may lack details
+                details.setdefault(reason, [""] * len(paths))
 
     def to_json(self) -> str:
         return json.dumps(self.state_dict(), sort_keys=True)
@@ -135,4 +183,5 @@ class SkipCounter:
         return isinstance(other, SkipCounter) and self.state_dict() == other.state_dict()
 
     def __repr__(self) -> str:
-        return f"SkipCounter(seen={self.num_seen}, counts={self.counts})"
+        views = f", views={self.view_counts}" if self.view_counts else ""
+        return f"SkipCounter(seen={self.num_seen}, counts={self.counts}{views})"

@@ -114,23 +114,32 @@ def build_tokenizer(texts: Iterable[str], out_dir: str, *, min_count: int = 1,
     return out_dir
 
 
-def world_texts(root: str) -> list[str]:
+def world_texts(root: str, skips=None) -> list[str]:
     """Every text of a synthetic (or real) Ego-Exo4D world that a demo model may read or write.
 
     Reads the atomic-description and keystep annotations, ``synthetic_meta.json`` (all string
-    values) and the instruction templates of :mod:`exo2ego_jax.data.instructions`.
+    values) and the instruction templates of :mod:`exo2ego_jax.data.instructions`. Files are read
+    as the Ego-Exo4D reader reads them (a malformed file is an error naming it); a text with
+    invalid UTF-8 is left out and counted in ``skips`` (a SkipCounter) as ``non_utf8_text`` with
+    its file name.
     """
 
     texts: list[str] = list(instructions.all_template_texts())
+    paths = []
     ann = os.path.join(root, "annotations")
     for name in sorted(os.listdir(ann)) if os.path.isdir(ann) else []:
         if name.startswith(("atomic_descriptions_", "keystep_")) and name.endswith(".json"):
-            with open(os.path.join(ann, name), encoding="utf-8") as f:
-                texts.extend(_strings(json.load(f)))
+            paths.append(os.path.join(ann, name))
     meta = os.path.join(root, "synthetic_meta.json")
     if os.path.exists(meta):
-        with open(meta, encoding="utf-8") as f:
-            texts.extend(_strings(json.load(f)))
+        paths.append(meta)
+    for path in paths:
+        for text in _strings(egoexo4d.load_json(path)):
+            if egoexo4d.has_bad_text(text):
+                if skips is not None:
+                    skips.skip("non_utf8_text", path, repr(text)[:60])
+                continue
+            texts.append(text)
     return texts
 
 

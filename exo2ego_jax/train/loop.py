@@ -14,6 +14,7 @@ import signal
 import time
 
 import jax
+import numpy as np
 
 from exo2ego_jax import config_lib
 from exo2ego_jax import progress as progress_lib
@@ -67,9 +68,25 @@ def _check_finite(pending, ckpt, workdir):
                 "or resume from that checkpoint.")
 
 
+def check_workdir(path: str, flag: str = "--workdir") -> None:
+    """Fails up front, naming `flag`, when `path` cannot be a directory to write into."""
+    if not path:
+        raise ValueError(f"{flag} is empty: give a directory for checkpoints, metrics and logs")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):  # the nearest existing ancestor decides
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == os.path.abspath(path) else f"is inside {probe}, which is a file"
+        raise NotADirectoryError(f"{flag}={path} {what}, not a directory: point {flag} at a directory "
+                                 "(it is created if missing)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag}={path}: {probe} is not writable")
+
+
 def train(config, workdir: str) -> dict:
     """Trains `config.method` for `config.train` steps, writing to `workdir`."""
     tc = config.train
+    check_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(ckpt_lib.config_path(workdir), "w") as f:
@@ -83,11 +100,16 @@ def train(config, workdir: str) -> dict:
     data = s.method.dataset("train", jax.process_index(), jax.process_count())
     data_iter = iter(data)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), tc)
-    start = ckpt.latest_step()
-    if start is not None:
+    restored = ckpt.restore_latest(s.abstract_state, data_iter)
+    pending = []  # (step, metrics) of the logging window not logged yet
+    if restored is not None:
+        start, state = restored
         logging.info("resuming from %s/checkpoints/%d", workdir, start)
         s.trainable_init = None
-        state = ckpt.restore(start, s.abstract_state, data_iter)
+        # The window that was open at the checkpoint: the next row averages the same steps as in
+        # an uninterrupted run.
+        pending = [(int(r["step"]), {k: np.float32(v) for k, v in r.items() if k != "step"})
+                   for r in (ckpt.metrics_window or [])]
     else:
         start = 0
         state = s.init_state()
@@ -100,7 +122,7 @@ def train(config, workdir: str) -> dict:
     preempt = _Preemption()
     progress = None
 
-    compiled, pending, last = None, [], {}
+    compiled, last = None, {}
     window_start, window_steps, window_tokens = time.time(), 0, 0
     step = start
     try:
@@ -119,6 +141,7 @@ def train(config, workdir: str) -> dict:
                 window_start = time.time()
             state, m = compiled(state, s.frozen, s.other, batch)
             step += 1
+            ckpt.check()  # a failed asynchronous save stops here, not steps later
             pending.append((step, m))
             window_steps += 1
             window_tokens += (tokens_fn(local) * jax.process_count() if tokens_fn else 0)
@@ -150,7 +173,9 @@ def train(config, workdir: str) -> dict:
                     progress.set_postfix(loss=f"{last['loss']:.4f}")
                 window_start, window_steps, window_tokens = time.time(), 0, 0
             if save_now:
-                ckpt.save(step, state, data_iter, config, frozen=s.frozen)
+                pending = jax.device_get(pending)
+                window = [{"step": int(st), **{k: float(v) for k, v in pm.items()}} for st, pm in pending]
+                ckpt.save(step, state, data_iter, config, frozen=s.frozen, metrics_window=window)
             if preempt.requested:
                 logging.warning("stopped after step %d on SIGTERM", step)
                 break

@@ -3,7 +3,7 @@
 Configs: ``atomic`` (Exo2Ego: a clip around each atomic description, paired with every exo view)
 and ``keystep`` (Ego2ExoVLM: keystep segments), each with the clips stored as re-encoded H.264
 bytes, or with ``_frames`` as pre-decoded uint8 frames. The examples come from the same generator
-as the plain writer (``records.iter_records``: clip windows, EgoExo4D reader, skip accounting),
+as the plain writer (``clip_source.iter_records``: clip windows, EgoExo4D reader, skip accounting),
 in the same order (write-time shuffling is off; training shuffles globally through Grain), so
 record ``i`` of a split is the same pair in both formats and the ``ego_first`` indices (the
 records that start a new ego clip) carry over; they are kept in the dataset's metadata.json.
@@ -26,7 +26,9 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from exo2ego_jax.data import records
+from exo2ego_jax.config_lib import ConfigDict
+from exo2ego_jax.data import clip_source
+from exo2ego_jax.data.skips import SkipCounter
 from exo2ego_jax.data.tfds_egoexoclip import features as features_lib
 
 
@@ -76,8 +78,6 @@ class EgoExoClip(tfds.core.GeneratorBasedBuilder):
         )
 
     def _data_cfg(self, dl_manager):
-        from exo2ego_jax.config_lib import ConfigDict
-
         if self._data_config is None:
             raise ValueError("EgoExoClip(data_config=...) is required to generate: pass configs/data/records.py's "
                              "config.data (its .root may be left empty when manual_dir is given)")
@@ -96,18 +96,18 @@ class EgoExoClip(tfds.core.GeneratorBasedBuilder):
         cfg = self._data_cfg(dl_manager)
         kind = self.builder_config.kind
         cfg.kinds = (kind,)  # one kind per config; also what metadata.json records
-        self._source = records.open_source(cfg)
+        self._source = clip_source.open_source(cfg)
         self._cfg = cfg
         generators = {}
         for split in cfg.splits:
-            clips = records.split_clips(self._source, split, cfg, kinds=(kind,))
+            clips = clip_source.split_clips(self._source, split, cfg, kinds=(kind,))
             if clips:  # tfds refuses empty splits (e.g. keystep annotations of a split with none)
                 generators[split] = self._generate_examples(split, clips)
             else:
                 logging.warning("ego_exo_clip/%s: split %s has no %s clips; not written", kind, split, kind)
         if not generators:
             raise ValueError(f"ego_exo_clip/{kind}: no {kind} clips in any of {list(cfg.splits)} under {cfg.root}")
-        self.info.metadata.update({"format": records.FORMAT_VERSION, "storage": cfg.storage,
+        self.info.metadata.update({"format": clip_source.FORMAT_VERSION, "storage": cfg.storage,
                                    "kind": kind, "video_variant": self._source.variant,
                                    "config": cfg.to_dict(), "ego_first": {}})
         return generators
@@ -116,8 +116,8 @@ class EgoExoClip(tfds.core.GeneratorBasedBuilder):
         cfg, kind, storage = self._cfg, self.builder_config.kind, self.builder_config.storage
         ego_first: list[int] = []
         n = 0
-        with records.worker_pool(cfg.num_workers) as pool:
-            for rec, first in records.iter_records(self._source, clips, cfg, pool):
+        with clip_source.worker_pool(cfg.num_workers) as pool:
+            for rec, first in clip_source.iter_records(self._source, clips, cfg, pool):
                 if first:
                     ego_first.append(n)
                 # Integer keys with shuffling disabled: tfds writes examples in key order.
@@ -131,8 +131,6 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
     """Job ``build_records`` with ``writer="tfds"``: one ``ego_exo_clip`` dataset per kind in
     ``cfg.kinds`` under ``out_dir`` (the tfds data_dir). Returns the job summary; raises
     TooManySkipped past ``cfg.max_skip_fraction`` (after writing, like the plain writer)."""
-    from exo2ego_jax.data.skips import SkipCounter
-
     summary: dict[str, Any] = {}
     total = SkipCounter(config_field="config.data.max_skip_fraction")
     for kind in cfg.kinds:

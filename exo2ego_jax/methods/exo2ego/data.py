@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import json
+import logging
 import os
 from typing import Any
 
@@ -31,9 +32,10 @@ import ml_collections
 import numpy as np
 
 from exo2ego_jax import tokenizer as tokenizer_lib
-from exo2ego_jax.data import pipeline, records
+from exo2ego_jax.data import clip_source, egoexo4d, pipeline, records
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.data import video as video_lib
+from exo2ego_jax.data.skips import SkipCounter
 from exo2ego_jax.eval import prompts as prompts_lib
 from exo2ego_jax.eval.loaders_mcq import shuffled_options
 from exo2ego_jax.eval.records import MCQRecord
@@ -46,36 +48,68 @@ CAPTION_PROMPT = "Describe what I am doing."  # [I] user turn of caption example
 
 # --- pre-decoded clips ------------------------------------------------------------------------
 def build_arrays(world_root: str, out_path: str, *, num_frames: int, image_size: int,
-                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_workers: int = 0) -> dict[str, Any]:
+                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_workers: int = 0, skips=None,
+                 max_skip_fraction: float = 0.05) -> dict[str, Any]:
     """Decodes every narration clip (ego + all exo views) of a synthetic world into `out_path` (.npz).
 
     Frames are sampled uniformly in [start_sec, end_sec) of each narration, resized (squashed) to
     `image_size` squares and stored as uint8. `num_workers` > 1 decodes takes in that many
-    threads (same arrays, same order). Returns a summary.
+    threads (same arrays, same order). Bad input is skipped and counted in `skips` (a SkipCounter)
+    as by the record writers: narrations the Ego-Exo4D reader rejects (non-UTF-8, empty text, takes
+    without their videos, ...), and takes with a view that does not decode or is not frame-aligned
+    (every clip needs all views). Raises TooManySkipped past `max_skip_fraction`. Returns a summary.
     """
-    with open(os.path.join(world_root, "synthetic_meta.json")) as f:
+    skips = skips if skips is not None else SkipCounter(config_field="max_skip_fraction of build_arrays")
+    with open(os.path.join(world_root, "synthetic_meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     fps = float(meta["config"]["fps"])
     exo_cams = tuple(sorted(meta["cameras"]["exo"]))
-    takes = [t for _, t in sorted(meta["takes"].items(), key=lambda kv: kv[1]["take_name"]) if t["narrations"]]
-    clips = functools.partial(_take_clips, world_root, fps=fps, exo_cams=exo_cams, num_frames=num_frames,
+    reader = egoexo4d.EgoExo4D(world_root, skips=skips)
+    kept = {(n.take_uid, round(n.timestamp, 3)) for split in ("train", "val") for n in reader.narrations(split)}
+    takes = []
+    for uid, t in sorted(meta["takes"].items(), key=lambda kv: kv[1]["take_name"]):
+        narrations = [n for n in t["narrations"] if (uid, round(float(n["timestamp"]), 3)) in kept]
+        if narrations:
+            takes.append({**t, "narrations": narrations})
+    clips = functools.partial(_take_clips_or_error, world_root, fps=fps, exo_cams=exo_cams, num_frames=num_frames,
                               image_size=image_size)
     # Threads, not processes: FFmpeg decodes outside the GIL, and ~1 GB of clips need no pickling.
     with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
         parts = list(pool.map(clips, takes))
-    ego, exo = [p[0] for p in parts], [p[1] for p in parts]
+    good = []
+    for take, part in zip(takes, parts):
+        if isinstance(part, video_lib.VideoError):
+            for _ in take["narrations"]:  # every clip of the take needs this view
+                skips.skip(part.reason, part.path, part.detail)
+        else:
+            good.append((take, part))
+    logging.info("build_arrays: %s", skips.report())
+    if not good:
+        raise ValueError(f"{world_root}: no usable take\n{skips.report()}")
+    skips.check(max_skip_fraction)
+    takes = [t for t, _ in good]
     texts = [n["text"] for t in takes for n in t["narrations"]]
-    np.savez(out_path, ego=np.concatenate(ego), exo=np.concatenate(exo), text=np.array(texts),
+    np.savez(out_path, ego=np.concatenate([p[0] for _, p in good]), exo=np.concatenate([p[1] for _, p in good]),
+             text=np.array(texts),
              take=np.array([t["take_name"] for t in takes for _ in t["narrations"]]),
              split=np.array([t["split"] for t in takes for _ in t["narrations"]]),
              narration=np.array([n["index"] for t in takes for n in t["narrations"]], np.int32),
-             mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
-    return {"clips": len(texts), "exo_views": len(exo_cams), "path": out_path}
+             mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
+             skips=np.array(skips.to_json()))
+    return {"clips": len(texts), "exo_views": len(exo_cams), "path": out_path, "skips": skips.report()}
+
+
+def _take_clips_or_error(world_root: str, take: dict[str, Any], **kw):
+    try:
+        return _take_clips(world_root, take, **kw)
+    except video_lib.VideoError as e:
+        return e
 
 
 def _take_clips(world_root: str, take: dict[str, Any], *, fps: float, exo_cams: tuple[str, ...], num_frames: int,
                 image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ego [N, F, S, S, 3], exo [N, views, F, S, S, 3]) uint8 clips of one take's N narrations."""
+    """(ego [N, F, S, S, 3], exo [N, views, F, S, S, 3]) uint8 clips of one take's N narrations.
+    Raises VideoError (the view checked against the take as by the record writers)."""
     base = os.path.join(world_root, "takes", take["take_name"], "frame_aligned_videos")
     idx = [video_lib.sample_frame_indices(int(n["start_sec"] * fps),
                                           max(int(n["end_sec"] * fps), int(n["start_sec"] * fps) + 1),
@@ -84,7 +118,10 @@ def _take_clips(world_root: str, take: dict[str, Any], *, fps: float, exo_cams: 
     flat = np.minimum(np.concatenate(idx), take["num_frames"] - 1)
 
     def clips(name):
-        fr = video_lib.decode_frames(os.path.join(base, name), flat.tolist())
+        path = os.path.join(base, name)
+        clip_source.probe_aligned(path, fps=fps, duration_sec=float(take["duration_sec"]), fps_tolerance=0.5,
+                                  length_tolerance_sec=1.0)
+        fr = video_lib.decode_frames(path, flat.tolist())
         fr = video_lib.resize(fr, image_size, image_size)
         return np.clip(np.round(fr), 0, 255).astype(np.uint8).reshape(len(idx), num_frames, image_size,
                                                                       image_size, 3)
@@ -156,6 +193,8 @@ def _examples(config, split: str) -> list[dict[str, Any]]:
                             categories=tuple(d.get("qa_categories", eb.CATEGORIES)),
                             distractors=d.get("qa_distractors", "take"))
         for it in items:
+            if (it["take_name"], it["narration_index"]) not in where:
+                continue  # its clip was skipped by build_arrays (damaged input)
             opts, ans = shuffled_options(it["answer"], it["wrong_answers"], d.label_seed, it["sample_id"])
             out.append(dict(clip=where[(it["take_name"], it["narration_index"])], exo=-1,
                             prompt=qa_prompt(it["question"], opts), answer=opts[ans], train_text=True))

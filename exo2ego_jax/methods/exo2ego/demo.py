@@ -18,19 +18,21 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from typing import Any
 
 import numpy as np
 
-from exo2ego_jax.methods.exo2ego import config as exo2ego_config
-from exo2ego_jax.methods.exo2ego import pipeline as pipeline_lib
-from exo2ego_jax.synthetic import world as synthetic
-from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
-from exo2ego_jax.synthetic import egobench as eb
-from exo2ego_jax.methods.exo2ego import data as exo2ego_data
+from exo2ego_jax.data.skips import SkipCounter
 from exo2ego_jax.eval import report
+from exo2ego_jax.methods.exo2ego import config as exo2ego_config
+from exo2ego_jax.methods.exo2ego import data as exo2ego_data
 from exo2ego_jax.methods.exo2ego import eval as exo2ego_eval
+from exo2ego_jax.methods.exo2ego import pipeline as pipeline_lib
+from exo2ego_jax.synthetic import egobench as eb
+from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
+from exo2ego_jax.synthetic import world as synthetic
 
 VARIANTS = {
     "a_exo2ego": "(a) Exo2Ego",
@@ -55,7 +57,7 @@ def _prepare(config, workdir: str) -> dict[str, Any]:
     t = time.time()
     tok = os.path.join(workdir, "tokenizer")
     if not os.path.exists(os.path.join(tok, "tokenizer.json")):
-        texts = synthetic_tokenizer.world_texts(world) + [exo2ego_data.CAPTION_PROMPT]
+        texts = synthetic_tokenizer.world_texts(world, skips=SkipCounter()) + [exo2ego_data.CAPTION_PROMPT]
         for split in ("train", "val"):
             for it in eb.generate(world, split, categories=d.categories, distractors=d.distractors):
                 texts += [it["answer"], *it["wrong_answers"],
@@ -65,13 +67,18 @@ def _prepare(config, workdir: str) -> dict[str, Any]:
     if not os.path.exists(clips):
         exo2ego_data.build_arrays(world, clips, num_frames=d.num_frames, image_size=d.image_size,
                                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_workers=d.world.num_workers)
+    with np.load(clips) as z:  # only this member is read
+        skips = SkipCounter.from_json(str(z["skips"])) if "skips" in z.files else SkipCounter()
+    if skips.counts:
+        logging.warning("demo: damaged input in %s skipped: %s", world, skips.report())
     bench = os.path.join(workdir, "egobench", "val.json")
     if not os.path.exists(bench):
         eb.write(world, bench, "val", categories=d.categories, distractors=d.distractors)
     times["prepare_s"] = time.time() - t
     from transformers import AutoTokenizer
     vocab = len(AutoTokenizer.from_pretrained(tok))
-    return {"world": world, "tokenizer": tok, "clips": clips, "bench": bench, "vocab": vocab, **times}
+    return {"world": world, "tokenizer": tok, "clips": clips, "bench": bench, "vocab": vocab, **times,
+            "skips": skips.report()}
 
 
 def _with_paths(cfg, paths: dict[str, Any], seed: int):
@@ -206,8 +213,20 @@ def _compile_cache(workdir: str) -> None:
 
 
 def _worker_init(cores_queue) -> None:
-    """Pins a worker process to its cores before JAX starts, so XLA sizes its thread pool to them."""
-    os.sched_setaffinity(0, cores_queue.get())
+    """Pins a worker process to one core and XLA to one intra-op thread, before JAX starts.
+
+    XLA:CPU's results depend on its thread count (the mapping F/G convolutions of a full-size
+    demo batch give other bits at 2 threads than at 1), and the pool is sized from the affinity,
+    or from $PJRT_NPROC / $NPROC when set. Fixing both here makes every job's numbers independent
+    of the machine's core count, of which worker runs it and of the load.
+    """
+    cores = cores_queue.get()
+    os.sched_setaffinity(0, cores)
+    os.environ["PJRT_NPROC"] = str(len(cores))  # wins over an inherited NPROC (XLA reads it first)
+    # One CPU device per worker (XLA's pool has at least one thread per device): drop a forced
+    # device count inherited from the parent (tests run it with 8 fake devices).
+    os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                                     os.environ.get("XLA_FLAGS", "")).strip()
     from absl import flags
     flags.FLAGS.mark_as_parsed()  # grain reads absl flags; a spawned worker never parsed any
     handler = logging.StreamHandler()
@@ -229,18 +248,19 @@ class _JobRunner:
 
 
 def worker_cores(workers: int, num_jobs: int, backend: str = "cpu") -> list[list[int]]:
-    """Disjoint core sets, one per worker process ([] = run in this process).
+    """One core per worker process ([] = run in this process).
 
-    `workers` -1 = one process per available core (at most one per job); 0 or 1 = in-process.
-    Only on the CPU backend: a GPU or TPU belongs to one process (this one), which runs every job.
+    `workers` -1 = one process per available core (at most one per job); 0 or 1 = one worker.
+    On the CPU backend every job runs in a worker pinned to exactly one core (XLA with one thread):
+    a job's numbers then do not depend on the core count or on which worker runs it. Cores beyond
+    the number of workers stay idle. A GPU or TPU belongs to one process (this one), which runs
+    every job. Without sched_getaffinity (not Linux) jobs run in this process.
     """
-    if backend != "cpu":
+    if backend != "cpu" or not hasattr(os, "sched_getaffinity"):
         return []
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    n = min(len(cores), num_jobs) if workers < 0 else min(workers, len(cores), num_jobs)
-    if n <= 1:
-        return []
-    return [cores[i::n] for i in range(n)]
+    cores = sorted(os.sched_getaffinity(0))
+    n = min(len(cores), num_jobs) if workers < 0 else min(max(workers, 1), len(cores), num_jobs)
+    return [[c] for c in cores[:max(n, 1)]]
 
 
 def _next(pending: list[Job], done: set[str]) -> Job | None:
@@ -296,7 +316,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     paths = _prepare(config, workdir)
     jobs = plan(config, paths)
     # Small XLA:CPU programs scale poorly over cores (1.3x from 1 to 2 here): one process per core
-    # runs two jobs at once for ~1.5x the throughput.
+    # runs two jobs at once for ~1.5x the throughput, and one XLA thread per job keeps the numbers
+    # the same on every machine (see _worker_init).
     import jax
     cores = worker_cores(config.demo.workers, len(jobs), jax.default_backend())
     logging.info("demo: %d jobs on %s", len(jobs),

@@ -148,7 +148,9 @@ def evaluate_arrays(config, stage_dir: str, bench_json: str, *, batch_size: int 
     recs: list[MCQRecord] = []
     for r in records:
         it = items[r.uid]
-        clip = where[(it["take_name"], it["narration_index"])]
+        clip = where.get((it["take_name"], it["narration_index"]))
+        if clip is None:
+            continue  # its clip was skipped by build_arrays (damaged input)
         recs.append(MCQRecord(uid=r.uid, video=VideoRef(r.video.path, frames=arr["ego"][clip]),
                               question=r.question, options=r.options, answer_index=r.answer_index,
                               category=it["category"], meta=r.meta))
