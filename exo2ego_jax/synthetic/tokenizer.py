@@ -23,7 +23,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel, WordPiece
-from exo2ego_jax.data import instructions
+from exo2ego_jax.data import egoexo4d, instructions
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 VIDEO, PROBE = "<video>", "<probe>"
