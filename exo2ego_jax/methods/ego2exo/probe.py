@@ -128,8 +128,9 @@ def probe(arr: dict[str, np.ndarray], meta: dict[str, Any], *, view: str = "exo"
 
 def build(world: str, clips: str, *, takes: int, image: int, frames: int, overrides: dict[str, Any]) -> None:
     """Writes the demo config's world (plus `overrides`) at `world` and its action clips at `clips`."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    cfg_path = os.path.join(os.path.dirname(os.path.dirname(here)), "configs", "ego2exo", "demo.py")
+    # exo2ego_jax/methods/ego2exo/probe.py -> the repository root, three packages up.
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    cfg_path = os.path.join(repo, "configs", "ego2exo", "demo.py")
     wc = config_lib.load(cfg_path, f"takes={takes}").demo.world  # a full world_config()
     with wc.unlocked():
         wc.update(overrides)
