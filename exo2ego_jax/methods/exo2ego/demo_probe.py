@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="val")
     a = p.parse_args(argv)
-    config = config_lib.load(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py"), a.config_arg)
+    config = config_lib.load(os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "demo.py"), a.config_arg)
     res = caption_probe(config, a.workdir, variant=a.variant, stage=a.stage, seed=a.seed, split=a.split)
     print(json.dumps({k: ({"accuracy": round(v["accuracy"], 1), "tokens": v["tokens"]} if isinstance(v, dict)
                           else round(v, 1)) for k, v in res.items()}))
