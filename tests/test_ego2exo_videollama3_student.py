@@ -128,3 +128,18 @@ def test_student_loads_videollama3_checkpoint_under_lora_and_eavt(setup):
     # dropout (rng given) changes the LoRA path only; with lora_b = 0 at init the loss is the same
     np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
     assert np.isfinite(float(loss))
+
+
+def test_trainer_runs_the_videollama3_student(setup, tmp_path):
+    """Two optimizer steps of the one trainer (checkpoint load, EAVT copy, grain batches, sharded step)."""
+    from exo2ego_jax.train import loop
+
+    c, _, _ = setup
+    c = c.copy_and_resolve_references()
+    c.unlock()
+    c.train.steps, c.train.epochs, c.train.warmup_steps = 2, 0.0, 0
+    c.train.log_every, c.train.ckpt_every, c.train.async_ckpt, c.train.progress = 1, 0, False, False
+    c.train.global_batch = 8  # one row per fake device
+    c.lock()
+    out = loop.train(c, str(tmp_path / "run"))
+    assert out["step"] == 2 and np.isfinite(out["loss"])
