@@ -177,6 +177,14 @@ def teacher_runner(config, mesh):
         cfg.train.init_from = ""
         name = config.model.llm_hf or "config.model (random init)"
     cfg.hardware = ml_collections.ConfigDict(config.hardware.to_dict())
+    if cfg.model.get("arch", "llava_video") == "videollama3":  # a VideoLLaMA3 run trained with this repo
+        cfg.model.num_probes = 0  # the teacher answers without EAVT probes
+        model, _ = ego2exo_infer.build_inference_model(cfg, mesh=mesh)
+        teacher = videollama3_teacher.VideoLlama3Teacher.from_model(
+            model, cfg.data.tokenizer or cfg.model.checkpoint, fps=lb.sample_fps, max_frames=lb.max_frames,
+            frame_max_pixels=cfg.data.frame_max_pixels, system_prompt=lb.system_prompt,
+            max_new_tokens=lb.max_new_tokens, mesh=mesh)
+        return teacher, name
     # Ego2ExoVLM [C]: the teacher sees the segment at label.sample_fps, at most label.max_frames.
     cfg.data.sampling = lb.sampling
     cfg.data.sample_fps = lb.sample_fps

@@ -29,18 +29,17 @@ from exo2ego_jax.parallel import rules as rules_lib
 from exo2ego_jax.tokenizer import load_tokenizer
 from exo2ego_jax.weights import videollama3_weights
 
-def patch_buckets(pcfg: vp.VideoLlama3ProcessorConfig) -> tuple[int, ...]:
-    """Patches-per-frame buckets: merge blocks x powers of two up to the whole pixel budget (one frame).
+def patch_buckets(merge_size: int, most: int) -> tuple[int, ...]:
+    """Patches-per-frame buckets up to ``most``: merge blocks x powers of two (padding a frame to its
+    bucket at most doubles its encoder work; clips of one resolution share one bucket per frame count).
 
-    A frame never has more patches than the budget allows, so the last bucket always fits; padding a
-    frame to the next power of two at most doubles its encoder work."""
-    block = pcfg.video_merge_size ** 2
-    most = math.ceil(pcfg.video_max_pixels / pcfg.patch_size ** 2 / block) * block
-    out, b = [], block
-    while b < most:
-        out.append(b)
-        b *= 2
-    return tuple(out) + (most,)
+    The bound comes from the batch, not the pixel budget: the processor's upscaling of small frames
+    rounds up and can pass the budget by a few patch rows."""
+    block = merge_size ** 2
+    out = [block]
+    while out[-1] < most:
+        out.append(out[-1] * 2)
+    return tuple(out)
 
 
 def length_buckets(max_len: int, smallest: int = 128) -> tuple[int, ...]:
@@ -106,6 +105,18 @@ class VideoLlama3Teacher:
                              f"teacher's {model.cfg.llm.max_position_embeddings}-token context.")
         return cls(model, tok, pcfg, system_prompt, max_len, mesh)
 
+    @classmethod
+    def from_model(cls, model: vl3.VideoLlama3, tokenizer: str, *, fps: float, max_frames: int,
+                   frame_max_pixels: int, system_prompt: str, max_new_tokens: int, mesh=None) -> "VideoLlama3Teacher":
+        """A VideoLLaMA3 trained with this repository (its run's data fields: per-frame pixel budget)."""
+        tok = load_tokenizer(tokenizer, extra_special_tokens=())
+        pcfg = vp.VideoLlama3ProcessorConfig(
+            patch_size=model.cfg.vision.patch_size, video_merge_size=model.cfg.video_merge_size, fps=fps,
+            max_frames=max_frames, video_max_pixels=frame_max_pixels * max_frames,
+            video_min_pixels=min(vp.VideoLlama3ProcessorConfig.video_min_pixels, frame_max_pixels * max_frames),
+            video_token=tok.convert_ids_to_tokens(model.cfg.video_token_id))
+        return cls(model, tok, pcfg, system_prompt, model.cfg.llm.max_position_embeddings - max_new_tokens, mesh)
+
     def with_frames(self, num_frames: int) -> "VideoLlama3Teacher":
         """The same teacher sampling at most ``num_frames`` frames (one frame bucket, one compile)."""
         return dataclasses.replace(self, pcfg=dataclasses.replace(self.pcfg, max_frames=int(num_frames)))
@@ -133,7 +144,9 @@ class VideoLlama3Teacher:
         ids = [self.prompt_ids(p, v) for p, v in zip(prompts, videos)]
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else eos_ids(self.tok)[0]
         return vp.collate(ids, videos, pad_id=pad, length_buckets=length_buckets(self.max_len),
-                          frame_buckets=(self.pcfg.max_frames,), patch_buckets=patch_buckets(self.pcfg))
+                          frame_buckets=(self.pcfg.max_frames,),
+                          patch_buckets=patch_buckets(self.pcfg.video_merge_size,
+                                                      max(v.grid_thw[1] * v.grid_thw[2] for v in videos)))
 
     def _shard(self, batch: vp.VideoBatch) -> vp.VideoBatch:
         if self.mesh is None:
