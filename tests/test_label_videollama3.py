@@ -123,6 +123,10 @@ def test_unknown_teacher_arch_is_refused_by_name(setup, tmp_path):
     with pytest.raises(ValueError, match=r"config.model.arch='videollama2'.*'videollama3', 'llava_video'"):
         label_lib.label(c, str(tmp_path / "x"))
     c.model.arch = "videollama3"
+    c.label.sampling = "uniform"
+    with pytest.raises(ValueError, match="config.label.sampling='uniform'"):
+        label_lib.label(c, str(tmp_path / "z"))
+    c.label.sampling = "fps"
     c.model.checkpoint = ""
     with pytest.raises(ValueError, match="needs config.model.checkpoint"):
         label_lib.label(c, str(tmp_path / "y"))

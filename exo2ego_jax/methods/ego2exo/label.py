@@ -146,6 +146,12 @@ def segment_records(seg: Segment, questions: list[tuple[str, str]], answers: lis
 TEACHER_ARCHS = ("videollama3", "llava_video")
 
 
+def _check_fps_sampling(lb) -> None:
+    if lb.sampling != "fps":
+        raise ValueError(f"config.label.sampling={lb.sampling!r}: the VideoLLaMA3 teacher samples at "
+                         "label.sample_fps with the label.max_frames cap (its processor's rule); set it to 'fps'")
+
+
 def teacher_runner(config, mesh):
     """(runner, teacher description) for config.label's teacher on `mesh`.
 
@@ -158,6 +164,7 @@ def teacher_runner(config, mesh):
     if arch not in TEACHER_ARCHS:
         raise ValueError(f"config.model.arch={arch!r}: the labelling teacher is one of {TEACHER_ARCHS}")
     if not lb.teacher_workdir and arch == "videollama3":
+        _check_fps_sampling(lb)
         if not config.model.checkpoint:
             raise ValueError("config.model.arch='videollama3' needs config.model.checkpoint: a VideoLLaMA3 "
                              "directory (e.g. DAMO-NLP-SG/VideoLLaMA3-7B or its transformers conversion)")
@@ -178,6 +185,7 @@ def teacher_runner(config, mesh):
         name = config.model.llm_hf or "config.model (random init)"
     cfg.hardware = ml_collections.ConfigDict(config.hardware.to_dict())
     if cfg.model.get("arch", "llava_video") == "videollama3":  # a VideoLLaMA3 run trained with this repo
+        _check_fps_sampling(lb)
         cfg.model.num_probes = 0  # the teacher answers without EAVT probes
         model, _ = ego2exo_infer.build_inference_model(cfg, mesh=mesh)
         teacher = videollama3_teacher.VideoLlama3Teacher.from_model(
