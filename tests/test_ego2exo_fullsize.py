@@ -16,7 +16,7 @@ EAVT = 16 * 1152 + 26 * 4 * (1152 * 1152 + 1152) + PROJECTOR  # probes + 26 run 
 
 
 def test_student_parameter_counts_and_groups():
-    c = load_config("configs/ego2exo/student.py")
+    c = load_config("configs/ego2exo/student.py", "arch=llava_video")
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: ego2exo.Ego2Exo(c).build_model(nnx.Rngs(0)))
     flat = {"/".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
@@ -38,7 +38,7 @@ def test_student_parameter_counts_and_groups():
 def test_student_step_compiles_on_fake_devices():
     """eval_shape + AOT compile of the real train step for 8 devices; memory per device reported."""
     from exo2ego_jax.methods.ego2exo import memory as ego2exo_memory
-    c = load_config("configs/ego2exo/student.py", "hardware=tpu_v5e_64")
+    c = load_config("configs/ego2exo/student.py", "hardware=tpu_v5e_64,arch=llava_video")
     assert jax.device_count() == 8
     r = ego2exo_memory.analyse(c)
     assert r["params_total"] == QWEN25_7B + SIGLIP_SO400M + PROJECTOR + LORA + EAVT == 8_362_203_504

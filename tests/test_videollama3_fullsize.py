@@ -38,3 +38,63 @@ def test_7b_parameter_count_equals_transformers():
     n_hf = sum(int(np.prod(p.shape)) for p in hf.parameters())
     print(f"VideoLLaMA3-7B parameters: ours {n_ours:,}, transformers {n_hf:,}")
     assert n_ours == n_hf == _analytic(cfg) == 8_044_744_944  # 7.62B Qwen2.5-7B + 0.41B encoder + 17M projector
+
+
+VL3_7B = 8_044_744_944  # transformers' VideoLlama3ForConditionalGeneration (above): the VideoLLaMA3-7B(-Image) base
+VL3_PROJECTOR = 1152 * 3584 + 3584 + 3584 * 3584 + 3584  # the two-layer GELU projector, copied as probe projector
+VL3_EAVT = 16 * 1152 + 27 * 4 * (1152 * 1152 + 1152) + VL3_PROJECTOR  # probes + one cross-attn per layer (27)
+VL3_LORA = 28 * 64 * (2 * (3584 + 3584) + 2 * (3584 + 512) + 3 * (3584 + 18944))  # r64 on all 7 linears
+
+
+def _student_config(arg=""):
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("cfg_student_vl3", os.path.join(root, "configs/ego2exo/student.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg or None)
+
+
+def test_7b_student_with_probes_parameter_counts_and_groups():
+    """configs/ego2exo/student.py (VideoLLaMA3-7B-Image + 16 EAVT probes + LoRA r64): the base equals
+    transformers' count; EAVT and LoRA are counted by hand; only LoRA / projector / EAVT train."""
+    from exo2ego_jax.methods.ego2exo import method as ego2exo
+    from exo2ego_jax.train import optim
+
+    c = _student_config()
+    assert c.model.arch == "videollama3" and c.ego2exo.lora_rank == 64 and c.ego2exo.lora_alpha == 16.0
+    assert (c.ego2exo.lr_lora, c.ego2exo.lr_probe) == (1e-5, 2e-6)
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: ego2exo.Ego2Exo(c).build_model(nnx.Rngs(0)))
+    flat = {"/".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    groups = optim.assign_groups(list(flat), c.train.groups)
+    size = lambda pred: sum(int(np.prod(v.shape)) for p, v in flat.items() if pred(p))  # noqa: E731
+    lr = lambda p: c.train.groups[groups[p]][1]  # noqa: E731
+    base = size(lambda p: not p.startswith("eavt/") and "lora_" not in p)
+    assert base == VL3_7B
+    assert size(lambda p: p.startswith("eavt/")) == VL3_EAVT
+    assert size(lambda p: "lora_" in p) == VL3_LORA
+    assert flat["eavt/cross_attn/attn/q_proj/kernel"].shape == (27, 1152, 1152)  # every encoder layer
+    assert size(lambda p: lr(p) == 1e-5) == VL3_LORA
+    assert size(lambda p: lr(p) == 2e-6) == VL3_PROJECTOR + VL3_EAVT
+    assert size(lambda p: lr(p) is None) == VL3_7B - VL3_PROJECTOR  # encoder + LLM base frozen
+    total = size(lambda p: True)
+    print(f"VideoLLaMA3-7B-Image student: {total:,} parameters ({VL3_EAVT:,} EAVT, {VL3_LORA:,} LoRA)")
+    assert total == VL3_7B + VL3_EAVT + VL3_LORA == 8_366_676_720
+
+
+@pytest.mark.slow
+def test_7b_student_step_compiles_on_fake_devices():
+    """eval_shape + AOT compile of the VideoLLaMA3 student's train step on the v5e-64 layout (8 fake CPU
+    devices); per-device memory printed."""
+    import jax
+    from exo2ego_jax.methods.ego2exo import memory as ego2exo_memory
+
+    c = _student_config("hardware=tpu_v5e_64")
+    assert jax.device_count() == 8
+    r = ego2exo_memory.analyse(c)
+    assert r["params_total"] == VL3_7B + VL3_EAVT + VL3_LORA
+    mem = r["memory_per_device"]
+    assert 4.0e9 < mem["argument_size_in_bytes"] < 8.5e9  # fp32 weights / 8 + Adam moments of the trainable part
+    print("VideoLLaMA3 student bytes per device:", {k: f"{v / 2**30:.2f} GiB" for k, v in mem.items()})

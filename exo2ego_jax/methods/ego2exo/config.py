@@ -5,10 +5,13 @@ Ego2ExoVLM paper ([C] = the authors' public code). [I] marks choices the paper l
 """
 from __future__ import annotations
 
+import dataclasses
+
 from exo2ego_jax import config_lib
 from exo2ego_jax.methods import tiny_config
 from exo2ego_jax.data.pipeline_fields import pipeline_config
 from exo2ego_jax.eval.config import eval_config
+from exo2ego_jax.models import videollama3 as vl3
 
 ConfigDict = config_lib.ConfigDict
 
@@ -17,15 +20,16 @@ SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)  # google/siglip-so400m-patch14-384 preprocess
 
 
 def student_groups(lr_lora: float, lr_probe: float, *, train_tower: bool = False,
-                   train_llm: bool = False) -> list[tuple[str, float | None]]:
+                   train_llm: bool = False, projector: str = "connector") -> list[tuple[str, float | None]]:
     """Ego2ExoVLM [C] parameter groups: LoRA at `lr_lora`; projectors, EAVT and probes at `lr_probe`.
 
     The probe vectors (`eavt/probes`) are in the probe group on purpose: the authors' code leaves
     them out of every optimizer group by accident (Ego2ExoVLM paper). `train_tower` / `train_llm`
-    (demo only) also train the tower / LLM base, which the paper keeps frozen.
+    (demo only) also train the tower / LLM base, which the paper keeps frozen. `projector`: the main
+    projector's path ("connector" in the SigLIP stack, "projector" in VideoLLaMA3).
     """
     groups = [(r"/lora_[ab]$", lr_lora),
-              (r"^(connector|eavt)/", lr_probe)]
+              (rf"^({projector}|eavt)/", lr_probe)]
     if train_tower:
         groups.append((r"^vision/", lr_probe))
     if train_llm:
@@ -75,6 +79,62 @@ def full_size_model() -> ConfigDict:
     c.merge_stride = 2  # Ego2ExoVLM [C]: 2x spatial token merge (27x27 -> 14x14 per frame)
     c.merge_mode = "bilinear"  # LLaVA-Video get_2dPool default
     return m
+
+
+def videollama3_model() -> ConfigDict:
+    """VideoLLaMA3-7B(-Image) sizes (Ego2ExoVLM [C]: the student starts from VideoLLaMA3-7B-Image, the
+    model before VideoLLaMA3's video stage; same architecture as the VideoLLaMA3-7B teacher)."""
+    base = vl3.VideoLlama3Config()
+    m = ConfigDict()
+    m.arch = "videollama3"  # "videollama3" (the paper's base model) or "llava_video" (the SigLIP stack)
+    m.checkpoint = ""  # VideoLLaMA3 checkpoint dir (HF or DAMO-NLP-SG layout); '' = random init from the sizes below
+    m.num_probes = 16  # Ego2ExoVLM [C]: 16 EAVT probe vectors (0 = no EAVT)
+    m.eavt_layers = ()  # encoder layers followed by a probe update (() = all, Ego2ExoVLM [C])
+    m.probe_token_id = 151665  # <probe>: first id after Qwen2.5's 151665 tokenizer ids (inside the 152064 rows)
+    m.image_token_id = base.image_token_id  # <|image_pad|>
+    m.video_token_id = base.video_token_id  # <|video_pad|>
+    m.vision = ConfigDict({f.name: getattr(base.vision, f.name) for f in dataclasses.fields(base.vision)})
+    m.llm = ConfigDict({f.name: getattr(base.llm, f.name) for f in dataclasses.fields(base.llm)
+                        if f.name in _LLM_FIELDS})
+    return m
+
+
+# LLMConfig fields a config carries for the VideoLLaMA3 decoder (the rest keep LLMConfig's defaults).
+_LLM_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+               "head_dim", "rope_theta", "rms_norm_eps", "tie_word_embeddings", "attention_bias",
+               "max_position_embeddings", "model_type")
+
+
+def tiny_videollama3_model(*, vocab_size: int = 64, width: int = 64, vit_width: int = 32, patch_size: int = 8,
+                           llm_layers: int = 2, vit_layers: int = 2, num_probes: int = 4) -> ConfigDict:
+    """A CPU-sized VideoLLaMA3 (tests and the demo), random init."""
+    m = videollama3_model()
+    m.vision.update(hidden_size=vit_width, intermediate_size=2 * vit_width, num_layers=vit_layers, num_heads=2,
+                    patch_size=patch_size)
+    m.llm.update(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_layers=llm_layers,
+                 num_heads=4, num_kv_heads=2, head_dim=width // 4, max_position_embeddings=4096)
+    m.image_token_id, m.video_token_id, m.probe_token_id = 6, 4, 5  # synthetic_tokenizer: <video> 4, <probe> 5
+    m.num_probes = num_probes
+    return m
+
+
+def videollama3_data_block(*, num_frames: int = 16, patch_size: int = 14) -> ConfigDict:
+    """`config.data` of the VideoLLaMA3 student: the teacher labels, processed by VideoLLaMA3's rules."""
+    d = pipeline_config()
+    d.sampling = "fps"  # Ego2ExoVLM [C]: frames sampled at a fixed rate ...
+    d.sample_fps = 1.0  # Ego2ExoVLM [C]: ... of 1 fps
+    d.num_frames = num_frames  # [I] frame cap (= frame slots per batch) for the student; memory-bound at 7B
+    d.patch_size = patch_size  # VideoLLaMA3 encoder patch
+    d.merge_size = 2  # VideoLLaMA3 processor: video frames merged 2x2
+    # [I] Per-frame pixel budget: the processor's 28*28*768 clip budget split over 16 frames, fixed per frame
+    # so every frame fits one static patch bucket whatever the clip length.
+    d.frame_max_pixels = 28 * 28 * 768 // 16
+    d.frame_min_pixels = 28 * 28 * 8  # smallest frame area after resizing (processor min 128*28*28 over 16 frames)
+    d.token_compression = True  # VideoLLaMA3 processor default: drop merged tokens unchanged since the last frame
+    d.max_len = 2048  # tokens per example: 16 frames x <= 48 tokens + 16 probes + timestamps + text
+    d.system_prompt = "You are a helpful assistant."  # Ego2ExoVLM [C] system prompt
+    d.drop_remainder = True  # static global batch for the trainer
+    return d
 
 
 def tiny_model(*, vocab_size: int = 64, width: int = 64, vit_width: int = 32, image_size: int = 32,
@@ -155,5 +215,16 @@ def student_config(*, hardware: str = "cpu", job: str = "train") -> ConfigDict:
     t.schedule = "cosine"  # Ego2ExoVLM [C]: cosine decay
     t.weight_decay = 0.0  # Ego2ExoVLM [C]: weight decay 0
     t.groups = student_groups(c.ego2exo.lr_lora, c.ego2exo.lr_probe)  # Ego2ExoVLM [C] LR groups
+    c.model.arch = "llava_video"  # the SigLIP stack; videollama3_student_config() is the paper's base
     c.eval = eval_config("ego_in_exo")
+    return c
+
+
+def videollama3_student_config(*, hardware: str = "cpu", job: str = "train") -> ConfigDict:
+    """The Ego2ExoVLM student on VideoLLaMA3-7B-Image (the paper's base), unlocked."""
+    c = student_config(hardware=hardware, job=job)
+    c.model = videollama3_model()
+    c.data = videollama3_data_block()
+    c.data.num_probes = c.model.num_probes
+    c.train.groups = student_groups(c.ego2exo.lr_lora, c.ego2exo.lr_probe, projector="projector")
     return c

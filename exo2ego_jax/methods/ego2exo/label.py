@@ -18,8 +18,10 @@ Generation is batched and sharded over the local devices (data axes of config.ha
 with several processes (a pod), each labels every n-th segment on its own devices and process 0
 merges the parts after a barrier.
 
-The teacher is either a trainer workdir (`label.teacher_workdir`: its saved config + checkpoint)
-or config.model itself with HF weights (`model.llm_hf` / `vision_hf` / `connector_hf`).
+The teacher is a trainer workdir (`label.teacher_workdir`: its saved config + checkpoint), a
+VideoLLaMA3 checkpoint directory (`model.arch = "videollama3"`, `model.checkpoint`; the authors'
+VideoLLaMA3-7B teacher, methods/ego2exo/videollama3_teacher.py), or the SigLIP / LLaVA-Video stack
+with HF weights (`model.arch = "llava_video"`, `model.llm_hf` / `vision_hf` / `connector_hf`).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from exo2ego_jax.methods.ego2exo import prompts as prompts_lib
 from exo2ego_jax.data import pipeline
 from exo2ego_jax.methods.ego2exo import model as ego2exo_model
 from exo2ego_jax.methods.ego2exo import infer as ego2exo_infer
+from exo2ego_jax.methods.ego2exo import videollama3_teacher
 from exo2ego_jax.parallel import mesh as mesh_lib
 
 
@@ -140,9 +143,37 @@ def segment_records(seg: Segment, questions: list[tuple[str, str]], answers: lis
     return recs
 
 
+TEACHER_ARCHS = ("videollama3", "llava_video")
+
+
+def _check_fps_sampling(lb) -> None:
+    if lb.sampling != "fps":
+        raise ValueError(f"config.label.sampling={lb.sampling!r}: the VideoLLaMA3 teacher samples at "
+                         "label.sample_fps with the label.max_frames cap (its processor's rule); set it to 'fps'")
+
+
 def teacher_runner(config, mesh):
-    """(VideoLLMRunner, teacher description) for config.label's teacher on `mesh`."""
+    """(runner, teacher description) for config.label's teacher on `mesh`.
+
+    A trainer workdir (label.teacher_workdir) is read with its saved config; otherwise
+    config.model.arch picks the checkpoint kind: "videollama3" (the authors' teacher,
+    config.model.checkpoint = a VideoLLaMA3 directory) or "llava_video" (SigLIP + projector + Qwen2
+    from model.llm_hf / vision_hf / connector_hf, or random init)."""
     lb = config.label
+    arch = config.model.get("arch", "llava_video")  # configs saved before the field: the SigLIP stack
+    if arch not in TEACHER_ARCHS:
+        raise ValueError(f"config.model.arch={arch!r}: the labelling teacher is one of {TEACHER_ARCHS}")
+    if not lb.teacher_workdir and arch == "videollama3":
+        _check_fps_sampling(lb)
+        if not config.model.checkpoint:
+            raise ValueError("config.model.arch='videollama3' needs config.model.checkpoint: a VideoLLaMA3 "
+                             "directory (e.g. DAMO-NLP-SG/VideoLLaMA3-7B or its transformers conversion)")
+        hw = config.hardware
+        teacher = videollama3_teacher.VideoLlama3Teacher.load(
+            config.model.checkpoint, tokenizer=config.data.tokenizer, fps=lb.sample_fps, max_frames=lb.max_frames,
+            system_prompt=lb.system_prompt, max_new_tokens=lb.max_new_tokens, dtype=hw.compute_dtype,
+            param_dtype=hw.param_dtype, mesh=mesh, attention_impl=hw.attention)
+        return teacher, config.model.checkpoint
     if lb.teacher_workdir:
         cfg = ego2exo_infer.load_run_config(lb.teacher_workdir)
         ego2exo_infer.tupleize_groups(cfg)
@@ -153,6 +184,15 @@ def teacher_runner(config, mesh):
         cfg.train.init_from = ""
         name = config.model.llm_hf or "config.model (random init)"
     cfg.hardware = ml_collections.ConfigDict(config.hardware.to_dict())
+    if cfg.model.get("arch", "llava_video") == "videollama3":  # a VideoLLaMA3 run trained with this repo
+        _check_fps_sampling(lb)
+        cfg.model.num_probes = 0  # the teacher answers without EAVT probes
+        model, _ = ego2exo_infer.build_inference_model(cfg, mesh=mesh)
+        teacher = videollama3_teacher.VideoLlama3Teacher.from_model(
+            model, cfg.data.tokenizer or cfg.model.checkpoint, fps=lb.sample_fps, max_frames=lb.max_frames,
+            frame_max_pixels=cfg.data.frame_max_pixels, system_prompt=lb.system_prompt,
+            max_new_tokens=lb.max_new_tokens, mesh=mesh)
+        return teacher, name
     # Ego2ExoVLM [C]: the teacher sees the segment at label.sample_fps, at most label.max_frames.
     cfg.data.sampling = lb.sampling
     cfg.data.sample_fps = lb.sample_fps

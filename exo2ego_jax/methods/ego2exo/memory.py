@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from exo2ego_jax.methods import common
+from exo2ego_jax.methods.ego2exo import videollama3_student as vl3_student
 from exo2ego_jax.parallel import aot
 from exo2ego_jax.parallel import mesh as mesh_lib
 from exo2ego_jax.train import metrics as metrics_lib
@@ -32,6 +33,9 @@ from exo2ego_jax.train import setup as setup_lib
 def abstract_batch(config, batch: int, sharding) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of one global batch of the student pipeline (instruction samples, one video each)."""
     d = config.data
+    if config.model.get("arch", "llava_video") == "videollama3":  # patches / grids / keep masks per frame slot
+        return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+                for k, (shape, dtype) in vl3_student.batch_spec(d, batch).items()}
     t, f, s = d.max_len, d.num_frames, d.image_size
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)  # noqa: E731
     out = {"input_ids": i32(batch, t), "labels": i32(batch, t), "attention_mask": i32(batch, t),

@@ -1,0 +1,145 @@
+"""The Ego2ExoVLM student on VideoLLaMA3 (configs/ego2exo/student.py default): data, loading, loss.
+
+A tiny random VideoLLaMA3 is saved as a transformers folder, a LLaVA labels JSON points at a short mp4
+with a clip window; the student's batches must carry VideoLLaMA3's inputs (timestamps in the prompt, one
+video token per kept merged patch, probes after the video, answer-only labels) in static shapes, the
+checkpoint must load under LoRA + EAVT with EAVT copied from the loaded encoder, and the loss must be
+the answer cross-entropy of the logits.
+"""
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from exo2ego_jax.data import text as text_lib
+from exo2ego_jax.data import video as video_lib
+from exo2ego_jax.methods.ego2exo import config as ego2exo_config
+from exo2ego_jax.methods.ego2exo import method as ego2exo
+from exo2ego_jax.methods.ego2exo import prompts as P
+from exo2ego_jax.methods.ego2exo import videollama3_student as vs
+from exo2ego_jax.models import videollama3 as vl3
+from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
+from exo2ego_jax.tokenizer import load_tokenizer
+from exo2ego_jax.train import losses
+from exo2ego_jax.weights import videollama3_weights as vw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUESTION, ANSWER = "what does the person pick up ?", "the person picks up a red cup ."
+
+
+def _student_config(arg=None):
+    spec = importlib.util.spec_from_file_location("cfg_student", os.path.join(ROOT, "configs/ego2exo/student.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("vl3_student"))
+    tok_dir = os.path.join(tmp, "ckpt")
+    synthetic_tokenizer.build_tokenizer([QUESTION, ANSWER, P.SYSTEM_PROMPT, "time s"], tok_dir)
+    tok = load_tokenizer(tok_dir, extra_special_tokens=())
+    c = _student_config("probes=3,frames=3")
+    c.unlock()
+    c.model = ego2exo_config.tiny_videollama3_model(vocab_size=len(tok.get_vocab()), width=32, vit_width=32,
+                                                    patch_size=4, num_probes=3)
+    c.model.checkpoint = tok_dir
+    c.ego2exo.lora_rank = 4
+    c.data.patch_size = 4
+    c.data.frame_max_pixels = 16 * 16  # 4x4 patches per frame at most
+    c.data.frame_min_pixels = 8 * 8
+    c.data.max_len = 128
+    c.data.num_probes = 3
+    c.data.tokenizer = tok_dir
+    c.data.read_threads = 1
+    c.train.global_batch = 2
+    # the checkpoint: a tiny random VideoLLaMA3 (no probes) in transformers' layout
+    base = vl3.VideoLlama3(vs.model_config(_no_ckpt(c)), rngs=nnx.Rngs(7))
+    vw.save_hf(base, tok_dir)
+    # 20 frames of 16x24 at 4 fps (5 s); the label's clip is [1.0, 4.0] s -> 3 frames at 1 fps
+    frames = np.full((20, 16, 24, 3), 30, np.uint8)
+    for i in range(20):
+        frames[i, 2:8, i:i + 5] = 250
+    video_lib.encode_mp4(frames, os.path.join(tmp, "exo.mp4"), fps=4, crf=0)
+    rec = {"id": "s0", "video": "exo.mp4", "start": 1.0, "end": 4.0,
+           "conversations": [{"from": "human", "value": "<video>\n" + QUESTION}, {"from": "gpt", "value": ANSWER}]}
+    with open(os.path.join(tmp, "labels.json"), "w") as f:
+        json.dump([rec, dict(rec, id="s1", start=0.0, end=2.0)], f)
+    c.data.instructions = (os.path.join(tmp, "labels.json"),)
+    c.data.data_folder = tmp
+    c.lock()
+    return c, tok, base
+
+
+def _no_ckpt(c):
+    import copy
+    d = copy.deepcopy(c)
+    d.model.checkpoint = ""
+    return d
+
+
+def test_student_batches_carry_videollama3_inputs(setup):
+    c, tok, _ = setup
+    batch = next(iter(ego2exo.Ego2Exo(c).dataset("train", 0, 1)))
+    spec = vs.batch_spec(c.data, 2)
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {k: (s, np.dtype(d)) for k, (s, d) in spec.items()}
+    assert spec["patches"][0] == (2, 3, 16, 48)  # 3 frame slots of 16 patch slots (4x4) of 3*4*4 values
+    vl3.check_visual_placeholders(batch["input_ids"], 4, batch["grid_hw"], 2, batch["keep"])
+    for row in range(2):
+        ids = batch["input_ids"][row][batch["attention_mask"][row] > 0].tolist()
+        text = tok.decode(ids)
+        frames = int((batch["grid_hw"][row, :, 0] > 0).sum())
+        assert text.count("time") == frames  # "Time t s:" before each frame (word-level tokenizer)
+        last_video = max(i for i, t in enumerate(ids) if t == 4)
+        assert ids[last_video + 1:last_video + 4] == [5, 5, 5]  # the probes follow the video
+        labels = batch["labels"][row]
+        answer = labels[labels != text_lib.IGNORE_INDEX]
+        assert tok.decode(answer.tolist()).startswith(ANSWER.replace(" .", "").split()[0])
+        assert ANSWER.split()[-2] in tok.decode(answer.tolist())
+    assert sorted(int((batch["grid_hw"][r, :, 0] > 0).sum()) for r in range(2)) == [2, 3]  # 1 fps over 2 s / 3 s
+
+
+def test_student_loads_videollama3_checkpoint_under_lora_and_eavt(setup):
+    c, _, base = setup
+    m = ego2exo.Ego2Exo(c)
+    model = m.build_model(nnx.Rngs(0))
+    m.load_pretrained(model)
+    want = nnx.state(base.vision, nnx.Param)
+    got = nnx.state(model.vision, nnx.Param)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)
+    np.testing.assert_array_equal(np.asarray(model.eavt.cross_attn.attn.q_proj.kernel.get_value()),
+                                  np.asarray(base.vision.layers.attn.q_proj.kernel.get_value()))
+    for name in ("fc1", "fc2"):  # probe projector <- the loaded projector
+        np.testing.assert_array_equal(np.asarray(getattr(model.eavt.projector, name).kernel.get_value()),
+                                      np.asarray(getattr(base.projector, name).kernel.get_value()))
+    batch = next(iter(m.dataset("train", 0, 1)))
+    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+    loss, aux = m.loss(model, jb, jax.random.key(0))
+    videos = vl3.VisualInput(jb["patches"], jb["grid_hw"], jb["keep"])
+    logits = model(jb["input_ids"], jb["attention_mask"], videos=videos)
+    want_loss, n = losses.answer_cross_entropy(logits, jb["labels"], jb["example_mask"])
+    assert int(aux["answer_tokens"]) == int(n) > 0
+    # dropout (rng given) changes the LoRA path only; with lora_b = 0 at init the loss is the same
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
+    assert np.isfinite(float(loss))
+
+
+def test_trainer_runs_the_videollama3_student(setup, tmp_path):
+    """Two optimizer steps of the one trainer (checkpoint load, EAVT copy, grain batches, sharded step)."""
+    from exo2ego_jax.train import loop
+
+    c, _, _ = setup
+    c = c.copy_and_resolve_references()
+    c.unlock()
+    c.train.steps, c.train.epochs, c.train.warmup_steps = 2, 0.0, 0
+    c.train.log_every, c.train.ckpt_every, c.train.async_ckpt, c.train.progress = 1, 0, False, False
+    c.train.global_batch = 8  # one row per fake device
+    c.lock()
+    out = loop.train(c, str(tmp_path / "run"))
+    assert out["step"] == 2 and np.isfinite(out["loss"])
