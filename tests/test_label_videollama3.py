@@ -139,6 +139,7 @@ def test_patch_and_length_buckets():
     assert vt.length_buckets(1000) == (128, 256, 512, 1000)
 
 
+@pytest.mark.slow  # ~60 s: label -> train -> relabel chain; the pieces are fast-tested above
 def test_label_student_and_relabel_with_the_trained_videollama3(setup, tmp_path):
     """label (VideoLLaMA3 checkpoint) -> one trainer step of the VideoLLaMA3 student from that checkpoint
     on those labels -> label again with the trained run as teacher_workdir."""
