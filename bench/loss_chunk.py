@@ -23,7 +23,7 @@ def main() -> None:
     p.add_argument("--kind", default="vlm", choices=("vlm", "llm"))
     p.add_argument("--llm-layers", type=int, default=6)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--chunks", default="0,1024")
+    p.add_argument("--chunks", default="0,512,2048")
     args = p.parse_args()
     import jax
 
