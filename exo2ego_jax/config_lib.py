@@ -109,11 +109,11 @@ _GPU_XLA_FLAGS = " ".join([
 # never forming the logits. Accelerator presets chunk: with 32k-152k vocabularies the logits and
 # their gradient are the largest activations of a step (152k x 4 B = 0.6 MB per token), and 8192
 # tokens per chunk (global; ~1k per device at 8 devices) keeps each [chunk, V] block near 1 GB.
-# CPU: chunked too; measured in one process, interleaved (2 shared cores, load 5-12, so only the
-# ratios mean anything): bench/loss_chunk.py VLM step (vocab 49152, 4 x 192 tokens) plain 11.6 s,
-# chunk 512 11.0 s, chunk 2048 10.7 s (medians of 8); the Exo2Ego demo's stage-1 step (vocab ~400,
-# 16 x 48 tokens) 72.1 ms plain vs 71.8 ms chunked. Equal at tiny vocabularies, not slower at
-# large ones, and no [B, T, V] buffer: 2048 (the demo's batches then fit one chunk).
+# CPU: chunked too; measured in one process, interleaved, on 2 cores: bench/loss_chunk.py VLM step
+# (vocab 49152, 4 x 192 tokens; load 1.8) plain 1.93 s, chunk 2048 1.88 s (medians of 8); under
+# load 12 plain 11.6 s, chunk 512 11.0 s, chunk 2048 10.7 s; the Exo2Ego demo's stage-1 step
+# (vocab ~400, 16 x 48 tokens; load 6) 72.1 ms plain vs 71.8 ms chunked. Equal at tiny
+# vocabularies, slightly faster at large ones, no [B, T, V] buffer: 2048 (demo batches fit one chunk).
 CPU_LOSS_CHUNK = 2048
 
 PRESETS: dict[str, dict[str, Any]] = {
