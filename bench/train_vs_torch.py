@@ -159,8 +159,8 @@ def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str):
         build = lambda: DecoderLM(llm_cfg, rngs=nnx.Rngs(0), remat_policy=remat)
         groups = ((".*", LR),)
 
-    def loss_fn(model, batch, rng, aux):
-        del rng, aux
+    def loss_fn(model, batch, rng):  # a Method's loss signature (train/step.py)
+        del rng
         llm = model.llm if kind == "vlm" else model
         kw = dict(attention_mask=batch["attention_mask"])
         if kind == "vlm":
@@ -169,10 +169,10 @@ def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str):
             kw["input_ids"] = batch["input_ids"]
         if loss == "chunked":
             hidden, _ = llm(**kw, hidden_only=True)
-            value, n = losses.chunked_answer_cross_entropy(hidden, llm.head_kernel(), batch["labels"],
-                                                           chunk_size=chunk)
+            value, n, _ = losses.answer_loss_and_accuracy(hidden, batch["labels"], head_kernel=llm.head_kernel(),
+                                                          chunk_size=chunk)
         elif loss == "plain":
-            value, n = losses.answer_cross_entropy(llm(**kw)[0], batch["labels"])
+            value, n, _ = losses.answer_loss_and_accuracy(llm(**kw)[0], batch["labels"])
         else:
             value, n, _ = legacy_answer_cross_entropy(llm(**kw)[0], batch["labels"])
         return value, {"loss_weight": n}

@@ -107,21 +107,33 @@ _GPU_XLA_FLAGS = " ".join([
     "--xla_gpu_all_gather_combine_threshold_bytes=134217728",
 ])
 
+# LM-head loss (config.hardware.loss_chunk_size; train/losses.answer_loss_and_accuracy): 0 = plain
+# cross-entropy on [B, T, V] float32 logits, N = chunked over N tokens (all batch rows) at a time,
+# never forming the logits. Accelerator presets chunk: with 32k-152k vocabularies the logits and
+# their gradient are the largest activations of a step (152k x 4 B = 0.6 MB per token), and 8192
+# tokens per chunk (global; ~1k per device at 8 devices) keeps each [chunk, V] block near 1 GB.
+# CPU: chunked too; measured in one process, interleaved, on 2 cores: bench/loss_chunk.py VLM step
+# (vocab 49152, 4 x 192 tokens; load 1.8) plain 1.93 s, chunk 2048 1.88 s (medians of 8); under
+# load 12 plain 11.6 s, chunk 512 11.0 s, chunk 2048 10.7 s; the Exo2Ego demo's stage-1 step
+# (vocab ~400, 16 x 48 tokens; load 6) 72.1 ms plain vs 71.8 ms chunked. Equal at tiny
+# vocabularies, slightly faster at large ones, no [B, T, V] buffer: 2048 (demo batches fit one chunk).
+CPU_LOSS_CHUNK = 2048
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(ici_data=-1, ici_fsdp=1, ici_tensor=1, per_device_batch=0,
                 compute_dtype="float32", remat="none", attention="xla", xla_flags="",
-                libtpu_flags=""),
+                libtpu_flags="", loss_chunk_size=CPU_LOSS_CHUNK),
     "gpu_h100x8": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=4,
                        compute_dtype="bfloat16", remat="dots", attention="cudnn",
-                       xla_flags=_GPU_XLA_FLAGS, libtpu_flags=""),
+                       xla_flags=_GPU_XLA_FLAGS, libtpu_flags="", loss_chunk_size=8192),
     "tpu_v5e_64": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=2,
                        compute_dtype="bfloat16", remat="full", attention="xla", xla_flags="",
-                       libtpu_flags=_TPU_LIBTPU_FLAGS),
+                       libtpu_flags=_TPU_LIBTPU_FLAGS, loss_chunk_size=8192),
     # remat "dots" would also save the attention einsums (scores [B, H, T, T] per layer: ~50 GiB
     # for Exo2Ego stage 2); dots_no_batch saves only the weight matmuls (MaxText's "minimal").
     "tpu_v5p_128": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=4,
                         compute_dtype="bfloat16", remat="dots_no_batch", attention="xla", xla_flags="",
-                        libtpu_flags=_TPU_LIBTPU_FLAGS),
+                        libtpu_flags=_TPU_LIBTPU_FLAGS, loss_chunk_size=8192),
 }
 
 
@@ -143,6 +155,7 @@ def hardware_preset(name: str) -> ConfigDict:
     hw.param_dtype = "float32"  # dtype of stored (master) parameters
     hw.remat = p["remat"]  # rematerialisation policy: none | full | dots | dots_no_batch
     hw.attention = p["attention"]  # attention kernel: xla | cudnn | splash (passed to models)
+    hw.loss_chunk_size = p["loss_chunk_size"]  # LM-head loss: 0 plain logits, N chunked (N tokens/chunk)
     hw.xla_flags = p["xla_flags"]  # appended to XLA_FLAGS before JAX starts
     hw.libtpu_flags = p["libtpu_flags"]  # appended to LIBTPU_INIT_ARGS before JAX starts
     hw.peak_flops = 0.0  # peak FLOP/s per device for MFU (0: look up the device kind)

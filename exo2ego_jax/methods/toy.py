@@ -59,7 +59,8 @@ class ToyLM(nnx.Module):
                                kernel_init=part(nnx.initializers.lecun_normal(), ("embed", "vocab")))
         self.remat = remat
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids, attention_mask, hidden_only: bool = False):
+        """Logits [B, T, V] f32, or with ``hidden_only`` the normed hidden states [B, T, D]."""
         x = self.embed(input_ids)
         mask = attention_mask[:, None, None, :].astype(bool)
         use_remat, policy = remat_policy(self.remat)
@@ -68,7 +69,8 @@ class ToyLM(nnx.Module):
                 x = nnx.remat(lambda b, y, m: b(y, m), policy=policy)(blk, x, mask)
             else:
                 x = blk(x, mask)
-        return self.head(self.norm(x)).astype(jnp.float32)
+        x = self.norm(x)
+        return x if hidden_only else self.head(x).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +108,11 @@ class Toy:
     def loss(self, model: ToyLM, batch: dict[str, jax.Array], rng: jax.Array):
         """Next-token cross entropy over positions whose label is not IGNORE_INDEX."""
         del rng  # no dropout
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        loss, n = losses.answer_cross_entropy(logits, batch["labels"])
-        acc = losses.token_accuracy(logits, batch["labels"])
+        chunk = self.config.hardware.loss_chunk_size
+        out = model(batch["input_ids"], batch["attention_mask"], hidden_only=chunk > 0)
+        loss, n, acc = losses.answer_loss_and_accuracy(
+            out, batch["labels"], head_kernel=model.head.kernel[...].astype(out.dtype) if chunk else None,
+            chunk_size=chunk)
         return loss, {"accuracy": acc, "loss_weight": n}  # token mean: weight accumulation
 
     def dataset(self, split: str, process_index: int, process_count: int):

@@ -459,10 +459,23 @@ class DecoderLM(nnx.Module):
         return x, ({"k": tuple(ks), "v": tuple(vs)} if cache is not None else None)
 
     def head_kernel(self) -> jax.Array:
-        """The LM head as a [D, V] kernel (the embedding table transposed when tied)."""
+        """The LM head as a [D, V] kernel (the embedding table transposed when tied).
+
+        A LoRA adapter on an untied head is folded in (kernel + scale * A @ B: rank r, cheap next
+        to the [T, V] logits); LoRA dropout on the head's input has no kernel form, so it raises.
+        """
         if self.lm_head is None:
             return self.embed.embedding[...].astype(self.dtype).T
-        return self.lm_head.kernel[...].astype(self.dtype)
+        head = self.lm_head
+        kernel = head.kernel[...].astype(self.dtype)
+        if head.lora_a is None:
+            return kernel
+        if head.lora_dropout > 0:
+            raise ValueError(f"the LM head has LoRA with dropout {head.lora_dropout}: the chunked LM-head loss "
+                             "needs one [D, V] kernel; drop 'lm_head' from the LoRA targets, set its dropout "
+                             "to 0, or set config.hardware.loss_chunk_size=0 (plain loss on logits)")
+        delta = jnp.dot(head.lora_a[...].astype(self.dtype), head.lora_b[...].astype(self.dtype))
+        return kernel + delta * head.lora_scale
 
     def logits(self, h):
         if self.lm_head is None:

@@ -88,46 +88,51 @@ def _chunk_target_logits(h: jax.Array, kernel: jax.Array, targets: jax.Array) ->
 
 
 def _weighted_nll_impl(h, kernel, targets, weights, with_grads: bool):
-    """sum(weights * nll) over chunks; with ``with_grads`` also its gradients w.r.t. h and kernel.
+    """(sum(weights * nll), number of argmax-correct weighted tokens) over chunks; with
+    ``with_grads`` also the loss's gradients w.r.t. h and kernel.
 
     The gradients are formed chunk by chunk in the same pass (softmax - onehot, times the
     token's weight), so the LM-head matmul runs once forward and twice for the gradients, as with
-    materialised logits, but only one [C, V] block is ever alive.
+    materialised logits, but only one [C, V] block is ever alive. The token-accuracy count reads
+    the same block (no gradient, no second LM-head matmul).
     """
     def one(dk, xs):
         hc, tc, wc = xs
         logits = _chunk_logits(hc, kernel)  # [C, V] f32
         lse = jax.nn.logsumexp(logits, axis=-1)
         total = jnp.sum(wc * (lse - _chunk_target_logits(hc, kernel, tc)))
+        right = jnp.sum(jnp.where((wc > 0) & (jnp.argmax(logits, axis=-1) == tc), 1.0, 0.0))
         if not with_grads:
-            return dk, (total, None)
+            return dk, (total, right, None)
         vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
         # d nll / d logits = softmax - onehot(target), scaled by the token's weight.
         dlogits = ((jnp.exp(logits - lse[:, None]) - (vocab == tc[:, None])) * wc[:, None]).astype(hc.dtype)
         dh = jnp.dot(dlogits, kernel.astype(hc.dtype).T, preferred_element_type=jnp.float32).astype(hc.dtype)
         dk = dk + jnp.dot(hc.T, dlogits, preferred_element_type=jnp.float32)
-        return dk, (total, dh)
+        return dk, (total, right, dh)
 
     dk0 = jnp.zeros(kernel.shape, jnp.float32) if with_grads else None
-    dk, (totals, dh) = jax.lax.scan(one, dk0, (h, targets, weights))
-    return jnp.sum(totals), dh, (dk.astype(kernel.dtype) if with_grads else None)
+    dk, (totals, rights, dh) = jax.lax.scan(one, dk0, (h, targets, weights))
+    return jnp.sum(totals), jnp.sum(rights), dh, (dk.astype(kernel.dtype) if with_grads else None)
 
 
 @jax.custom_vjp
 def _weighted_nll(h, kernel, targets, weights):
-    """h [K, C, D], kernel [D, V], targets [K, C] int32, weights [K, C] f32 -> sum(w * nll)."""
-    return _weighted_nll_impl(h, kernel, targets, weights, with_grads=False)[0]
+    """h [K, C, D], kernel [D, V], targets [K, C] int32, weights [K, C] f32
+    -> (sum(w * nll), argmax-correct tokens among w > 0); the count has no gradient."""
+    return _weighted_nll_impl(h, kernel, targets, weights, with_grads=False)[:2]
 
 
 def _weighted_nll_fwd(h, kernel, targets, weights):
     # The loss is a scalar at the end of the graph: its gradients for a unit cotangent are computed
     # now (no recomputation of the logits in the backward) and scaled by the cotangent later.
-    total, dh, dk = _weighted_nll_impl(h, kernel, targets, weights, with_grads=True)
-    return total, (dh, dk, weights)
+    total, right, dh, dk = _weighted_nll_impl(h, kernel, targets, weights, with_grads=True)
+    return (total, right), (dh, dk, weights)
 
 
 def _weighted_nll_bwd(res, g):
     dh, dk, weights = res
+    g = g[0]  # the correct-token count is a metric: its cotangent is ignored
     # Integer targets get no cotangent; the weights (derived from labels) are not differentiated.
     return (g * dh).astype(dh.dtype), (g * dk).astype(dk.dtype), None, jnp.zeros_like(weights)
 
@@ -135,21 +140,8 @@ def _weighted_nll_bwd(res, g):
 _weighted_nll.defvjp(_weighted_nll_fwd, _weighted_nll_bwd)
 
 
-def chunked_answer_cross_entropy(hidden: jax.Array, head_kernel: jax.Array, labels: jax.Array,
-                                 example_mask: jax.Array | None = None, *, chunk_size: int = 1024
-                                 ) -> tuple[jax.Array, jax.Array]:
-    """``answer_cross_entropy(hidden @ head_kernel, labels, example_mask)`` without the logits.
-
-    Args:
-      hidden: [B, T, D] final (normed) hidden states of the decoder.
-      head_kernel: [D, V] LM-head kernel (for tied embeddings: the embedding table transposed).
-      labels, example_mask: as ``answer_cross_entropy``.
-      chunk_size: tokens (of the flattened B*T) per chunk; peak extra memory is about
-        2 x chunk_size x V float32 (logits and their gradient for one chunk).
-
-    Returns:
-      The same (loss, number of answer tokens) as ``answer_cross_entropy`` on the full logits.
-    """
+def _chunked(hidden, head_kernel, labels, example_mask, chunk_size):
+    """-> (mean loss, answer tokens, token accuracy) without the [B, T, V] logits."""
     if hidden.ndim != 3 or hidden.shape[:2] != labels.shape:
         raise ValueError(f"hidden must be [B, T, D] matching labels [B, T]; got hidden {hidden.shape}, "
                          f"labels {labels.shape}")
@@ -162,18 +154,60 @@ def chunked_answer_cross_entropy(hidden: jax.Array, head_kernel: jax.Array, labe
     n = jnp.sum(valid).astype(jnp.float32)
     # The mean's 1/n goes into the per-token weights, so the backward scales each chunk once.
     weights = valid.astype(jnp.float32) / jnp.maximum(n, 1.0)
-    tokens = b * t
-    chunk = min(chunk_size, tokens)
-    pad = -tokens % chunk
-    h = hidden.reshape(tokens, d)
-    targets, weights = targets.reshape(tokens), weights.reshape(tokens)
-    if pad:  # padded tokens have weight 0: no loss, no gradient
-        h = jnp.pad(h, ((0, pad), (0, 0)))
-        targets, weights = jnp.pad(targets, (0, pad)), jnp.pad(weights, (0, pad))
-    k = (tokens + pad) // chunk
-    loss = _weighted_nll(h.reshape(k, chunk, d), head_kernel, targets.reshape(k, chunk),
-                         weights.reshape(k, chunk))
+    # Chunks run over the sequence axis with every batch row in each chunk: a batch-sharded
+    # [B, T, D] stays batch-sharded inside every chunk (chunking the flattened B*T tokens would
+    # make the scan walk over the data-parallel axis).
+    span = max(1, min(t, chunk_size // b))  # positions per chunk
+    pad = -t % span
+    if pad:  # padded positions have weight 0: no loss, no gradient
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets, weights = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(weights, ((0, 0), (0, pad)))
+    k = (t + pad) // span
+
+    def chunks(x):  # [B, K*span, ...] -> [K, B*span, ...]
+        x = x.reshape(b, k, span, *x.shape[2:]).swapaxes(0, 1)
+        return x.reshape(k, b * span, *x.shape[3:])
+
+    loss, right = _weighted_nll(chunks(hidden), head_kernel, chunks(targets), chunks(weights))
+    return loss, n, right / jnp.maximum(n, 1.0)
+
+
+def chunked_answer_cross_entropy(hidden: jax.Array, head_kernel: jax.Array, labels: jax.Array,
+                                 example_mask: jax.Array | None = None, *, chunk_size: int = 1024
+                                 ) -> tuple[jax.Array, jax.Array]:
+    """``answer_cross_entropy(hidden @ head_kernel, labels, example_mask)`` without the logits.
+
+    Args:
+      hidden: [B, T, D] final (normed) hidden states of the decoder.
+      head_kernel: [D, V] LM-head kernel (for tied embeddings: the embedding table transposed).
+      labels, example_mask: as ``answer_cross_entropy``.
+      chunk_size: tokens per chunk (all B rows x chunk_size // B positions, at least one);
+        peak extra memory is about 2 x chunk_size x V float32 (one chunk's logits and gradient).
+
+    Returns:
+      The same (loss, number of answer tokens) as ``answer_cross_entropy`` on the full logits.
+    """
+    loss, n, _ = _chunked(hidden, head_kernel, labels, example_mask, chunk_size)
     return loss, n
+
+
+def answer_loss_and_accuracy(output: jax.Array, labels: jax.Array, example_mask: jax.Array | None = None,
+                             *, head_kernel: jax.Array | None = None, chunk_size: int = 0
+                             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The methods' LM loss: (mean answer cross-entropy, answer tokens, token accuracy).
+
+    ``chunk_size`` 0: ``output`` is the logits [B, T, V] (plain loss; ``head_kernel`` unused).
+    ``chunk_size`` N > 0: ``output`` is the final hidden states [B, T, D] and ``head_kernel`` the
+    [D, V] LM head; the chunked loss never forms the [B, T, V] logits, and the accuracy is counted
+    on each chunk's logits block in the same pass (config.hardware.loss_chunk_size picks N).
+    The accuracy never carries a gradient.
+    """
+    if chunk_size == 0:
+        loss, n = answer_cross_entropy(output, labels, example_mask)
+        return loss, n, token_accuracy(output, labels, example_mask)
+    if head_kernel is None:
+        raise ValueError(f"chunk_size={chunk_size} needs the LM head kernel [D, V] (head_kernel=...)")
+    return _chunked(output, head_kernel, labels, example_mask, chunk_size)
 
 
 def token_accuracy(logits: jax.Array, labels: jax.Array, example_mask: jax.Array | None = None

@@ -106,14 +106,17 @@ class Ego2Exo:
     def loss(self, model: Ego2ExoModel, batch: dict[str, jax.Array], rng: jax.Array):
         """Answer-only cross-entropy of the teacher's answer given (exo) video + question."""
         # `rng` draws the LoRA dropout masks (a fresh key every step).
+        chunk = self.config.hardware.loss_chunk_size  # 0: plain loss on logits; N: chunked LM head
         if self.arch == "videollama3":
             videos = VisualInput(batch["patches"], batch["grid_hw"], batch["keep"])
-            logits = model(batch["input_ids"], batch["attention_mask"], videos=videos, dropout_rng=rng)
+            out = model(batch["input_ids"], batch["attention_mask"], videos=videos, dropout_rng=rng,
+                        hidden_only=chunk > 0)
         else:
-            logits = model(batch["input_ids"], _pixels(batch), batch["attention_mask"], batch.get("video_mask"),
-                           frame_mask=batch.get("frame_mask"), dropout_rng=rng)
-        loss, n = losses.answer_cross_entropy(logits, batch["labels"], batch.get("example_mask"))
-        acc = losses.token_accuracy(logits, batch["labels"], batch.get("example_mask"))
+            out = model(batch["input_ids"], _pixels(batch), batch["attention_mask"], batch.get("video_mask"),
+                        frame_mask=batch.get("frame_mask"), dropout_rng=rng, hidden_only=chunk > 0)
+        loss, n, acc = losses.answer_loss_and_accuracy(
+            out, batch["labels"], batch.get("example_mask"),
+            head_kernel=model.llm.head_kernel() if chunk else None, chunk_size=chunk)
         # loss_weight: the step weights accumulated micro-batches by their answer tokens (train/step.py).
         return loss, {"answer_tokens": n, "token_accuracy": acc, "loss_weight": n}
 

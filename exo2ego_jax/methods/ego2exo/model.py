@@ -90,10 +90,13 @@ class Ego2ExoModel(VideoLLM):
 
     def __call__(self, input_ids: Array, pixels: Array, attention_mask: Array | None = None,
                  video_mask: Array | None = None, positions: Array | None = None,
-                 frame_mask: Array | None = None, dropout_rng: Array | None = None) -> Array:
-        """Logits [B, T, vocab] (float32); `dropout_rng` turns on LoRA dropout (training only)."""
+                 frame_mask: Array | None = None, dropout_rng: Array | None = None,
+                 hidden_only: bool = False) -> Array:
+        """Logits [B, T, vocab] (float32), or with `hidden_only` the LLM's final normed hidden states
+        [B, T, D] (chunked LM-head loss); `dropout_rng` turns on LoRA dropout (training only)."""
         logits, _ = self.llm(inputs_embeds=self.embed_all(input_ids, pixels, video_mask, frame_mask),
-                             attention_mask=attention_mask, positions=positions, dropout_rng=dropout_rng)
+                             attention_mask=attention_mask, positions=positions, dropout_rng=dropout_rng,
+                             hidden_only=hidden_only)
         return logits
 
 

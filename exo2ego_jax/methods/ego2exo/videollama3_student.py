@@ -68,11 +68,12 @@ class Ego2ExoVideoLlama3(vl3.VideoLlama3):
         return self.eavt.embed_inputs(self, input_ids, videos)
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, *, videos: vl3.VisualInput,
-                 dropout_rng: Array | None = None) -> Array:
-        """Logits [B, T, V] (float32); ``dropout_rng`` turns on LoRA dropout (training only)."""
-        logits, _ = self.llm(inputs_embeds=self.student_embeds(input_ids, videos), attention_mask=attention_mask,
-                             dropout_rng=dropout_rng)
-        return logits
+                 dropout_rng: Array | None = None, hidden_only: bool = False) -> Array:
+        """Logits [B, T, V] (float32), or with ``hidden_only`` the final hidden states [B, T, D] for the
+        chunked LM-head loss; ``dropout_rng`` turns on LoRA dropout (training only)."""
+        out, _ = self.llm(inputs_embeds=self.student_embeds(input_ids, videos), attention_mask=attention_mask,
+                          dropout_rng=dropout_rng, hidden_only=hidden_only)
+        return out
 
 
 # --- config -> model --------------------------------------------------------------------------------

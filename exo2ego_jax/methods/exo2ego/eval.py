@@ -60,22 +60,23 @@ class Learner:
         return resize_crop_normalise(np.asarray(frames), d.image_size, d.image_mean, d.image_std,
                                      d.resize_mode)
 
-    def _batch(self, convs: list[list[dict[str, str]]], pixels: list[np.ndarray]):
+    def _batch(self, convs: list[list[dict[str, str]]], pixels: list[np.ndarray], video_row: list[int]):
         enc = [text_lib.tokenize_conversation(self.tok, c, max_len=self.max_len, num_visual_tokens=self.k)
                for c in convs]
         b = text_lib.stack(enc)
-        b["ego_pixels"] = np.stack(pixels)[:, None]
+        b["ego_pixels"] = np.stack(pixels)[:, None]  # [Q, 1, F, H, W, 3]: one clip per question
+        b["video_row"] = np.asarray(video_row, np.int32)  # [R]: the clip of each (question, option) row
         return b
 
     def option_loglik(self, prompts: list[str], videos: list[VideoRef], options: list[list[str]]) -> list[list[float]]:
-        convs, pix, sizes = [], [], []
-        for p, v, opts in zip(prompts, videos, options):
-            px = self.pixels_fn(v)
+        convs, pix, rows, sizes = [], [], [], []
+        for q, (p, v, opts) in enumerate(zip(prompts, videos, options)):
+            pix.append(self.pixels_fn(v))
             for o in opts:
                 convs.append([{"role": "user", "content": "<video>\n" + p}, {"role": "assistant", "content": o}])
-                pix.append(px)
+                rows.append(q)
             sizes.append(len(opts))
-        b = self._batch(convs, pix)
+        b = self._batch(convs, pix, rows)
         scores = np.asarray(self._score(self.model, {k: jnp.asarray(v) for k, v in b.items()}))
         out, i = [], 0
         for n in sizes:
@@ -118,8 +119,16 @@ def _logits_fn(model, ids, mask, pixels):
 
 
 def _score_fn(model, batch):
-    """Sum of log-probabilities of the label tokens of each row."""
-    logits = _logits_fn(model, batch["input_ids"], batch["attention_mask"], batch["ego_pixels"])
+    """Sum of log-probabilities of the label tokens of each row.
+
+    The options of one question share its clip: the ego tower and F run once per clip
+    (``ego_pixels`` [Q, 1, ...]) and ``video_row`` [R] hands each row its clip's tokens, instead
+    of encoding the same clip once per option.
+    """
+    ids = batch["input_ids"]
+    vis = _visual(model, batch["ego_pixels"])
+    vis = vis.reshape(batch["ego_pixels"].shape[0], -1, vis.shape[-1])[batch["video_row"]]  # [R, K, D]
+    logits = model.llm_logits(ids, batch["attention_mask"], vis)
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     tgt = batch["labels"][:, 1:]
     valid = tgt != text_lib.IGNORE_INDEX

@@ -43,10 +43,11 @@ class LossConfig:
     cycle_weight: float
     cycle_forward_only: bool
     use_g: bool
+    loss_chunk_size: int = 0  # config.hardware.loss_chunk_size (0: plain VTG loss on logits)
 
     @classmethod
-    def from_config(cls, e) -> "LossConfig":
-        return cls(stage=e.stage, vtg_weight=e.vtg_weight, kl_weight=e.kl_weight,
+    def from_config(cls, e, loss_chunk_size: int = 0) -> "LossConfig":
+        return cls(loss_chunk_size=loss_chunk_size, stage=e.stage, vtg_weight=e.vtg_weight, kl_weight=e.kl_weight,
                    kl_temperature=e.kl_temperature, kl_direction=e.kl_direction,
                    cycle_weight=e.cycle_weight, cycle_forward_only=e.cycle_forward_only,
                    use_g=e.use_g)
@@ -85,12 +86,15 @@ def _maps_mask(video_mask: jax.Array, feats: jax.Array, bv: int) -> jax.Array:
     return video_mask.reshape((bv,) + (1,) * (feats.ndim - 2))
 
 
-def _vtg(model: Exo2EgoModel, batch, visual: jax.Array, ex_mask, rng: jax.Array) -> tuple[jax.Array, dict]:
+def _vtg(model: Exo2EgoModel, batch, visual: jax.Array, ex_mask, rng: jax.Array, chunk: int
+         ) -> tuple[jax.Array, dict]:
+    """VTG (answer cross-entropy); `chunk` > 0 = the chunked LM-head loss (no [B, T, V] logits)."""
     b = batch["input_ids"].shape[0]
     visual = visual.reshape(b, -1, visual.shape[-1])
-    logits = model.llm_logits(batch["input_ids"], batch["attention_mask"], visual, dropout_rng=rng)
-    vtg, n = train_losses.answer_cross_entropy(logits, batch["labels"], ex_mask)
-    acc = train_losses.token_accuracy(logits, batch["labels"], ex_mask)
+    out = model.llm_logits(batch["input_ids"], batch["attention_mask"], visual, dropout_rng=rng,
+                           hidden_only=chunk > 0)
+    vtg, n, acc = train_losses.answer_loss_and_accuracy(
+        out, batch["labels"], ex_mask, head_kernel=model.llm.head_kernel() if chunk else None, chunk_size=chunk)
     return vtg, {"tokens": n, "token_accuracy": acc}
 
 
@@ -114,7 +118,8 @@ def loss(lc: LossConfig, model: Exo2EgoModel, batch: dict[str, jax.Array], rng: 
                 continue
             enc = getattr(model, name)
             tok = enc.tokens(enc.patches(batch[pk]))
-            vtg, m = _vtg(model, batch, tok, ex_mask, jax.random.fold_in(rng, len(metrics)))
+            vtg, m = _vtg(model, batch, tok, ex_mask, jax.random.fold_in(rng, len(metrics)),
+                           lc.loss_chunk_size)
             total = total + lc.vtg_weight * vtg
             metrics[f"vtg_{name}"] = vtg
             metrics.update({f"{k}_{name}": x for k, x in m.items()})
@@ -122,7 +127,7 @@ def loss(lc: LossConfig, model: Exo2EgoModel, batch: dict[str, jax.Array], rng: 
 
     x, _ = model.space_features(model.ego, batch["ego_pixels"])
     fx = model.apply_map("f", x)
-    vtg, m = _vtg(model, batch, model.learner_tokens(x, fx), ex_mask, rng)
+    vtg, m = _vtg(model, batch, model.learner_tokens(x, fx), ex_mask, rng, lc.loss_chunk_size)
     total = lc.vtg_weight * vtg
     metrics.update(vtg=vtg, **m)
     if lc.stage == 2 and lc.needs_exo:
@@ -151,7 +156,7 @@ class Exo2Ego:
 
     def __init__(self, config):
         self.config = config
-        self.loss_config = LossConfig.from_config(config.exo2ego)
+        self.loss_config = LossConfig.from_config(config.exo2ego, config.hardware.loss_chunk_size)
         self.video_token_id = video_token_id(config)
         self.tokens_per_video = tokens_per_video(config)  # the data recipe's <video> expansion
         self.vocab_size = model_configs(config)[0].vocab_size

@@ -167,8 +167,9 @@ class Exo2EgoModel(nnx.Module):
 
     # -- LLM ----------------------------------------------------------------------------------
     def llm_logits(self, input_ids: Array, attention_mask: Array, visual: Array,
-                   dropout_rng: Array | None = None) -> Array:
-        """Logits with visual tokens [B, V*K, D] spliced in at the `<video>` placeholders.
+                   dropout_rng: Array | None = None, hidden_only: bool = False) -> Array:
+        """Logits with visual tokens [B, V*K, D] spliced in at the `<video>` placeholders
+        (with `hidden_only`: the LLM's final normed hidden states, for the chunked LM-head loss).
 
         `dropout_rng` turns on LoRA dropout (training); without it the LLM is deterministic.
         """
@@ -176,7 +177,8 @@ class Exo2EgoModel(nnx.Module):
         # replaced by visual tokens, so embed a valid id there.
         safe = jnp.where(input_ids == self.video_token_id, 0, input_ids)
         embeds = shard_batch(splice(self.llm.embed(safe), input_ids, visual, self.video_token_id))
-        logits, _ = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, dropout_rng=dropout_rng)
+        logits, _ = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, dropout_rng=dropout_rng,
+                             hidden_only=hidden_only)
         return shard_batch(logits)
 
 
