@@ -19,8 +19,8 @@ from flax import nnx
 
 from exo2ego_jax import generate as gen
 from exo2ego_jax.models import rope as rope_lib
-from exo2ego_jax.models.llm import (HF_FIELDS_WITHOUT_FORWARD_EFFECT, HF_IMPLEMENTED_FIELDS, HF_REFUSED_FIELDS,
-                                    ROPE_KEYS_OF_REFUSED_TYPES, LLMConfig)
+from exo2ego_jax.models.llm_config import (HF_FIELDS_WITHOUT_FORWARD_EFFECT, HF_IMPLEMENTED_FIELDS, HF_REFUSED_FIELDS,
+                                           ROPE_KEYS_OF_REFUSED_TYPES, LLMConfig)
 from exo2ego_jax.weights import export, llm_weights
 
 WINDOW = 6
