@@ -232,7 +232,9 @@ def _worker_init(cores_queue) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s worker {os.getpid()} %(filename)s] %(message)s"))
     handler.addFilter(lambda r: r.levelno >= logging.WARNING or f"{os.sep}exo2ego_jax{os.sep}" in r.pathname)
-    logging.getLogger().addHandler(handler)
+    # Replace, not add: a module-level logging.info() while the worker imported this module already
+    # installed logging's default handler, which would print every line a second time.
+    logging.getLogger().handlers = [handler]
     logging.getLogger().setLevel(logging.INFO)
 
 
