@@ -9,10 +9,11 @@ mean = std = 0.5. The numbers are only read here; ``data/video.py`` applies them
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
+
+from exo2ego_jax.hf_json import read_json_config
 
 # OpenAI CLIP normalisation constants (CLIPImageProcessor defaults).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -47,14 +48,7 @@ class PreprocessConfig:
     @classmethod
     def from_hf(cls, dir_or_dict: str | os.PathLike | Mapping[str, Any]) -> "PreprocessConfig":
         """Reads ``preprocessor_config.json`` from a directory, a file or a dict."""
-        if isinstance(dir_or_dict, Mapping):
-            hf, where = dict(dir_or_dict), "<dict>"
-        else:
-            where = os.fspath(dir_or_dict)
-            if os.path.isdir(where):
-                where = os.path.join(where, "preprocessor_config.json")
-            with open(where) as fh:
-                hf = json.load(fh)
+        hf, where = read_json_config(dir_or_dict, "preprocessor_config.json")
         size = hf.get("size", 224)
         if isinstance(size, int):  # old processors: an int means shortest edge
             mode, resize = "shortest_edge", size

@@ -25,7 +25,6 @@ tables in ``weights/videollama3_weights.py`` stay one row per tensor.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from exo2ego_jax.hf_json import read_json_config
 from exo2ego_jax.models import attention as attn_lib
 from exo2ego_jax.models.llm import DecoderLM, LLMConfig
 from exo2ego_jax.models.mllm import scatter_tokens
@@ -124,14 +124,7 @@ class VideoLlama3Config:
           ``vision_encoder_config``, ``mm_projector_type: mlp2x_gelu``, one ``image_token_index`` for
           images and video frames).
         """
-        if isinstance(src, Mapping):
-            d, where = dict(src), "<dict>"
-        else:
-            where = os.fspath(src)
-            path = os.path.join(where, "config.json") if os.path.isdir(where) else where
-            with open(path) as fh:
-                d = json.load(fh)
-            where = path
+        d, where = read_json_config(src)
         mt = d.get("model_type")
         if mt == "video_llama_3":
             text = dict(d["text_config"])

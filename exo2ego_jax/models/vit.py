@@ -17,7 +17,6 @@ copying the tower (Ego2ExoVLM EAVT probes, models/probes.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from exo2ego_jax.hf_json import read_json_config
 from exo2ego_jax.data.preprocess_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessConfig
 from exo2ego_jax.parallel.rules import constrain, constrain_batch
 
@@ -159,14 +159,7 @@ class VisionConfig:
     def from_hf(cls, dir_or_dict: str | os.PathLike | Mapping[str, Any], **overrides) -> "VisionConfig":
         """Reads a HF ``config.json`` (CLIPVisionConfig / SiglipVisionConfig, or a full CLIP/SigLIP
         config with a ``vision_config`` entry) from a directory, a file or a dict."""
-        if isinstance(dir_or_dict, Mapping):
-            hf, where = dict(dir_or_dict), "<dict>"
-        else:
-            where = os.fspath(dir_or_dict)
-            path = os.path.join(where, "config.json") if os.path.isdir(where) else where
-            with open(path) as fh:
-                hf = json.load(fh)
-            where = path
+        hf, where = read_json_config(dir_or_dict)
         if "vision_config" in hf:
             hf = dict(hf["vision_config"] or {}, model_type=hf.get("model_type", ""))
         mt = str(hf.get("model_type", ""))
