@@ -23,8 +23,9 @@ def test_skip_counts_mfu_and_parameter_table(tmp_path, monkeypatch, caplog):
     earlier.seen(10)
     for i in range(3):
         earlier.skip("missing_video", f"/data/take{i}.mp4")
-    make = toy.make_dataset
-    monkeypatch.setattr(toy, "make_dataset", lambda *a: SkipTallyDataset(make(*a), 1.0, 100, earlier))
+    make = toy.Toy.dataset
+    monkeypatch.setattr(toy.Toy, "dataset",
+                        lambda self, *a: SkipTallyDataset(make(self, *a), 1.0, 100, earlier))
     c = config_lib.load(os.path.join(ROOT, "configs/toy.py"), "tiny,steps=4")
     c.unlock()
     c.train.log_every, c.train.ckpt_every, c.train.progress = 2, 0, False
@@ -37,7 +38,7 @@ def test_skip_counts_mfu_and_parameter_table(tmp_path, monkeypatch, caplog):
     for r in rows:
         assert r["skipped/missing_video"] == 3 and r["skipped/total"] == 3
         assert r["skipped/seen"] >= 10 and 0 < r["skipped/fraction"] <= 0.3
-        flops = toy.flops_per_example(c) * c.train.global_batch
+        flops = toy.Toy(c).flops_per_example() * c.train.global_batch
         assert r["mfu"] == pytest.approx(flops * r["steps_per_sec"] / (1e12 * 8), rel=1e-6)  # 8 fake devices
     table = (tmp_path / "parameters.txt").read_text()
     assert "trainable parameters:" in table and "| Name" in table
