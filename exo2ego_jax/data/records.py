@@ -33,8 +33,10 @@ import os
 import time
 from typing import Any
 
+import grain
 import msgpack
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
 
 from exo2ego_jax.data.clip_source import (FORMAT_VERSION, Source, clip_windows, frame_span, iter_records,  # noqa: F401
                                           open_source, split_clips, worker_pool)
@@ -100,8 +102,6 @@ def decode_record(data: bytes) -> dict[str, Any]:
 # --- the plain ArrayRecord writer -----------------------------------------------------------------
 def build(cfg, out_dir: str) -> dict[str, Any]:
     """Writes the records of ``cfg.splits`` under ``out_dir``; returns the records.json dict."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     source = open_source(cfg)
     os.makedirs(out_dir, exist_ok=True)
     meta: dict[str, Any] = {"format": FORMAT_VERSION, "storage": cfg.storage, "video_variant": source.variant,
@@ -234,7 +234,6 @@ class PlainRecords:
     """Decoded records of msgpack ArrayRecord shards (grain RandomAccessDataSource protocol)."""
 
     def __init__(self, files: list[str]):
-        import grain
         self.files = list(files)
         self._source = grain.sources.ArrayRecordDataSource(self.files)
 
