@@ -3,9 +3,9 @@
     python -m exo2ego_jax.main --config configs/ego2exo/demo.py --workdir /tmp/ego2exo_demo
     python -m exo2ego_jax.main --config configs/ego2exo/demo.py:small --workdir /tmp/ego2exo_small
 
-Tiny models and a word-level tokenizer: about 8 CPU-minutes in all (user + sys; docs/ego2exo.md has the wall
-times measured, what it printed, and the probes behind the world settings); `small` is the ~1-minute version
-the test suite runs end to end.
+Tiny models and a word-level tokenizer: about 11 CPU-minutes in all with VideoLLaMA3 (user + sys, measured on
+a loaded machine), about 8 with the SigLIP stack (docs/ego2exo.md has the wall times measured, what it printed,
+and the probes behind the world settings); `small` is the few-minute version the test suite runs end to end.
 Args: small, arch ("videollama3": the paper's base model, VideoLLaMA3's encoder with axial 2-D RoPE and
 per-frame attention, 2x2 merge, projector, Qwen2 decoder, fed by its processor rules; "llava_video": the
 SigLIP + 2x merge + mlp2x_gelu stack), takes, teacher_steps, student_steps, image (side the model sees), patch,
