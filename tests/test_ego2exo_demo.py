@@ -62,7 +62,7 @@ def _shapes(config, names):
 
 def test_small_demo_end_to_end(tmp_path):
     """configs/ego2exo/demo.py:small - every phase on the VideoLLaMA3 architecture (the default), the table and
-    the PNG (~1 minute on 2 cores); then one teacher step of the SigLIP variant (arch=llava_video) on the same
+    the PNG (~4 minutes on 2 loaded cores); then one teacher step of the SigLIP variant (arch=llava_video) on the same
     world."""
     config = load_config("configs/ego2exo/demo.py", "small")
     assert config.model.arch == "videollama3" and config.label.sampling == "fps"
