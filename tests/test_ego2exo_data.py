@@ -11,7 +11,7 @@ from test_label_job import load_config, world  # noqa: F401  (shared session fix
 def test_student_batch_labels_only_answers(world, tmp_path):  # noqa: F811
     root, tok_dir = world
     caps = ego2exo_demo.caption_datasets(root, str(tmp_path), seed=0)
-    config = load_config("configs/ego2exo/demo.py", "small")
+    config = load_config("configs/ego2exo/demo.py", "small,arch=llava_video")  # the SigLIP stack's pipeline
     c = ego2exo_demo.phase_config(config, root=root, tok_dir=tok_dir, instructions=caps["exo_captions"],
                                   num_probes=3, steps=1, lr=1e-3)
     c.train.global_batch = 4

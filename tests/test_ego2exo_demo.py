@@ -11,13 +11,13 @@ from test_label_job import load_config, world  # noqa: F401  (shared session fix
 
 @pytest.mark.slow  # ~50 s of CPU: two trainer runs (teacher, student) plus a reload
 def test_student_trains_probes_with_the_trainer(world, tmp_path):  # noqa: F811
-    """Two trainer steps of an EAVT student from a teacher checkpoint: the probe vectors, EAVT and the
-    projector move, the frozen tower does not, and a reloaded model carries the trained probes."""
+    """Two trainer steps of an EAVT student (the SigLIP stack) from a teacher checkpoint: the probe vectors,
+    EAVT and the projector move, the frozen tower does not, and a reloaded model carries the trained probes."""
     import jax
     from exo2ego_jax.methods.ego2exo import infer as ego2exo_infer
     from exo2ego_jax.train import checkpoint as ckpt_lib
     root, tok = world
-    config = load_config("configs/ego2exo/demo.py", "small")
+    config = load_config("configs/ego2exo/demo.py", "small,arch=llava_video")
     caps = ego2exo_demo.caption_datasets(root, str(tmp_path), seed=0)
     kw = dict(root=root, tok_dir=tok, instructions=caps["ego_captions"], lr=1e-2)
     teacher = ego2exo_demo.phase_config(config, num_probes=0, steps=1, **kw)
@@ -61,12 +61,25 @@ def _shapes(config, names):
 
 
 def test_small_demo_end_to_end(tmp_path):
-    """configs/ego2exo/demo.py:small - every phase, the table and the PNG (~1 minute on 2 cores)."""
+    """configs/ego2exo/demo.py:small - every phase on the VideoLLaMA3 architecture (the default), the table and
+    the PNG (~4 minutes on 2 loaded cores); then one teacher step of the SigLIP variant (arch=llava_video) on the same
+    world."""
     config = load_config("configs/ego2exo/demo.py", "small")
+    assert config.model.arch == "videollama3" and config.label.sampling == "fps"
     out = ego2exo_demo.run(config, str(tmp_path))
     assert set(out) >= {f"exo_accuracy/{m}" for m in ego2exo_demo.MODELS}
     assert os.path.getsize(tmp_path / "results.png") > 1000
     res = json.load(open(tmp_path / "results.json"))
-    assert res["questions"] > 0 and set(res["results"]) == set(ego2exo_demo.MODELS)
+    assert res["questions"] > 0 and set(res["results"]) == set(ego2exo_demo.MODELS) and res["arch"] == "videollama3"
     labels = json.load(open(tmp_path / "label" / "labels.json"))
     assert len(labels) == 3 * 12 and all(r["video"].endswith(".mp4") and "aria" not in r["video"] for r in labels)
+    student = json.load(open(tmp_path / "student_eavt" / "config.json"))
+    assert student["model"]["arch"] == "videollama3" and student["model"]["num_probes"] == 4
+    assert student["train"]["init_from"] == str(tmp_path / "teacher")
+
+    siglip = load_config("configs/ego2exo/demo.py", "small,arch=llava_video")
+    assert siglip.model.arch == "llava_video" and siglip.data.sampling == "uniform"
+    teacher = ego2exo_demo.phase_config(siglip, root=str(tmp_path / "world"), tok_dir=str(tmp_path / "tokenizer"),
+                                        instructions=str(tmp_path / "ego_captions.json"), num_probes=0, steps=1,
+                                        lr=1e-2)
+    assert np.isfinite(ego2exo_demo._train(teacher, str(tmp_path / "siglip_teacher"))["loss"])

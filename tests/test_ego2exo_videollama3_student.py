@@ -1,4 +1,5 @@
-"""The Ego2ExoVLM student on VideoLLaMA3 (configs/ego2exo/student.py default): data, loading, loss.
+"""The Ego2ExoVLM student on VideoLLaMA3 (configs/ego2exo/student.py default): data, loading, loss, and
+its evaluation adapter (videollama3_infer: option log-likelihoods, greedy generation, Ego2Exo.eval_model).
 
 A tiny random VideoLLaMA3 is saved as a transformers folder, a LLaVA labels JSON points at a short mp4
 with a clip window; the student's batches must carry VideoLLaMA3's inputs (timestamps in the prompt, one
@@ -18,14 +19,18 @@ from flax import nnx
 
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.data import video as video_lib
+from exo2ego_jax.eval.records import VideoRef
 from exo2ego_jax.methods.ego2exo import config as ego2exo_config
+from exo2ego_jax.methods.ego2exo import infer
 from exo2ego_jax.methods.ego2exo import method as ego2exo
 from exo2ego_jax.methods.ego2exo import prompts as P
+from exo2ego_jax.methods.ego2exo import videollama3_infer as vi
 from exo2ego_jax.methods.ego2exo import videollama3_student as vs
 from exo2ego_jax.models import videollama3 as vl3
 from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
 from exo2ego_jax.tokenizer import load_tokenizer
 from exo2ego_jax.train import losses
+from exo2ego_jax.weights import safetensors_io as sio
 from exo2ego_jax.weights import videollama3_weights as vw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +135,8 @@ def test_student_loads_videollama3_checkpoint_under_lora_and_eavt(setup):
     assert np.isfinite(float(loss))
 
 
-def test_trainer_runs_the_videollama3_student(setup, tmp_path):
+@pytest.fixture(scope="module")
+def trained_run(setup, tmp_path_factory):
     """Two optimizer steps of the one trainer (checkpoint load, EAVT copy, grain batches, sharded step)."""
     from exo2ego_jax.train import loop
 
@@ -141,5 +147,150 @@ def test_trainer_runs_the_videollama3_student(setup, tmp_path):
     c.train.log_every, c.train.ckpt_every, c.train.async_ckpt, c.train.progress = 1, 0, False, False
     c.train.global_batch = 8  # one row per fake device
     c.lock()
-    out = loop.train(c, str(tmp_path / "run"))
+    run = str(tmp_path_factory.mktemp("vl3_run") / "run")
+    return run, loop.train(c, run)
+
+
+def test_trainer_runs_the_videollama3_student(trained_run):
+    _, out = trained_run
     assert out["step"] == 2 and np.isfinite(out["loss"])
+
+
+# --- evaluation: the eval harness's MCQModel over the student's real forward ------------------------
+PROMPTS = (QUESTION, "which cup ?")
+OPTIONS = (["red cup", "the person picks up a red cup .", "up"], ["a", "what does the person pick up ?"])
+
+
+def _refs(c):
+    path = os.path.join(c.data.data_folder, "exo.mp4")
+    return [VideoRef(path, 1.0, 4.0), VideoRef(path, 0.0, 2.0)]  # 3 and 2 frames at 1 fps
+
+
+@pytest.fixture(scope="module")
+def student(setup):
+    """The loaded student (checkpoint + EAVT copy) with non-zero LoRA B, so every trained path counts."""
+    c, tok, _ = setup
+    m = ego2exo.Ego2Exo(c)
+    model = m.build_model(nnx.Rngs(0))
+    m.load_pretrained(model)
+    rng = np.random.default_rng(0)
+    for path, var in sio.param_paths(model).items():
+        if path.endswith("lora_b"):
+            var.set_value(jnp.asarray(0.05 * rng.standard_normal(var.get_value().shape), var.get_value().dtype))
+    runner = vi.VideoLlama3Runner(model, tok, vi.RunClips(c.data), c.data.system_prompt, c.data.max_len)
+    return c, tok, model, runner
+
+
+@nnx.jit
+def _forward(model, ids, videos):
+    return model(ids, videos=videos)
+
+
+@nnx.jit
+def _student_embeds(model, ids, videos):
+    return model.student_embeds(ids, videos)
+
+
+@nnx.jit
+def _llm_logits(model, embeds):
+    return model.llm(inputs_embeds=embeds)[0]
+
+
+def _own_clip(c, ref):
+    """One clip at its own size (no frame / patch bucket padding) as the student's training path reads it."""
+    feats = vs.load_clip(ref.path, ref.start, ref.end, c.data)
+    t, h, w = feats.grid_thw
+    patches, grid = vl3.pad_frames(feats.frames(), t, h * w)
+    videos = vl3.VisualInput(jnp.asarray(patches[None]), jnp.asarray(grid[None]), jnp.asarray(feats.keep_per_frame()[None]))
+    return feats, videos
+
+
+def test_adapter_option_loglik_equals_the_logits(student):
+    """Option scores of a batch (two clips of 3 and 2 frames, 3 + 2 options of different lengths, left padding,
+    frame and patch slots padded, each clip encoded once) = log-softmax sums of the student's own forward on
+    each (prompt, option) alone, unpadded."""
+    c, tok, model, runner = student
+    refs = _refs(c)
+    got = infer.Ego2ExoAdapter(runner).option_loglik(list(PROMPTS), refs, [list(o) for o in OPTIONS])
+    end = tok.convert_tokens_to_ids("<|end|>")
+    lengths = set()
+    for i, (q, ref, opts) in enumerate(zip(PROMPTS, refs, OPTIONS)):
+        feats, videos = _own_clip(c, ref)
+        assert feats.grid_thw[0] == (3, 2)[i]
+        assert feats.grid_thw[1] * feats.grid_thw[2] < vs.frame_patches(c.data)  # the batch pads patch slots
+        rows = []
+        for o in opts:
+            head, ans = vs.conversation_ids(tok, q, feats, system_prompt=c.data.system_prompt, video_token="<video>",
+                                            video_token_id=4, probe_token_id=5, num_probes=3, answer=o)
+            last_video = max(k for k, t in enumerate(head) if t == 4)
+            assert head[last_video + 1:last_video + 4] == [5, 5, 5]  # probes after the video
+            assert ans == tok(o, add_special_tokens=False)["input_ids"] + [end]  # the option, then the end of turn
+            lengths.add(len(ans))
+            rows.append((head, ans))
+        # All options of the clip in one causal forward, right-padded (padding after a row cannot change
+        # the logits of its earlier positions).
+        width = max(len(h) + len(a) for h, a in rows)
+        ids = np.zeros((len(rows), width), np.int32)
+        for r, (h, a) in enumerate(rows):
+            ids[r, :len(h) + len(a)] = h + a
+        tiled = vl3.VisualInput(*(jnp.repeat(x, len(rows), 0) for x in videos))
+        logp = jax.nn.log_softmax(_forward(model, jnp.asarray(ids), tiled), -1)
+        for j, (h, a) in enumerate(rows):
+            want = sum(float(logp[j, len(h) + k - 1, t]) for k, t in enumerate(a))
+            np.testing.assert_allclose(got[i][j], want, rtol=1e-5, atol=1e-4, err_msg=f"prompt {i} option {j}")
+    assert len(lengths) >= 4  # options of different lengths
+
+
+def test_adapter_generate_equals_a_greedy_loop(student):
+    """Batched KV-cache generation of the student = a greedy loop over full forwards without a cache,
+    per prompt alone (prompt embeddings by the training path, then one token at a time)."""
+    c, tok, model, runner = student
+    refs = _refs(c)
+    new = 5
+    texts, lengths = runner.generate(list(PROMPTS), refs, max_new_tokens=new)
+    assert infer.Ego2ExoAdapter(runner, max_new_tokens=new).generate(list(PROMPTS), refs) == texts
+    eos = set(P.eos_ids(tok))
+    for i, (q, ref) in enumerate(zip(PROMPTS, refs)):
+        feats, videos = _own_clip(c, ref)
+        head, _ = vs.conversation_ids(tok, q, feats, system_prompt=c.data.system_prompt, video_token="<video>",
+                                      video_token_id=4, probe_token_id=5, num_probes=3)
+        # A fixed-size buffer (one compile): causal attention never reads the unused tail.
+        embeds = jnp.zeros((1, len(head) + new, model.cfg.llm.hidden_size), jnp.float32)
+        embeds = embeds.at[:, :len(head)].set(_student_embeds(model, jnp.asarray([head]), videos))
+        out = []
+        for step in range(new):
+            t = int(jnp.argmax(_llm_logits(model, embeds)[0, len(head) + step - 1]))
+            out.append(t)
+            if t in eos:
+                break
+            embeds = embeds.at[:, len(head) + step].set(model.llm.embed(jnp.asarray([[t]]))[:, 0])
+        assert int(lengths[i]) == len(out)
+        assert texts[i] == tok.decode(out, skip_special_tokens=True).strip()
+
+
+def test_eval_model_is_the_videollama3_adapter_and_runs_the_harness(setup, trained_run, tmp_path):
+    """Ego2Exo.eval_model on a trained VideoLLaMA3 run: its probes, its data rules, both MCQ modes."""
+    from exo2ego_jax.eval import runner as eval_runner
+    from exo2ego_jax.eval.records import MCQRecord
+    from exo2ego_jax.train import checkpoint as ckpt_lib
+
+    c, _, _ = setup
+    run, _ = trained_run
+    cfg = c.copy_and_resolve_references()
+    cfg.unlock()
+    cfg.train.init_from = run
+    adapter = ego2exo.Ego2Exo(cfg).eval_model(str(tmp_path))
+    assert isinstance(adapter, infer.Ego2ExoAdapter) and isinstance(adapter.runner, vi.VideoLlama3Runner)
+    assert adapter.runner.num_probes == 3 and adapter.runner.clips.patch_slots == vs.frame_patches(c.data)
+    trained, _ = ckpt_lib.load_params(run, {"eavt/probes": jax.ShapeDtypeStruct((3, 32), jnp.float32)})
+    np.testing.assert_array_equal(np.asarray(adapter.runner.model.eavt.probes.get_value()),
+                                  np.asarray(trained["eavt/probes"]))
+    refs = _refs(c)
+    recs = [MCQRecord(uid=f"q{i}", video=refs[i % 2], question=QUESTION, options=["red cup", "blue box", "up"],
+                      answer_index=0, category="object", view="exo") for i in range(3)]
+    res = eval_runner.evaluate_mcq(adapter, recs, "ego_in_exo", mode="loglik", batch_size=2)
+    assert res["metrics"]["num"] == 3
+    for row in res["predictions"]:
+        assert len(row["option_scores"]) == 3 and all(np.isfinite(s) and s < 0 for s in row["option_scores"])
+    gen = eval_runner.evaluate_mcq(adapter, recs[:2], "ego_in_exo", mode="generate", batch_size=2)
+    assert [isinstance(p["response"], str) for p in gen["predictions"]] == [True, True]

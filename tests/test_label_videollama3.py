@@ -96,7 +96,7 @@ def test_videollama3_teacher_labels_equal_single_runs(setup, tmp_path):
     buckets = set()
     for seg in segs:
         ref = VideoRef(seg.ego_path, seg.start, seg.end)
-        feats = vt.clip_frames(ref, teacher.pcfg)
+        feats = vt.clip_frames(ref, teacher.clips.pcfg)
         fps = video_lib.probe(seg.ego_path).fps
         want = min(MAX_FRAMES, max(4, (seg.end - seg.start) * 1.0), math.ceil(seg.end * fps) - math.floor(seg.start * fps))
         assert feats.grid_thw[0] == math.floor(want)  # 1 fps, at least 4 (processor), capped

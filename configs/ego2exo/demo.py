@@ -3,31 +3,59 @@
     python -m exo2ego_jax.main --config configs/ego2exo/demo.py --workdir /tmp/ego2exo_demo
     python -m exo2ego_jax.main --config configs/ego2exo/demo.py:small --workdir /tmp/ego2exo_small
 
-Tiny towers / LLM and a word-level tokenizer: about 8 CPU-minutes in all (user + sys; docs/ego2exo.md
-has the wall times measured, what it printed, and the probes behind the world settings); `small` is the
-~1-minute version the test suite runs end to end.
-Args: small, takes, teacher_steps, student_steps, image, patch, glove (dark glove on the right hand),
-exo_view ("best": answers paired with the take's best exo camera; "random": the paper's random camera).
+Tiny models and a word-level tokenizer: about 11 CPU-minutes in all with VideoLLaMA3 (user + sys, measured on
+a loaded machine), about 8 with the SigLIP stack (docs/ego2exo.md has the wall times measured, what it printed,
+and the probes behind the world settings); `small` is the few-minute version the test suite runs end to end.
+Args: small, arch ("videollama3": the paper's base model, VideoLLaMA3's encoder with axial 2-D RoPE and
+per-frame attention, 2x2 merge, projector, Qwen2 decoder, fed by its processor rules; "llava_video": the
+SigLIP + 2x merge + mlp2x_gelu stack), takes, teacher_steps, student_steps, image (side the model sees), patch,
+glove (dark glove on the right hand), exo_view ("best": answers paired with the take's best exo camera;
+"random": the paper's random camera).
 """
 from exo2ego_jax import config_lib
 from exo2ego_jax.synthetic import world as synthetic
 from exo2ego_jax.methods.ego2exo import config as ego2exo_config
 
+ARCHS = ("videollama3", "llava_video")
+NUM_FRAMES = 8  # frames per clip (cap of the VideoLLaMA3 fps sampling; the SigLIP stack's uniform count)
+
 
 def get_config(arg: str | None = None):
-    a = config_lib.parse_arg(arg, small=False, hardware="cpu", takes=0, teacher_steps=0, student_steps=0,
-                             image=32, patch=8, glove=True, exo_view="best")
-    c = ego2exo_config.student_config(hardware=a.hardware, job="ego2exo_demo")
+    a = config_lib.parse_arg(arg, small=False, hardware="cpu", arch="videollama3", takes=0, teacher_steps=0,
+                             student_steps=0, image=32, patch=8, glove=True, exo_view="best")
+    if a.arch not in ARCHS:
+        raise ValueError(f"configs/ego2exo/demo.py:arch={a.arch!r}: expected one of {ARCHS}")
+    side = -(-a.image // a.patch // 2)  # tokens per frame side after the 2x merge
+    if a.arch == "videollama3":
+        if a.image % (2 * a.patch):
+            raise ValueError(f"configs/ego2exo/demo.py: image={a.image} must be a multiple of 2 x patch = "
+                             f"{2 * a.patch} (VideoLLaMA3 resizes frames to multiples of patch x merge size)")
+        c = ego2exo_config.videollama3_student_config(hardware=a.hardware, job="ego2exo_demo")
+        c.model = ego2exo_config.tiny_videollama3_model(vocab_size=256, width=64, vit_width=32, patch_size=a.patch,
+                                                        num_probes=4)
+        c.data = ego2exo_config.videollama3_data_block(num_frames=NUM_FRAMES, patch_size=a.patch)
+        c.data.sample_fps = 4.0  # [I] 1-6 s segments -> 4-8 frames (the paper's 1 fps would give 1-6)
+        c.data.frame_max_pixels = a.image * a.image  # each 64 x 64 frame is resized to image x image
+        c.data.frame_min_pixels = (2 * a.patch) ** 2  # one merged token
+        # visual (<= 8 x side^2) + "Time t s:" (5 words) and "," per frame + probes (4) + text (<= ~170)
+        c.data.max_len = 176 + NUM_FRAMES * (side * side + 6)
+        c.data.num_probes = c.model.num_probes
+        c.label.sampling = "fps"  # the VideoLLaMA3 teacher samples as it was trained ...
+        c.label.sample_fps = c.data.sample_fps  # ... at the data's rate ...
+        c.label.frame_buckets = (NUM_FRAMES,)  # ... into one frame bucket (one compile)
+    else:
+        c = ego2exo_config.student_config(hardware=a.hardware, job="ego2exo_demo")
+        c.model = ego2exo_config.tiny_model(vocab_size=256, width=64, vit_width=32, image_size=a.image,
+                                            patch_size=a.patch, num_probes=4)
+        c.model.arch = "llava_video"
+        c.data = ego2exo_config.data_block(image_size=a.image, num_frames=NUM_FRAMES)
+        c.data.sampling = "uniform"  # 8 evenly spaced frames per clip (segments are 1-6 s)
+        c.data.max_len = 176 + NUM_FRAMES * side * side  # visual + probes (4) + system + question + answer (<= ~110)
+        c.label.sampling = "uniform"  # the teacher sees clips as it was trained (8 uniform frames)
     # LLVM -O1: a third of the compile time of -O3 for these tiny programs at the same step speed
     # (compiles dominate a 10-minute CPU demo; configs/demo.py does the same).
     c.hardware.xla_flags = "--xla_backend_optimization_level=1"
-    c.model = ego2exo_config.tiny_model(vocab_size=256, width=64, vit_width=32, image_size=a.image,
-                                        patch_size=a.patch, num_probes=4)
     c.ego2exo.lora_rank = 0  # the demo's tiny LLM is trained fully (LoRA is exercised by the tests)
-    c.data = ego2exo_config.data_block(image_size=a.image, num_frames=8)
-    c.data.sampling = "uniform"  # 8 evenly spaced frames per clip (segments are 1-6 s)
-    side = -(-a.image // a.patch // 2)  # tokens per frame side after the 2x merge
-    c.data.max_len = 176 + 8 * side * side  # visual + probes (4) + system + question + answer (<= ~110)
     c.data.read_threads = 2  # 2-core machine
     c.train.global_batch = 16  # examples per step
     c.train.warmup_steps = 10  # short warmup
@@ -35,8 +63,7 @@ def get_config(arg: str | None = None):
     c.train.ckpt_every = 0  # save at the end only
     c.train.async_ckpt = False  # phases read each other's checkpoints right away
     c.train.progress = False  # one line per phase instead of bars
-    c.label.sampling = "uniform"  # the teacher sees clips as it was trained (8 uniform frames)
-    c.label.max_frames = 8  # = data.num_frames of the tiny teacher
+    c.label.max_frames = NUM_FRAMES  # = data.num_frames of the tiny teacher
     c.label.max_new_tokens = 96  # synthetic answers are <= ~80 words
     # [I] The Ego-in-Exo questions show the camera facing the actor (best_exo); pairing the labels with
     # that camera gives the tiny student one viewpoint to learn instead of four ("random" = the paper).

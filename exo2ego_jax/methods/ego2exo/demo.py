@@ -6,6 +6,10 @@ Phases (each a real job of this package, run in-process; a rerun reuses finished
 1. world: a synthetic Ego-Exo4D world (synthetic/world.py) and its word-level tokenizer.
 2. teacher: a tiny video LLM trained on EGO keystep clips -> ego captions (the atomic narrations,
    which name the acting hand and sometimes the object's marking), asked the 12 teacher questions.
+   By default it has VideoLLaMA3's architecture (config.model.arch = "videollama3", the paper's base:
+   its encoder, merge, projector and Qwen2 decoder, random init at demo scale, clips sampled at
+   data.sample_fps with the data.num_frames cap, "Time t s:" before each frame); configs/ego2exo/demo.py:arch=llava_video
+   runs the SigLIP + mlp2x_gelu stack instead.
 3. label: the "label" job - the frozen teacher answers 3 questions per EGO train segment; each
    answer is paired with one EXO view (LLaVA JSON): the take's best exo camera with the demo's
    `label.exo_view="best"`, a random one with "random" (the paper).
@@ -13,9 +17,10 @@ Phases (each a real job of this package, run in-process; a rerun reuses finished
    with EAVT probes ("student_eavt") and without ("student"); and the baseline: EXO video ->
    exo-only captions ("baseline_exo_captions": what an annotator of the exo view writes - where
    the actor stands, what the other hand does - without the acting hand or the marking).
-5. eval: synthetic Ego-in-Exo questions (eval/egoinexo_synthetic.py) on held-out (val) takes,
+5. eval: synthetic Ego-in-Exo questions (synthetic/egoinexo.py) on held-out (val) takes,
    each asked on the exo and the ego clip, scored by option log-likelihood through the eval
-   harness; a table (results.md) and a bar chart (results.png).
+   harness and the method's adapter (infer.runner_from_run: the VideoLLaMA3 runner or the SigLIP
+   one); a table (results.md) and a bar chart (results.png).
 """
 from __future__ import annotations
 
@@ -94,6 +99,8 @@ def build_world(config, workdir: str) -> tuple[str, str]:
             meta = json.load(f)["takes"]
         texts += [eie.exo_caption(n, t["objects"]) for t in meta.values() for n in t["narrations"]]
         texts += [prompts_lib.SYSTEM_PROMPT]
+        if _arch(config) == "videollama3":
+            texts += timestamp_texts()
         synthetic_tokenizer.build_tokenizer(texts, tok_dir)
     return root, tok_dir
 
@@ -131,15 +138,28 @@ def phase_config(config, *, root: str, tok_dir: str, instructions: str, num_prob
     c.data.tokenizer = tok_dir
     c.model.num_probes = num_probes
     c.model.llm.vocab_size = _vocab_size(tok_dir)
-    ego2exo_model.sync_data_fields(c)
+    if _arch(c) == "videollama3":
+        c.data.num_probes = num_probes  # <probe> ids after each clip's video tokens
+    else:
+        ego2exo_model.sync_data_fields(c)
     c.train.epochs = 0.0  # phases run a fixed number of steps
     c.train.steps = steps
     c.train.init_from = init_from
     c.train.groups = groups or [(".*", lr)]
     if init_from:  # students: tower frozen (Ego2ExoVLM) unless demo.train_tower, the rest at the demo's LR
-        c.train.groups = ego2exo_config.student_groups(lr, lr, train_llm=True,
-                                                       train_tower=bool(config.demo.get("train_tower", False)))
+        c.train.groups = ego2exo_config.student_groups(
+            lr, lr, train_llm=True, train_tower=bool(config.demo.get("train_tower", False)),
+            projector="projector" if _arch(c) == "videollama3" else "connector")
     return c
+
+
+def _arch(config) -> str:
+    return config.model.get("arch", "llava_video")  # demo configs saved before the field: the SigLIP stack
+
+
+def timestamp_texts(max_seconds: float = 30.0) -> list[str]:
+    """VideoLLaMA3's per-frame ``Time t s:`` text for t = 0.0 ... ``max_seconds`` (tokenizer vocabulary)."""
+    return [f"Time {i / 10:.1f}s:," for i in range(int(max_seconds * 10))]
 
 
 def _vocab_size(tok_dir: str) -> int:
@@ -284,12 +304,12 @@ def run(config, workdir: str) -> dict[str, Any]:
     table = _table(results, eie.CATEGORIES)
     png = os.path.join(workdir, "results.png")
     _plot(results, eie.CATEGORIES, png)
-    summary = {"results": results, "teacher_label_accuracy": label_acc, "timings_sec": timings,
+    summary = {"arch": _arch(config), "results": results, "teacher_label_accuracy": label_acc, "timings_sec": timings,
                "questions": bench["questions"],
                "per_category": bench["per_category"], "train": train_metrics}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)
-    text = (f"Synthetic Ego-in-Exo: {bench['questions']} questions on {bench['segments']} held-out segments "
+    text = (f"Synthetic Ego-in-Exo ({_arch(config)} models): {bench['questions']} questions on {bench['segments']} held-out segments "
             f"({bench['per_category']}), each on the exo and the ego clip; accuracy (%) by option "
             f"log-likelihood. Chance: hand 50, others 25; the hand questions' answers are "
             f"{bench['hand_split']['left']} left / {bench['hand_split']['right']} right, so always naming one "

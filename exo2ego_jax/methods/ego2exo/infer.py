@@ -7,7 +7,8 @@ With a mesh, the batch is sharded over the data axes and the parameters stay whe
 rule table put them, so the same code labels on one CPU or on a pod.
 
 It serves the teacher labelling job (methods/ego2exo/label.py) and the evaluation adapter
-(`Ego2ExoAdapter`, the eval harness's MCQModel).
+(`Ego2ExoAdapter`, the eval harness's MCQModel). `runner_from_run` gives a run of either stack its
+runner: this one for the SigLIP stack, `videollama3_infer.VideoLlama3Runner` for VideoLLaMA3.
 """
 from __future__ import annotations
 
@@ -29,21 +30,13 @@ from exo2ego_jax import generate as gen_lib
 from exo2ego_jax.data import pipeline, pipeline_ops
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.eval.records import VideoRef
+from exo2ego_jax.methods.ego2exo import videollama3_infer
 from exo2ego_jax.methods.ego2exo.model import sync_data_fields
-from exo2ego_jax.methods.ego2exo.prompts import VIDEO_TOKEN
+from exo2ego_jax.methods.ego2exo.prompts import VIDEO_TOKEN, eos_ids
 from exo2ego_jax.models import connectors as conn_lib
 from exo2ego_jax.train import checkpoint as ckpt_lib
+from exo2ego_jax.tokenizer import load_tokenizer
 from exo2ego_jax.train import setup as setup_lib
-
-# End-of-turn markers of common chat templates; a generated one ends the answer like EOS.
-END_OF_TURN = ("<|end|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>")
-
-
-def eos_ids(tokenizer) -> list[int]:
-    vocab = tokenizer.get_vocab()
-    ids = {tokenizer.eos_token_id} | {vocab[t] for t in END_OF_TURN if t in vocab}
-    return sorted(i for i in ids if i is not None)
-
 
 @nnx.jit
 def _embed(model, input_ids, pixels, frame_mask):
@@ -160,7 +153,8 @@ class VideoLLMRunner:
 
 
 class Ego2ExoAdapter:
-    """The eval harness's MCQModel (eval/adapter.py) over a `VideoLLMRunner`."""
+    """The eval harness's MCQModel (eval/adapter.py) over a `VideoLLMRunner` or a
+    `videollama3_infer.VideoLlama3Runner`."""
 
     def __init__(self, runner: VideoLLMRunner, max_new_tokens: int = 32):
         self.runner, self.max_new_tokens = runner, max_new_tokens
@@ -199,22 +193,28 @@ def build_inference_model(config, *, mesh=None):
 
 
 def runner_from_run(run_dir: str, *, hardware=None, data_overrides: dict | None = None, system_prompt=None,
-                    text_budget: int = 128, mesh=None) -> tuple[VideoLLMRunner, ml_collections.ConfigDict]:
-    """A runner for the model trained in `run_dir` (its saved config + its latest checkpoint)."""
+                    text_budget: int = 128, max_new_tokens: int = 32, mesh=None):
+    """(runner, its config) for the model trained in `run_dir` (its saved config + latest checkpoint):
+    a `VideoLLMRunner` for the SigLIP stack, a `videollama3_infer.VideoLlama3Runner` for
+    model.arch = "videollama3" (prompts up to its data.max_len, leaving `max_new_tokens` of context)."""
     cfg = load_run_config(run_dir)
     tupleize_groups(cfg)
     if hardware is not None:
         cfg.hardware = ml_collections.ConfigDict(hardware.to_dict())
     for k, v in (data_overrides or {}).items():
         cfg.data[k] = v
-    if "num_frames" in (data_overrides or {}):
+    if "num_frames" in (data_overrides or {}) and cfg.model.get("arch", "llava_video") != "videollama3":
         sync_data_fields(cfg)
     cfg.train.init_from = run_dir
     t0 = time.time()
     model, s = build_inference_model(cfg, mesh=mesh)
     logging.info("loaded %s in %.1f s", run_dir, time.time() - t0)
-    tok = pipeline.load_tokenizer(cfg.data)
     sp = cfg.data.system_prompt if system_prompt is None else system_prompt
+    if cfg.model.get("arch", "llava_video") == "videollama3":  # the run's own VideoLLaMA3 processor rules
+        tok = load_tokenizer(cfg.data.tokenizer or cfg.model.checkpoint, extra_special_tokens=())
+        return videollama3_infer.from_run(model, cfg, tok, system_prompt=sp, max_new_tokens=max_new_tokens,
+                                          mesh=s.mesh), cfg
+    tok = pipeline.load_tokenizer(cfg.data)
     return VideoLLMRunner(model, tok, cfg.data, system_prompt=sp, text_budget=text_budget, mesh=s.mesh), cfg
 
 

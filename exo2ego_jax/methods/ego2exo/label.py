@@ -189,8 +189,7 @@ def teacher_runner(config, mesh):
         cfg.model.num_probes = 0  # the teacher answers without EAVT probes
         model, _ = ego2exo_infer.build_inference_model(cfg, mesh=mesh)
         teacher = videollama3_teacher.VideoLlama3Teacher.from_model(
-            model, cfg.data.tokenizer or cfg.model.checkpoint, fps=lb.sample_fps, max_frames=lb.max_frames,
-            frame_max_pixels=cfg.data.frame_max_pixels, system_prompt=lb.system_prompt,
+            model, cfg, fps=lb.sample_fps, max_frames=lb.max_frames, system_prompt=lb.system_prompt,
             max_new_tokens=lb.max_new_tokens, mesh=mesh)
         return teacher, name
     # Ego2ExoVLM [C]: the teacher sees the segment at label.sample_fps, at most label.max_frames.

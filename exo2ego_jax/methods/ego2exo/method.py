@@ -157,8 +157,6 @@ class Ego2Exo:
         return 6.0 * common.decoder_params(llm) * self.config.data.max_len + tower
 
     def eval_model(self, workdir: str):
-        """The eval harness's adapter (eval/adapter.py) for a trained Ego2ExoVLM checkpoint."""
-        if self.arch == "videollama3":
-            raise NotImplementedError("ego2exo eval of a VideoLLaMA3 student: the eval adapter runs the "
-                                      "llava_video stack only (config.model.arch='llava_video').")
+        """The eval harness's adapter (eval/adapter.py) for the run in config.train.init_from, either
+        stack (its saved config says which: infer.runner_from_run)."""
         return infer.adapter_from_config(self.config, workdir)

@@ -26,6 +26,8 @@ CATEGORIES: tuple[str, ...] = tuple(QUERY_TEMPLATES)
 SYSTEM_PROMPT = "You are a helpful assistant."
 VIDEO_TOKEN = "<video>"
 PROBE_TOKEN = "<probe>"
+# End-of-turn markers of common chat templates; a generated one ends the answer like EOS.
+END_OF_TURN = ("<|end|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>")
 
 
 def _stable_seed(seed: int, key: str) -> int:
@@ -137,3 +139,10 @@ def validate_llava_json(path: str) -> list[dict[str, Any]]:
         if VIDEO_TOKEN not in conv[0]["value"]:
             raise ValueError(f"{path}[{i}] ({rec['id']}): first human turn lacks {VIDEO_TOKEN}")
     return data
+
+
+def eos_ids(tokenizer) -> list[int]:
+    """Ids that end an answer: the tokenizer's EOS and the end-of-turn markers it has."""
+    vocab = tokenizer.get_vocab()
+    ids = {tokenizer.eos_token_id} | {vocab[t] for t in END_OF_TURN if t in vocab}
+    return sorted(i for i in ids if i is not None)

@@ -144,6 +144,38 @@ def load_clip(path: str, start: float | None, end: float | None, d) -> vp.Visual
                             processor_config(d, len(idx)))
 
 
+def chat_prompt(tok, question: str, video: vp.VisualFeatures, *, system_prompt: str,
+                video_token: str) -> tuple[list[dict[str, str]], str, str]:
+    """(chat messages, the templated prompt, the prompt with ``video_token`` expanded to ``Time t s:`` +
+    one token per kept merged patch, per frame)."""
+    msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": f"{video_token}\n{question}"}]
+    prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    pcfg = vp.VideoLlama3ProcessorConfig(video_token=video_token, video_merge_size=video.merge_size)
+    return msgs, prompt, vp.expand_prompt(prompt, videos=[video], cfg=pcfg)
+
+
+def conversation_ids(tok, question: str, video: vp.VisualFeatures, *, system_prompt: str, video_token: str,
+                     video_token_id: int, probe_token_id: int, num_probes: int,
+                     answer: str | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of one question about ``video``: the chat-templated prompt with the video
+    token expanded (``Time t s:`` + one token per kept merged patch, per frame), ``num_probes`` probe ids
+    after the last video token, and the answer as the template continues the prompt (its end-of-turn
+    marker included; [] without ``answer``). Training, generation and option scoring share it."""
+    msgs, prompt, expanded = chat_prompt(tok, question, video, system_prompt=system_prompt, video_token=video_token)
+    head = tok(expanded, add_special_tokens=False)["input_ids"]
+    if num_probes:
+        last = max(i for i, t in enumerate(head) if t == video_token_id)
+        head = head[:last + 1] + [probe_token_id] * num_probes + head[last + 1:]
+    if answer is None:
+        return head, []
+    full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": answer}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError(f"{getattr(tok, 'name_or_path', 'the tokenizer')}: the chat template renders the prompt "
+                         "differently with an answer; answer-only labels need a prefix-stable template")
+    return head, tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+
+
 def encode_sample(sample: instructions.Sample, video: vp.VisualFeatures, tok, d, *, video_token: str,
                   video_token_id: int, probe_token_id: int) -> dict[str, np.ndarray]:
     """One (question, answer) sample -> fixed-length ids / labels (answer only) / mask, and its video
@@ -153,18 +185,9 @@ def encode_sample(sample: instructions.Sample, video: vp.VisualFeatures, tok, d,
         raise instructions.BadSample("malformed_json", f"{sample.id}: {len(turns)} turns; an Ego2ExoVLM label is "
                                      "one question and one answer")
     question = turns[0]["value"].replace(VIDEO_TOKEN, "").strip()
-    msgs = ([{"role": "system", "content": d.system_prompt}] if d.system_prompt else []) + [
-        {"role": "user", "content": f"{video_token}\n{question}"}]
-    prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": turns[1]["value"]}], tokenize=False)
-    if not full.startswith(prompt):
-        raise ValueError(f"{d.tokenizer}: the chat template renders the prompt differently with an answer; "
-                         "answer-only labels need a prefix-stable template")
-    pcfg = vp.VideoLlama3ProcessorConfig(video_token=video_token, video_merge_size=video.merge_size)
-    head = tok(vp.expand_prompt(prompt, videos=[video], cfg=pcfg), add_special_tokens=False)["input_ids"]
-    answer = tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
-    last = max(i for i, t in enumerate(head) if t == video_token_id)
-    head = head[:last + 1] + [probe_token_id] * d.num_probes + head[last + 1:]
+    head, answer = conversation_ids(tok, question, video, system_prompt=d.system_prompt, video_token=video_token,
+                                    video_token_id=video_token_id, probe_token_id=probe_token_id,
+                                    num_probes=d.num_probes, answer=turns[1]["value"])
     ids = head + answer
     if len(ids) > d.max_len:
         raise instructions.BadSample("too_long", f"{sample.id}: {len(ids)} tokens > config.data.max_len={d.max_len}")
