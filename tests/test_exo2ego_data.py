@@ -200,3 +200,27 @@ def test_damaged_world_is_skipped_and_counted_by_file(world, tmp_path):
     keep &= ~np.isin(whole["narration"], [first["index"], second["index"]]) | (whole["take"] != takes[2]["take_name"])
     np.testing.assert_array_equal(arr["ego"], whole["ego"][keep])  # the undamaged clips, unchanged
     assert SkipCounter.from_json(str(arr["skips"])) == skips
+
+
+def test_normalise_table_gives_the_arithmetic_bits():
+    """The per-channel lookup table is exactly ((x / 255) - mean) / std in float32, for every byte."""
+    frames = np.random.default_rng(0).integers(0, 256, (2, 3, 5, 7, 3)).astype(np.uint8)
+    frames[0, 0, 0, :4] = [[0, 0, 0], [255, 255, 255], [1, 128, 254], [77, 3, 200]]
+    mean, std = np.array([0.48, 0.5, 0.41], np.float32), np.array([0.26, 0.25, 0.27], np.float32)
+    want = ((frames.astype(np.float32) / 255.0) - mean) / std
+    got = exo2ego_data.normalise(frames, mean, std)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    # Float input (no table) takes the arithmetic path.
+    assert np.array_equal(exo2ego_data.normalise(frames.astype(np.float32), mean, std), want)
+
+
+def test_cached_encoding_equals_encoding(world):
+    """Batches reuse one tokenisation per distinct text: the same ids, labels and mask as encoding anew."""
+    tok = exo2ego_data._cached_tokenizer(str(world / "tok"))
+    args = (exo2ego_data.CAPTION_PROMPT, "C picks up the red cup")
+    fresh = exo2ego_data.encode(tok, *args, max_len=48, num_visual_tokens=4)
+    cached = exo2ego_data._cached_encode(str(world / "tok"), *args, 48, 4)
+    assert cached is exo2ego_data._cached_encode(str(world / "tok"), *args, 48, 4)
+    for name in ("input_ids", "labels", "attention_mask"):
+        np.testing.assert_array_equal(getattr(cached, name), getattr(fresh, name))
+        assert not getattr(cached, name).flags.writeable  # shared: a batch can never edit it in place

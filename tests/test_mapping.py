@@ -76,3 +76,55 @@ def test_one_by_one_bottleneck_with_instance_norm_is_refused():
         g = build_mapping(8, MappingConfig(width=4, n_downsample=1, n_blocks=1), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="1x1"):
         g(jnp.ones((1, 2, 2, 8)))
+
+
+def _conv_reference(g: ResNetGenerator, x):
+    """The generator computed with padded convolutions only (the CycleGAN formulation)."""
+    from exo2ego_jax.models.mapping import _reflect
+
+    def cna(m, h):
+        y = m.conv(_reflect(h, m.pad)) if m.pad else m.conv(h)
+        y = m.norm(y) if m.norm is not None else y
+        return jax.nn.relu(y) if m.act else y
+    h = cna(g.stem, x)
+    for b in g.blocks:
+        h = h + cna(b.b, cna(b.a, h))
+    y = g.head(_reflect(h, g.cfg.stem_kernel // 2))
+    return x + y if g.cfg.global_residual else y
+
+
+@pytest.mark.parametrize("hw,k", [((2, 2), 3), ((2, 2), 7), ((3, 2), 3), ((1, 3), 5), ((4, 4), 3)])
+def test_padded_conv_equals_convolution(hw, k):
+    """The matmul form of small padded convs (demo: 2x2 maps) is the convolution, to float rounding."""
+    from exo2ego_jax.models.mapping import _reflect, padded_conv
+    conv = nnx.Conv(6, 5, (k, k), padding="VALID", rngs=nnx.Rngs(3))
+    conv.bias[...] = jax.random.normal(jax.random.key(4), (5,))
+    x = jax.random.normal(jax.random.key(5), (3, *hw, 6))
+    want = conv(_reflect(x, k // 2))
+    np.testing.assert_allclose(padded_conv(conv, x), want, atol=1e-5, rtol=1e-5)
+    # ... and so is its gradient w.r.t. the kernel, the bias and the input.
+    grad = lambda f: nnx.grad(lambda m, x: jnp.sum(jnp.sin(f(m, x))), argnums=(0, 1))(conv, x)  # noqa: E731
+    (gm, gx), (rm, rx) = grad(padded_conv), grad(lambda m, x: m(_reflect(x, k // 2)))
+    np.testing.assert_allclose(gx, rx, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(gm["kernel"][...], rm["kernel"][...], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(gm["bias"][...], rm["bias"][...], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (3, 2)])
+def test_generator_on_small_maps_equals_conv_formulation(hw):
+    """The demo's F/G (no downsampling, 7x7 stem on 2x2 maps): the same function as the conv form.
+
+    Without norms the float32 outputs agree within 1e-5. Instance norm over 4 positions divides by
+    a tiny spread (edge padding makes the positions alike) and amplifies float32 rounding to
+    ~1e-4, so with it the two forms are compared in float64, where they agree to 1e-9."""
+    x = jax.random.normal(jax.random.key(7), (4, *hw, 16))
+    cfg = MappingConfig(width=8, n_downsample=0, n_blocks=2, norm="none", global_residual=True)
+    with nnx.use_eager_sharding(False):
+        g = build_mapping(16, cfg, rngs=nnx.Rngs(6))
+    np.testing.assert_allclose(apply(g, x), nnx.jit(_conv_reference)(g, x), atol=1e-5, rtol=1e-5)
+    with jax.enable_x64(True):
+        cfg = MappingConfig(width=8, n_downsample=0, n_blocks=2, norm="instance", global_residual=True)
+        with nnx.use_eager_sharding(False):
+            g = build_mapping(16, cfg, rngs=nnx.Rngs(6), dtype=jnp.float64, param_dtype=jnp.float64)
+        x64 = x.astype(jnp.float64)
+        np.testing.assert_allclose(g(x64), _conv_reference(g, x64), atol=1e-9, rtol=1e-9)

@@ -13,11 +13,13 @@ method module (methods/exo2ego.py) turns connector tokens or ViT patches into su
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 _CONV_AXES = (None, None, "conv_in", "conv_out")
@@ -94,12 +96,55 @@ def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype, param
                     kernel_metadata={"sharding": _CONV_AXES}, bias_metadata={"sharding": ("conv_out",)})
 
 
+def _pad_mode(h: int, w: int, p: int) -> str:
+    # Reflect padding needs p < size; tiny maps (e.g. 2x2 demo frames) fall back to edge padding.
+    return "reflect" if min(h, w) > p else "edge"
+
+
 def _reflect(x: jax.Array, p: int) -> jax.Array:
     if p == 0:
         return x
-    # Reflect padding needs p < size; tiny maps (e.g. 2x2 demo frames) fall back to edge padding.
-    mode = "reflect" if min(x.shape[1], x.shape[2]) > p else "edge"
-    return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=mode)
+    return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=_pad_mode(x.shape[1], x.shape[2], p))
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_sources(h: int, w: int, k: int) -> np.ndarray:
+    """[H*W out positions, k*k taps, H*W in positions] 0/1: which input position each tap of a
+    reflect/edge-padded ("same"-size), stride-1 k x k conv reads at each output position."""
+    p = k // 2
+    mode = _pad_mode(h, w, p) if p else "edge"
+    rows = np.pad(np.arange(h), p, mode=mode)  # padded row -> source row (jnp.pad's modes are numpy's)
+    cols = np.pad(np.arange(w), p, mode=mode)
+    src = np.zeros((h * w, k * k, h * w), np.float32)
+    for oy in range(h):
+        for ox in range(w):
+            for ty in range(k):
+                for tx in range(k):
+                    src[oy * w + ox, ty * k + tx, rows[oy + ty] * w + cols[ox + tx]] = 1.0
+    return src
+
+
+def padded_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv(_reflect(x, k // 2))` for a stride-1, VALID k x k `conv`: the same function.
+
+    On maps no larger than the kernel (H * W <= k * k, e.g. the demo's 2x2 token maps) the conv is
+    computed as one matmul over the whole map: the kernel taps that land on the same (padded)
+    input position are summed into one [H*W*Cin, H*W*Cout] matrix. XLA:CPU runs that several
+    times faster than a convolution whose window is mostly padding (same parameters, results equal
+    up to float summation order). Larger maps use the convolution.
+    """
+    kh, kw = conv.kernel_size
+    n, h, w, c = x.shape
+    if kh != kw or kh % 2 == 0 or h * w > kh * kw:
+        return conv(_reflect(x, kh // 2))
+    dtype = conv.dtype or x.dtype
+    kernel = conv.kernel[...].astype(dtype)  # [k, k, Cin, Cout]
+    taps = jnp.asarray(_tap_sources(h, w, kh), dtype)  # [O, T, I]
+    dense = jnp.einsum("oti,tcd->icod", taps, kernel.reshape(kh * kw, c, -1))  # [I, Cin, O, Cout]
+    y = jnp.einsum("nic,icod->nod", x.astype(dtype).reshape(n, h * w, c), dense).reshape(n, h, w, -1)
+    if conv.bias is not None:
+        y = y + conv.bias[...].astype(dtype)
+    return y
 
 
 class _ConvNormAct(nnx.Module):
@@ -112,7 +157,7 @@ class _ConvNormAct(nnx.Module):
         self.act = act
 
     def __call__(self, x):
-        y = self.conv(_reflect(x, self.pad))
+        y = padded_conv(self.conv, x) if self.pad else self.conv(x)
         if self.norm is not None:
             y = self.norm(y)
         return jax.nn.relu(y) if self.act else y
@@ -161,7 +206,6 @@ class ResNetGenerator(nnx.Module):
         self.up = nnx.List([_Up(w * 2 ** (i + 1), w * 2**i, cfg, **kw)
                             for i in reversed(range(cfg.n_downsample))])
         # Features are unbounded, so no tanh at the end (CycleGAN's tanh is for pixels in [-1, 1]).
-        self.head_pad = cfg.stem_kernel // 2
         self.head = _conv(w, channels, cfg.stem_kernel, 1, rngs, dtype, param_dtype, padding="VALID")
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -182,7 +226,7 @@ class ResNetGenerator(nnx.Module):
             h = b(h)
         for u, size in zip(self.up, reversed(sizes)):
             h = u(h, size)
-        y = self.head(_reflect(h, self.head_pad)).astype(x.dtype)
+        y = padded_conv(self.head, h).astype(x.dtype)
         return x + y if self.cfg.global_residual else y
 
 

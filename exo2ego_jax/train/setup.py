@@ -170,8 +170,10 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
     `load_pretrained`, then `train.init_from`."""
     a = abstract(config, mesh)
     parts, method = a.parts, a.method
-    build_fn = lambda: method.build_model(nnx.Rngs(config.seed))  # noqa: E731
-    trainable, frozen, other = state_lib.init_sharded(build_fn, parts)
+    build_fn = lambda key: method.build_model(nnx.Rngs(jax.random.wrap_key_data(key)))  # noqa: E731
+    # The key is an argument (host data, replicated), not a constant: one init program for every seed.
+    key = np.asarray(jax.random.key_data(jax.random.key(config.seed)))
+    trainable, frozen, other = state_lib.init_sharded(build_fn, parts, key)
     if hasattr(method, "load_pretrained"):
         model = parts.merge(trainable, frozen, other)
         method.load_pretrained(model)

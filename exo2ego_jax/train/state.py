@@ -78,14 +78,17 @@ def describe(build: Callable[[], nnx.Module], groups, mesh: jax.sharding.Mesh) -
     return ModelParts(graphdef, templates, trainable, frozen, other, labels, shardings)
 
 
-def init_sharded(build: Callable[[], nnx.Module], parts: ModelParts) -> tuple[Nested, Nested, Nested]:
-    """Runs `build` under jit with out_shardings, so every parameter is born on its devices."""
-    def init():
-        return parts.split(build())
+def init_sharded(build: Callable[..., nnx.Module], parts: ModelParts, *args) -> tuple[Nested, Nested, Nested]:
+    """Runs `build(*args)` under jit with out_shardings, so every parameter is born on its devices.
+
+    Pass the RNG key in `args` rather than closing over a seed: the program is then the same for
+    every seed, and the persistent compilation cache serves runs that differ only in the seed."""
+    def init(*a):
+        return parts.split(build(*a))
 
     out = (parts.sharding_tree(parts.trainable), parts.sharding_tree(parts.frozen),
            parts.sharding_tree(parts.other))
-    return jax.jit(init, out_shardings=out)()
+    return jax.jit(init, out_shardings=out)(*args)
 
 
 def opt_state_shardings(tx, params_abstract: Nested, param_shardings: Nested, mesh) -> Any:

@@ -134,8 +134,29 @@ def load_arrays(path: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def normalise(frames: np.ndarray, mean, std) -> np.ndarray:
+def _normalise_float(frames: np.ndarray, mean, std) -> np.ndarray:
     return ((frames.astype(np.float32) / 255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[C, 256] float32: every uint8 value of every channel, normalised by `_normalise_float`."""
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], len(mean), axis=1)
+    return np.ascontiguousarray(_normalise_float(values, mean, std).T)
+
+
+def normalise(frames: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 frames [..., C] -> float32 ((x / 255) - mean) / std. A per-channel lookup table gives
+    the same bits as the arithmetic at ~1/4 of its CPU time (every training example pays it)."""
+    mean = tuple(float(m) for m in np.asarray(mean, np.float32).reshape(-1))
+    std = tuple(float(v) for v in np.asarray(std, np.float32).reshape(-1))
+    if frames.dtype != np.uint8 or frames.ndim == 0 or frames.shape[-1] != len(mean) or len(std) != len(mean):
+        return _normalise_float(frames, mean, std)
+    table = _normalise_table(mean, std)
+    out = np.empty(frames.shape, np.float32)
+    for c in range(len(mean)):
+        np.take(table[c], frames[..., c], out=out[..., c])
+    return out
 
 
 def labelled_takes(takes: list[str], fraction: float, seed: int) -> set[str]:
@@ -157,6 +178,16 @@ def encode(tokenizer, prompt: str, answer: str, *, max_len: int, num_visual_toke
     messages = [{"role": "user", "content": "<video>\n" + prompt}, {"role": "assistant", "content": answer}]
     return text_lib.tokenize_conversation(tokenizer, messages, max_len=max_len,
                                           num_visual_tokens=num_visual_tokens)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _cached_encode(tok_path: str, prompt: str, answer: str, max_len: int, num_visual_tokens: int):
+    """`encode` once per distinct example text: a stage revisits each of its few thousand texts
+    every epoch, and the chat template + tokenizer cost as much CPU as a tiny model's step."""
+    enc = encode(_cached_tokenizer(tok_path), prompt, answer, max_len=max_len, num_visual_tokens=num_visual_tokens)
+    for a in (enc.input_ids, enc.labels, enc.attention_mask):
+        a.setflags(write=False)  # shared by every batch that holds this text
+    return enc
 
 
 def qa_prompt(question: str, options: list[str], letters: str = "ABCD") -> str:
@@ -216,8 +247,7 @@ class _ArrayExample:
 
     def __call__(self, ex: dict[str, Any]) -> dict[str, np.ndarray]:
         arr = load_arrays(self.path)
-        enc = encode(_cached_tokenizer(self.tok_path), ex["prompt"], ex["answer"], max_len=self.max_len,
-                     num_visual_tokens=self.k)
+        enc = _cached_encode(self.tok_path, ex["prompt"], ex["answer"], self.max_len, self.k)
         labels = enc.labels if ex["train_text"] else np.full_like(enc.labels, text_lib.IGNORE_INDEX)
         out = {"input_ids": enc.input_ids, "labels": labels, "attention_mask": enc.attention_mask,
                "video_mask": np.ones((1,), np.int32), "example_mask": np.int32(1)}

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import resource
 import time
 from typing import Any
 
@@ -41,20 +42,26 @@ VARIANTS = {
 }
 
 
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process and its finished children (world writers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _prepare(config, workdir: str) -> dict[str, Any]:
     """World, tokenizer, clips and benchmark (each skipped when already there)."""
     d = config.demo
     world = os.path.join(workdir, "world")
     times = {}
-    t = time.time()
+    t, c = time.time(), _cpu_s()
     if not os.path.exists(os.path.join(world, "synthetic_meta.json")):
         wc = synthetic.world_config()
         for k, v in d.world.items():
             wc[k] = v
         summary = synthetic.write_world(wc, world)
         logging.info("demo: wrote world %s", summary)
-    times["world_s"] = time.time() - t
-    t = time.time()
+    times["world_s"], times["world_cpu_s"] = time.time() - t, _cpu_s() - c
+    t, c = time.time(), _cpu_s()
     tok = os.path.join(workdir, "tokenizer")
     if not os.path.exists(os.path.join(tok, "tokenizer.json")):
         texts = synthetic_tokenizer.world_texts(world, skips=SkipCounter()) + [exo2ego_data.CAPTION_PROMPT]
@@ -74,7 +81,7 @@ def _prepare(config, workdir: str) -> dict[str, Any]:
     bench = os.path.join(workdir, "egobench", "val.json")
     if not os.path.exists(bench):
         eb.write(world, bench, "val", categories=d.categories, distractors=d.distractors)
-    times["prepare_s"] = time.time() - t
+    times["prepare_s"], times["prepare_cpu_s"] = time.time() - t, _cpu_s() - c
     from transformers import AutoTokenizer
     vocab = len(AutoTokenizer.from_pretrained(tok))
     return {"world": world, "tokenizer": tok, "clips": clips, "bench": bench, "vocab": vocab, **times,
@@ -185,9 +192,11 @@ def run_job(config, workdir: str, paths, job: Job) -> dict[str, Any]:
     pcfg = _pipeline(config, job.variant, paths, job.seed)
     run_dir = _run_dir(workdir, job.seed, job.variant)
     first = pcfg.order[0]
+    cpu = time.process_time()
     if job.prefix:
         train_s = _timed_run(exo2ego_config.stages_config({first: pcfg.stages[first]}), run_dir, first)
-        return {job.name: {"variant": job.variant, "seed": job.seed, "stage": first, "train_s": train_s}}
+        return {job.name: {"variant": job.variant, "seed": job.seed, "stage": first, "train_s": train_s,
+                           "train_cpu_s": time.process_time() - cpu}}
     if job.link:
         here = os.path.join(run_dir, first)
         if not os.path.lexists(here):
@@ -196,11 +205,12 @@ def run_job(config, workdir: str, paths, job: Job) -> dict[str, Any]:
     # A run with a shared first stage counts only its own stages (the prefix job counts that one).
     train_s = _timed_run(pcfg, run_dir, "run")
     last = pipeline_lib.resolve_stage(pcfg, pcfg.order[-1], run_dir)
-    t = time.time()
+    t, train_cpu = time.time(), time.process_time() - cpu
     acc = exo2ego_eval.evaluate_arrays(last, os.path.join(run_dir, pcfg.order[-1]), paths["bench"],
                                        batch_size=config.demo.eval_batch)
     logging.info("demo: %s: accuracy %.1f", job.name, acc["accuracy"])
     return {job.name: {"variant": job.variant, "seed": job.seed, "train_s": train_s, "eval_s": time.time() - t,
+                       "train_cpu_s": train_cpu, "eval_cpu_s": time.process_time() - cpu - train_cpu,
                        **acc, "curves": {n: _curves(os.path.join(run_dir, n)) for n in pcfg.order}}}
 
 
@@ -339,6 +349,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     except Exception as e:  # a plotting failure must not hide the numbers
         logging.warning("demo: plot failed: %s", e)
     print(table)
+    print(phases_line(results))
     return {"total_s": results["total_s"],
             **{f"{k}/accuracy": v["accuracy"] for k, v in results["runs"].items()}}
 
@@ -365,6 +376,16 @@ def summary_table(results: dict[str, Any], config) -> str:
         lines.append(f"Shared {r['stage']} ({name}, trained once for the runs that start with it): "
                      f"{r['train_s']:.0f} s; 'train s' above counts each run's own stages.")
     return "\n".join(lines)
+
+
+def phases_line(results: dict[str, Any]) -> str:
+    """Where the demo's time went: wall and CPU (user + system) seconds of each phase."""
+    p, jobs = results["paths"], [*results["runs"].values(), *results.get("shared", {}).values()]
+    cpu = lambda key: sum(r.get(key, 0.0) for r in jobs)  # noqa: E731
+    return (f"Phases: world {p.get('world_s', 0):.0f} s wall / {p.get('world_cpu_s', 0):.0f} s CPU; "
+            f"clips, tokenizer, benchmark {p.get('prepare_s', 0):.0f} / {p.get('prepare_cpu_s', 0):.0f}; "
+            f"{len(jobs)} jobs on {results['workers']} workers: training {cpu('train_cpu_s'):.0f} s CPU, "
+            f"evaluation {cpu('eval_cpu_s'):.0f} s CPU; total {results.get('total_s', 0):.0f} s wall.")
 
 
 def plot(results: dict[str, Any], path: str) -> None:
