@@ -131,7 +131,7 @@ def legacy_answer_cross_entropy(logits, labels, example_mask=None):
     return loss, n, acc
 
 
-def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str):
+def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str, unroll: bool | None = None):
     """(model, jitted step, state, frozen, other, to_device) with the project's step and optimizer."""
     import jax
     import jax.numpy as jnp
@@ -153,10 +153,10 @@ def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str):
         cfg = VideoLLMConfig(vision=vis, connector=ConnectorConfig(kind="mlp2x_gelu", in_dim=vis.hidden_size,
                                                                    out_dim=llm_cfg.hidden_size),
                              llm=llm_cfg, num_frames=FRAMES, video_token_id=llm_cfg.vocab_size - 1)
-        build = lambda: VideoLLM(cfg, rngs=nnx.Rngs(0), remat_policy=remat)
+        build = lambda: VideoLLM(cfg, rngs=nnx.Rngs(0), remat_policy=remat, unroll_layers=unroll)
         groups = (("^vision/", None), (".*", LR))
     else:
-        build = lambda: DecoderLM(llm_cfg, rngs=nnx.Rngs(0), remat_policy=remat)
+        build = lambda: DecoderLM(llm_cfg, rngs=nnx.Rngs(0), remat_policy=remat, unroll_layers=unroll)
         groups = ((".*", LR),)
 
     def loss_fn(model, batch, rng):  # a Method's loss signature (train/step.py)
@@ -307,7 +307,8 @@ def run(kind: str, args) -> None:
     layers = 6 if kind == "vlm" else args.llm_layers
     flops = vlm_step_flops() if kind == "vlm" else llm_step_flops(layers)
     t0 = time.perf_counter()
-    model, step, state, frozen, other = build_ours(kind, layers, args.loss, args.chunk, args.remat)
+    model, step, state, frozen, other = build_ours(kind, layers, args.loss, args.chunk, args.remat,
+                                                   {"auto": None, "scan": False, "unroll": True}[args.layer_loop])
     video_token = model.cfg.video_token_id if kind == "vlm" else -1
     batches = make_batches(kind, 4, video_token)
     dev = [{k: jax.device_put(v) for k, v in b.items()} for b in batches]
@@ -346,7 +347,7 @@ def run(kind: str, args) -> None:
             times[n].append(time.perf_counter() - t)
 
     print(f"\n== {kind}: {'VLM (ViT-4x256 frozen, 8 frames -> mlp2x_gelu -> 6-layer SmolLM2 slice)' if kind == 'vlm' else f'LLM-only (SmolLM2-135M shape, {layers} layers)'}, "
-          f"batch {BATCH}, loss={args.loss}, remat={args.remat}; {args.steps} timed steps each, interleaved")
+          f"batch {BATCH}, loss={args.loss}, remat={args.remat}, layers={args.layer_loop}; {args.steps} timed steps each, interleaved")
     print(f"   load average before/after: {args.load0} / {os.getloadavg()[0]:.2f} (2 cores; >2 means contended)")
     print(f"   model matmul FLOPs per step {flops / 1e9:.1f} GFLOP; measured f32 matmul peak {args.peak / 1e9:.0f} GFLOP/s; "
           f"setup + first steps {time.perf_counter() - t0:.0f} s")
@@ -374,6 +375,8 @@ def main():
                    help="ours: chunked LM-head CE (train/losses), plain CE on logits, or the pre-issue-21 loss")
     p.add_argument("--chunk", type=int, default=1024, help="tokens per chunk of the chunked loss")
     p.add_argument("--remat", default="none", help="ours: remat policy of the decoder")
+    p.add_argument("--layer-loop", default="auto", choices=("auto", "scan", "unroll"),
+                   help="ours: decoder layers as one lax.scan or unrolled (auto: unrolled on CPU; DecoderLM)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     p.add_argument("--profile", default="", help="directory for a jax.profiler trace of our step")
     args = p.parse_args()
