@@ -3,7 +3,8 @@
 RMSNorm, RoPE (theta + scaling from the config), grouped-query attention with optional sliding
 windows (per layer), SwiGLU MLP, optional q/k/v/o and MLP biases, tied or untied embeddings.
 Layers are stacked on a leading ``layers`` axis and run with ``jax.lax.scan`` over the split layer
-state (remat optional), so compile time does not grow with depth. Parameter paths follow HF names (``layers/attn/q_proj/kernel``) so weight mappings stay
+state (remat optional), so compile time does not grow with depth; on CPU the scan is unrolled by
+default (``unroll_layers``: faster train steps, the parameter layout is the same). Parameter paths follow HF names (``layers/attn/q_proj/kernel``) so weight mappings stay
 one-liners; kernels are [in, out] (HF stores [out, in]).
 """
 
