@@ -19,6 +19,12 @@ machine's measured f32 matmul peak (model matmul FLOPs / step time / peak), and 
 speed ratio ours vs each torch variant (median and min/max of the paired ratios). Losses of the
 first step must agree (same weights, same batch); the max difference over all steps is printed.
 ``--profile DIR`` writes a jax.profiler trace of three of our steps and prints the top XLA ops.
+
+Our settings (each measured in this file's runs or with bench/loss_chunk.py): the decoder layers
+run unrolled on CPU (``--layer-loop``, DecoderLM's default there), the chunked LM-head loss skips
+chunks without a labelled token, so the VLM (32 labelled of 192 positions per row) uses 128-token
+chunks (one of six computed; 1.4x per VLM step vs one 1024-token chunk on a loaded machine) and
+the LLM (every position labelled) one 1024-token chunk.
 """
 from __future__ import annotations
 
@@ -131,7 +137,7 @@ def legacy_answer_cross_entropy(logits, labels, example_mask=None):
     return loss, n, acc
 
 
-def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str):
+def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str, unroll: bool | None = None):
     """(model, jitted step, state, frozen, other, to_device) with the project's step and optimizer."""
     import jax
     import jax.numpy as jnp
@@ -153,10 +159,10 @@ def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str):
         cfg = VideoLLMConfig(vision=vis, connector=ConnectorConfig(kind="mlp2x_gelu", in_dim=vis.hidden_size,
                                                                    out_dim=llm_cfg.hidden_size),
                              llm=llm_cfg, num_frames=FRAMES, video_token_id=llm_cfg.vocab_size - 1)
-        build = lambda: VideoLLM(cfg, rngs=nnx.Rngs(0), remat_policy=remat)
+        build = lambda: VideoLLM(cfg, rngs=nnx.Rngs(0), remat_policy=remat, unroll_layers=unroll)
         groups = (("^vision/", None), (".*", LR))
     else:
-        build = lambda: DecoderLM(llm_cfg, rngs=nnx.Rngs(0), remat_policy=remat)
+        build = lambda: DecoderLM(llm_cfg, rngs=nnx.Rngs(0), remat_policy=remat, unroll_layers=unroll)
         groups = ((".*", LR),)
 
     def loss_fn(model, batch, rng):  # a Method's loss signature (train/step.py)
@@ -307,7 +313,9 @@ def run(kind: str, args) -> None:
     layers = 6 if kind == "vlm" else args.llm_layers
     flops = vlm_step_flops() if kind == "vlm" else llm_step_flops(layers)
     t0 = time.perf_counter()
-    model, step, state, frozen, other = build_ours(kind, layers, args.loss, args.chunk, args.remat)
+    chunk = args.chunk or (128 if kind == "vlm" else 1024)
+    model, step, state, frozen, other = build_ours(kind, layers, args.loss, chunk, args.remat,
+                                                   {"auto": None, "scan": False, "unroll": True}[args.layer_loop])
     video_token = model.cfg.video_token_id if kind == "vlm" else -1
     batches = make_batches(kind, 4, video_token)
     dev = [{k: jax.device_put(v) for k, v in b.items()} for b in batches]
@@ -346,7 +354,7 @@ def run(kind: str, args) -> None:
             times[n].append(time.perf_counter() - t)
 
     print(f"\n== {kind}: {'VLM (ViT-4x256 frozen, 8 frames -> mlp2x_gelu -> 6-layer SmolLM2 slice)' if kind == 'vlm' else f'LLM-only (SmolLM2-135M shape, {layers} layers)'}, "
-          f"batch {BATCH}, loss={args.loss}, remat={args.remat}; {args.steps} timed steps each, interleaved")
+          f"batch {BATCH}, loss={args.loss} (chunk {chunk}), remat={args.remat}, layers={args.layer_loop}; {args.steps} timed steps each, interleaved")
     print(f"   load average before/after: {args.load0} / {os.getloadavg()[0]:.2f} (2 cores; >2 means contended)")
     print(f"   model matmul FLOPs per step {flops / 1e9:.1f} GFLOP; measured f32 matmul peak {args.peak / 1e9:.0f} GFLOP/s; "
           f"setup + first steps {time.perf_counter() - t0:.0f} s")
@@ -372,8 +380,11 @@ def main():
     p.add_argument("--llm-layers", type=int, default=30, help="decoder layers of the LLM-only model")
     p.add_argument("--loss", default="chunked", choices=("chunked", "plain", "legacy"),
                    help="ours: chunked LM-head CE (train/losses), plain CE on logits, or the pre-issue-21 loss")
-    p.add_argument("--chunk", type=int, default=1024, help="tokens per chunk of the chunked loss")
+    p.add_argument("--chunk", type=int, default=0,
+                   help="tokens per chunk of the chunked loss (0: VLM 128, LLM 1024; see the module docstring)")
     p.add_argument("--remat", default="none", help="ours: remat policy of the decoder")
+    p.add_argument("--layer-loop", default="auto", choices=("auto", "scan", "unroll"),
+                   help="ours: decoder layers as one lax.scan or unrolled (auto: unrolled on CPU; DecoderLM)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     p.add_argument("--profile", default="", help="directory for a jax.profiler trace of our step")
     args = p.parse_args()

@@ -55,3 +55,25 @@ def test_splash_sliding_window_equals_windowed_xla_mask():
     got = splash.splash_attention(q, kk, v, lengths, d ** -0.5, interpret=True, window=window)
     np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=2e-5)
     np.testing.assert_allclose(np.asarray(got[1, :77]), np.asarray(want[1, :77]), atol=2e-5)
+
+
+def test_xla_and_cached_attention_equal_naive_grouped_attention():
+    """Head-major grouped layouts (xla_attention, cached_attention) = per-head softmax(q k^T) v in numpy."""
+    b, t, h, kv, d = 2, 5, 6, 2, 4
+    r = np.random.RandomState(0)
+    q, k, v = (r.randn(b, t, n, d).astype(np.float32) for n in (h, kv, kv))
+    i = np.arange(t)
+    mask = (i[None, :, None] >= i[None, None, :]) & (np.asarray([t, 3])[:, None, None] > i[None, None, :])
+    mask[1, 3:, 0] = True  # rows past the length attend to slot 0 only, as DecoderLM's pad rows do
+    want = np.zeros((b, t, h, d), np.float32)
+    for bi in range(b):
+        for hi in range(h):
+            s = q[bi, :, hi] @ k[bi, :, hi // (h // kv)].T / np.sqrt(d)
+            s = np.where(mask[bi], s, -np.inf)
+            p = np.exp(s - s.max(-1, keepdims=True))
+            want[bi, :, hi] = (p / p.sum(-1, keepdims=True)) @ v[bi, :, hi // (h // kv)]
+    got = attention.xla_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask), d ** -0.5)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+    cached = attention.cached_attention(jnp.asarray(q), jnp.asarray(k.transpose(0, 2, 3, 1)),
+                                        jnp.asarray(v.transpose(0, 2, 1, 3)), jnp.asarray(mask), d ** -0.5)
+    np.testing.assert_allclose(np.asarray(cached), want, atol=1e-5)

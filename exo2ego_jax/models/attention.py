@@ -41,16 +41,37 @@ def xla_attention(q, k, v, mask, scale: float):
     """q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] bool (True = attend) -> [B,T,H,D].
 
     Query heads are grouped onto their KV head (H = K * G) rather than repeating K/V, so the KV
-    cache is read once per group. Scores and softmax are float32.
+    cache is read once per group. Scores and softmax are float32. The heads go in front
+    (``grouped_attention``'s layouts) before the two matmuls: with rope in front of this, the
+    transposes of q and k fuse into the rope pass.
     """
     b, t, h, d = q.shape
     kv = k.shape[2]
-    qg = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    qh = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, h // kv * t, d)
+    out = grouped_attention(qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, scale)
+    return out.reshape(b, kv, h // kv, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+def grouped_attention(q, k, v, mask, scale: float, *, keys_transposed: bool = False):
+    """Head-major grouped-query attention: q [B,K,G*T,D], keys k [B,K,S,D] (or [B,K,D,S] with
+    ``keys_transposed``), values v [B,K,S,D], mask [B,T,S] bool -> [B,K,G*T,D].
+
+    The G query heads of a KV head and the T positions form one row block, and batch and KV head
+    lead every operand: both matmuls, and the four of their gradients, are then plain batched
+    matrix products. With [B,T,K,G,D] queries (einsum 'btkgd,bskd->bkgts') XLA:CPU transposes
+    q, k, v, the output and, in the backward, the [B,K,G,T,S] probabilities and score gradients
+    (bench/train_vs_torch.py --profile).
+    """
+    gt, t = q.shape[2], mask.shape[1]
+    spec = "bkqd,bkds->bkqs" if keys_transposed else "bkqd,bksd->bkqs"
+    scores = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) * scale
+    # The mask repeated for the G heads of a row block ([B, 1, G*T, S], small): scores keep one
+    # shape, so the backward keeps one copy of the probabilities (a [B,K,G,T,S] view for the
+    # softmax next to the [B,K,G*T,S] operand of the second matmul makes it save both).
+    rows_mask = jnp.tile(mask, (1, gt // t, 1))[:, None]
+    scores = jnp.where(rows_mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+    return jnp.einsum("bkqs,bksd->bkqd", probs, v)
 
 
 def cached_attention(q, k_t, v, mask, scale: float):
@@ -64,11 +85,7 @@ def cached_attention(q, k_t, v, mask, scale: float):
     kv = k_t.shape[1]
     g = h // kv
     qg = q.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, d)
-    scores = jnp.einsum("bkqd,bkds->bkqs", qg, k_t, preferred_element_type=jnp.float32) * scale
-    scores = scores.reshape(b, kv, g, t, -1)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
+    out = grouped_attention(qg, k_t, v, mask, scale, keys_transposed=True)
     return out.reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 

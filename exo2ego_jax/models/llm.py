@@ -3,7 +3,8 @@
 RMSNorm, RoPE (theta + scaling from the config), grouped-query attention with optional sliding
 windows (per layer), SwiGLU MLP, optional q/k/v/o and MLP biases, tied or untied embeddings.
 Layers are stacked on a leading ``layers`` axis and run with ``jax.lax.scan`` over the split layer
-state (remat optional), so compile time does not grow with depth. Parameter paths follow HF names (``layers/attn/q_proj/kernel``) so weight mappings stay
+state (remat optional), so compile time does not grow with depth; on CPU the scan is unrolled by
+default (``unroll_layers``: faster train steps, the parameter layout is the same). Parameter paths follow HF names (``layers/attn/q_proj/kernel``) so weight mappings stay
 one-liners; kernels are [in, out] (HF stores [out, in]).
 """
 
@@ -178,7 +179,8 @@ class DecoderLM(nnx.Module):
     """Llama-family decoder. ``__call__`` returns (float32 logits [B, T, V], updated cache)."""
 
     def __init__(self, cfg: LLMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs, remat_policy: str = "none", attention_impl: str = "auto"):
+                 rngs: nnx.Rngs, remat_policy: str = "none", attention_impl: str = "auto",
+                 unroll_layers: bool | None = None):
         if remat_policy not in _REMAT:
             raise ValueError(f"remat_policy={remat_policy!r}; expected one of {sorted(_REMAT)}.")
         if cfg.num_heads % cfg.num_kv_heads:
@@ -186,6 +188,12 @@ class DecoderLM(nnx.Module):
         self.cfg = cfg
         self.dtype = dtype
         self.remat_policy = remat_policy
+        # The stacked layers run as one lax.scan (compile time flat in depth) or unrolled (None:
+        # unrolled on CPU). A scan writes every layer's saved activations into zero-filled
+        # [L, ...] buffers and slices each layer's weights out with a copy: on XLA:CPU ~10% of a
+        # train step's op time (bench/train_vs_torch.py --profile). Unrolled, XLA folds the
+        # stacking and slicing of activations away; the parameters keep their stacked layout.
+        self.unroll_layers = unroll_layers
         self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                embedding_init=nnx.with_partitioning(_init(cfg), ("vocab", "embed")),
                                rngs=rngs)
@@ -358,7 +366,8 @@ class DecoderLM(nnx.Module):
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
         kv_in = (cache["k"], cache["v"]) if cache is not None else None
         rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.cfg.num_layers)
-        x, kv_out = jax.lax.scan(body, x, (layer_state, kv_in, rngs, windowed))
+        unroll = jax.default_backend() == "cpu" if self.unroll_layers is None else self.unroll_layers
+        x, kv_out = jax.lax.scan(body, x, (layer_state, kv_in, rngs, windowed), unroll=bool(unroll))
         if last_only:
             x = x[:, -1:]
         logits = self.final_norm(x) if hidden_only else self.logits(self.final_norm(x))

@@ -132,12 +132,12 @@ class VideoLLM(nnx.Module):
     """``vision`` (VisionTower) -> ``connector`` -> ``llm`` (DecoderLM)."""
 
     def __init__(self, cfg: VideoLLMConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
-                 remat_policy: str = "none", attention_impl: str = "auto"):
+                 remat_policy: str = "none", attention_impl: str = "auto", unroll_layers: bool | None = None):
         self.cfg = cfg
         self.vision = VisionTower(cfg.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.connector = Connector(cfg.connector, cfg.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.llm = DecoderLM(cfg.llm, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                             remat_policy=remat_policy, attention_impl=attention_impl)
+                             remat_policy=remat_policy, attention_impl=attention_impl, unroll_layers=unroll_layers)
 
     @property
     def num_visual_tokens(self) -> int:

@@ -98,6 +98,14 @@ def _weighted_nll_impl(h, kernel, targets, weights, with_grads: bool):
     """
     def one(dk, xs):
         hc, tc, wc = xs
+        if h.shape[0] == 1:  # one chunk: nothing to skip (and no branch between kernel and matmul)
+            return one_chunk(dk, hc, tc, wc)
+        # A chunk without a labelled token contributes nothing: skip its LM-head matmuls.
+        skip = lambda dk, hc, tc, wc: (dk, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+                                            None if not with_grads else jnp.zeros_like(hc)))
+        return jax.lax.cond(jnp.any(wc != 0), one_chunk, skip, dk, hc, tc, wc)
+
+    def one_chunk(dk, hc, tc, wc):
         logits = _chunk_logits(hc, kernel)  # [C, V] f32
         lse = jax.nn.logsumexp(logits, axis=-1)
         total = jnp.sum(wc * (lse - _chunk_target_logits(hc, kernel, tc)))
@@ -158,6 +166,13 @@ def _chunked(hidden, head_kernel, labels, example_mask, chunk_size):
     # [B, T, D] stays batch-sharded inside every chunk (chunking the flattened B*T tokens would
     # make the scan walk over the data-parallel axis).
     span = max(1, min(t, chunk_size // b))  # positions per chunk
+    if span < t:
+        # Labelled positions first in every row (stably): a chunk past every row's last label is
+        # skipped (_weighted_nll_impl), so answer-only batches (mostly prompt and visual tokens)
+        # run the LM head on about the answer tokens only. Per-row: batch sharding is kept.
+        order = jnp.argsort(~valid, axis=1, stable=True)  # [B, T]
+        hidden = jnp.take_along_axis(hidden, order[..., None], axis=1)
+        targets, weights = jnp.take_along_axis(targets, order, 1), jnp.take_along_axis(weights, order, 1)
     pad = -t % span
     if pad:  # padded positions have weight 0: no loss, no gradient
         hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))

@@ -45,6 +45,20 @@ def split_micro(batch: dict, k: int, mesh) -> dict:
     return jax.tree.map(one, batch)
 
 
+def _first_elements_finite(updates) -> jax.Array:
+    """Whether the first element of every update leaf is finite (a scalar bool).
+
+    The gradients are checked in full (their norm); params and moments are only ever written when
+    a step is finite. What is left to catch is a non-finite learning rate, which makes every
+    element of an update non-finite, so one element per leaf finds it. A norm over all updates
+    is one more pass over every parameter's update, and XLA:CPU then splits AdamW into twice as
+    many passes (47 vs 29 fusions): the update of SmolLM2-135M-size params, timed alone and
+    interleaved on a loaded 2-core machine, took 1.7x as long.
+    """
+    firsts = [u.reshape(-1)[:1] for u in jax.tree.leaves(updates) if u.size]
+    return jnp.all(jnp.isfinite(jnp.concatenate(firsts))) if firsts else jnp.bool_(True)
+
+
 def make_train_step(parts: ModelParts, loss_fn: Callable, tx: optax.GradientTransformation,
                     *, micro_batches: int, mesh, seed: int = 0,
                     skip_nonfinite: bool = True) -> Callable:
@@ -102,9 +116,7 @@ def make_train_step(parts: ModelParts, loss_fn: Callable, tx: optax.GradientTran
         grad_norm = optax.global_norm(grads)
         updates, opt = tx.update(grads, state["opt"], params)
         new_params = optax.apply_updates(params, updates)
-        # The update norm also catches a non-finite learning rate or optimizer state.
-        finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                  & jnp.isfinite(optax.global_norm(updates)))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _first_elements_finite(updates)
         if skip_nonfinite:
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
             new_params, opt = keep(new_params, params), keep(opt, state["opt"])
