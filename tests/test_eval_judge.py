@@ -3,26 +3,19 @@ left-padded judging gives the same replies as one prompt at a time, and the repl
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from exo2ego_jax.eval import open_qa
 from exo2ego_jax.eval.judge import LLMJudge
+from helpers import save_word_level_tokenizer
 
 WORDS = ["<unk>", "<s>", "</s>", "user", "assistant", ":", "yes", "no", "pred", "score", "{", "}", '"', ",",
          "0", "1", "2", "3", "4", "5", "question", "answer", "on", "the", "table", "keys", "where", "milk"]
-TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("judge")
-    t = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    fast.chat_template = TEMPLATE
-    fast.save_pretrained(d)
+    save_word_level_tokenizer(d, WORDS)
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

@@ -3,7 +3,6 @@
 The adapter is honest: it answers each video from a fixed table (some right, some wrong, one
 unparseable), so every metric below is computed by hand from that table.
 """
-import importlib.util
 import json
 import os
 
@@ -15,6 +14,7 @@ from exo2ego_jax.eval.adapter import resolve
 from exo2ego_jax.eval.config import eval_config
 from exo2ego_jax.eval.records import MCQRecord, VideoRef
 from exo2ego_jax.jobs import JOBS
+from helpers import config_module, load_config
 from test_eval_formats import write_all_fixtures
 
 V = "videos/"
@@ -177,8 +177,7 @@ def test_pair_scores_used_for_retrieval(tmp_path):
 
 
 def test_eval_job_from_config_file(tmp_path):
-    config = _load_eval_config_file().get_config(
-        "benchmarks=vlnqa;egotaskqa,adapter=test_eval_runner:make_adapter,batch=4")
+    config = load_config("configs/eval.py", "benchmarks=vlnqa;egotaskqa,adapter=test_eval_runner:make_adapter,batch=4")
     assert config.job == "eval" and config.eval.benchmarks == "vlnqa,egotaskqa"
     with pytest.raises(AttributeError):
         config.eval.not_a_field = 1  # locked
@@ -212,16 +211,8 @@ def test_compare_runs_table(tmp_path):
     assert report.compare_runs([str(tmp_path / "a"), str(tmp_path / "b")]) == table
 
 
-def _load_eval_config_file():
-    spec = importlib.util.spec_from_file_location(
-        "eval_config_file", os.path.join(os.path.dirname(__file__), "..", "configs", "eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_eval_config_on_top_of_a_training_config():
-    module = _load_eval_config_file()
+    module = config_module("configs/eval.py")
     base = os.path.join(os.path.dirname(__file__), "..", "configs", "exo2ego", "stage3_practice.py")
     if not os.path.exists(base):
         pytest.skip("configs/exo2ego/stage3_practice.py not in this tree")

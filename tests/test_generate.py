@@ -31,6 +31,12 @@ def _forward(model, ids):
     return model(ids)[0]
 
 
+@nnx.jit
+def _forward_cached(model, ids, cache):
+    """One cached forward of all of `ids` [B, T]; returns (logits [B, T, V], the updated cache)."""
+    return model(ids, attention_mask=jnp.ones(ids.shape, jnp.int32), cache=cache)
+
+
 def _greedy_by_recompute(model, prompt, steps):
     """Re-runs the whole sequence each step (right-padded to one shape: causal, so padding is inert)."""
     ids = list(prompt)
@@ -59,13 +65,13 @@ def test_cache_equals_recompute_16_steps(model):
 
 def test_cache_logits_match_full_forward(model):
     ids = jnp.asarray([[5, 9, 17, 3, 40, 2, 11, 30]])
-    full, _ = model(ids)
+    full = _forward(model, ids)  # jitted, like generate: three compiles instead of hundreds of eager ops
     cache = model.init_cache(1, 12)
-    first, cache = model(ids[:, :5], attention_mask=jnp.ones((1, 5), jnp.int32), cache=cache)
+    first, cache = _forward_cached(model, ids[:, :5], cache)
     # Logits reach ~10 with the x8 weights; the cached path sums in another order (f32).
     np.testing.assert_allclose(first, full[:, :5], atol=5e-5)
     for i in range(5, 8):
-        step, cache = model(ids[:, i:i + 1], attention_mask=jnp.ones((1, 1), jnp.int32), cache=cache)
+        step, cache = _forward_cached(model, ids[:, i:i + 1], cache)
         np.testing.assert_allclose(step[:, 0], full[:, i], atol=5e-5)
 
 
@@ -98,15 +104,15 @@ def test_unstack_then_stack_round_trip_is_exact():
     with nnx.use_eager_sharding(False):
         m = DecoderLM(CFG, rngs=nnx.Rngs(5), attention_impl="xla")
     before = jax.tree.map(np.asarray, nnx.state(m, nnx.Param))
-    ids = jnp.asarray([[5, 9, 17, 3, 40, 2]])
-    want = m(ids)[0]
+    ids = jnp.asarray([[5, 9, 17, 3, 40, 2, 11, 30]])  # the shape of the test above: its compile is reused
+    want = _forward(m, ids)
     unstack_layers(m)
     assert not m.scanned and len(m.layers) == CFG.num_layers
     q = m.layers[1].attn.q_proj.kernel
     assert q.get_value().shape == (CFG.hidden_size, CFG.num_heads * CFG.head_dim)
     assert q.get_metadata()["out_sharding"] == ("embed", "heads")
     np.testing.assert_array_equal(np.asarray(q.get_value()), before["layers"]["attn"]["q_proj"]["kernel"][1])
-    np.testing.assert_allclose(m(ids)[0], want, atol=1e-5)
+    np.testing.assert_allclose(_forward(m, ids), want, atol=1e-5)
     exported = llm_weights.to_hf_tensors(m)  # HF export restacks a copy; the model stays unstacked
     assert not m.scanned
     np.testing.assert_array_equal(exported["model.layers.1.self_attn.q_proj.weight"],

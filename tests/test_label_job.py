@@ -1,36 +1,21 @@
 """The teacher labelling job: valid LLaVA JSON, one question per category, exo pairing, resume."""
-import importlib.util
 import json
 import os
 
 import pytest
 
-from exo2ego_jax.synthetic import world as synthetic
-from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
 from exo2ego_jax.methods.ego2exo import method as ego2exo
 from exo2ego_jax.methods.ego2exo import prompts as P
 from exo2ego_jax.methods.ego2exo import label as label_lib
+from helpers import load_config, write_label_world
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(path: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location("cfg_" + os.path.basename(path)[:-3], os.path.join(ROOT, path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
 
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("label_world"))
-    cfg = synthetic.world_config()
-    cfg.num_takes, cfg.num_workers, cfg.seed = 2, 0, 3
-    cfg.action_seconds, cfg.pause_seconds, cfg.lead_seconds = (0.4, 0.5), (0.0, 0.1), 0.2
-    cfg.val_fraction = 0.0
-    synthetic.write_world(cfg, root)
-    tok = synthetic_tokenizer.build_tokenizer(synthetic_tokenizer.world_texts(root) + [P.SYSTEM_PROMPT],
-                                              os.path.join(root, "tok"))
+    tok = os.path.join(root, "tok")
+    write_label_world(root, tok)
     return root, tok
 
 

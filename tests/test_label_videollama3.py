@@ -5,7 +5,6 @@ tokenizer and a small ``video_preprocessor_config.json``. The job must sample ea
 (capped), write timestamps and one token per kept merged patch into the prompt, and its batched,
 bucketed answers must equal the same teacher answering each question alone.
 """
-import importlib.util
 import json
 import math
 import os
@@ -22,34 +21,18 @@ from exo2ego_jax.methods.ego2exo import prompts as P
 from exo2ego_jax.methods.ego2exo import videollama3_teacher as vt
 from exo2ego_jax.models import videollama3 as vl3
 from exo2ego_jax.models.llm import LLMConfig
-from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
-from exo2ego_jax.synthetic import world as synthetic
 from exo2ego_jax.tokenizer import load_tokenizer
 from exo2ego_jax.weights import videollama3_weights as vw
+from helpers import load_config, write_label_world
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_FRAMES = 3  # cap of the 1-fps sampling (the paper's 180 at full size)
-
-
-def _load_config(arg=None):
-    path = os.path.join(ROOT, "configs/ego2exo/label.py")
-    spec = importlib.util.spec_from_file_location("cfg_label_vl3", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("vl3_world"))
-    cfg = synthetic.world_config()
-    cfg.num_takes, cfg.num_workers, cfg.seed = 2, 0, 3
-    cfg.action_seconds, cfg.pause_seconds, cfg.lead_seconds = (0.4, 2.5), (0.0, 0.1), 0.2
-    cfg.val_fraction = 0.0
-    cfg.ego_size, cfg.exo_size = 32, (32, 48)
-    synthetic.write_world(cfg, root)
     ckpt = os.path.join(root, "vl3")
-    synthetic_tokenizer.build_tokenizer(synthetic_tokenizer.world_texts(root) + [P.SYSTEM_PROMPT], ckpt)
+    write_label_world(root, ckpt, action_seconds=(0.4, 2.5), ego_size=32, exo_size=(32, 48))
     tok = load_tokenizer(ckpt, extra_special_tokens=())
     vocab = len(tok.get_vocab())
     model = vl3.VideoLlama3(vl3.VideoLlama3Config(
@@ -67,7 +50,7 @@ def setup(tmp_path_factory):
 
 
 def _config(root, ckpt, work_segments):
-    c = _load_config()
+    c = load_config("configs/ego2exo/label.py")
     c.unlock()
     assert c.model.arch == "videollama3"  # the authors' teacher is the default
     c.model.checkpoint = ckpt
@@ -148,10 +131,7 @@ def test_label_student_and_relabel_with_the_trained_videollama3(setup, tmp_path)
     root, ckpt = setup
     labels = str(tmp_path / "labels")
     label_lib.label(_config(root, ckpt, 2), labels)
-    spec = importlib.util.spec_from_file_location("cfg_student_l", os.path.join(ROOT, "configs/ego2exo/student.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    s = mod.get_config("probes=2,frames=3")
+    s = load_config("configs/ego2exo/student.py", "probes=2,frames=3")
     s.unlock()
     s.model.checkpoint = s.data.tokenizer = ckpt
     s.model.probe_token_id = 5  # synthetic tokenizer's <probe>

@@ -15,6 +15,7 @@ import numpy as np
 
 from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
 from exo2ego_jax.data.video import encode_mp4
+from helpers import load_config
 
 NUM_FRAMES = 60  # 2 s at 30 fps
 SIZE = 64
@@ -98,13 +99,7 @@ def make_tokenizer(root: str):
 
 def records_config(root: str, **overrides):
     """build_records data config for the tiny world (full-size videos, in-process)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "records_cfg", os.path.join(os.path.dirname(__file__), "..", "configs", "data", "records.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    cfg = load_config("configs/data/records.py")
     cfg.data.root = root
     cfg.data.video_variant = "full"
     cfg.data.max_skip_fraction = 0.9

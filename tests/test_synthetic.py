@@ -10,6 +10,7 @@ from exo2ego_jax.data import egoexo4d, video
 from exo2ego_jax.synthetic import world as synthetic
 from exo2ego_jax.synthetic import render as synthetic_render
 from exo2ego_jax.synthetic import scene as synthetic_scene
+from helpers import load_config
 
 
 def tiny_config(num_takes=3, seed=7):
@@ -115,12 +116,7 @@ def test_ego_sees_held_object_big_exo_sees_the_actor():
 
 
 def test_job_run_and_config(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "synthetic_config", os.path.join(os.path.dirname(__file__), "..", "configs", "data", "synthetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("num_takes=1,seed=3")
+    config = load_config("configs/data/synthetic.py", "num_takes=1,seed=3")
     assert config.job == "synthetic_world" and config.data.num_takes == 1 and config.data.seed == 3
     with pytest.raises(AttributeError):
         config.data.num_take = 2  # locked: misspelt fields are errors

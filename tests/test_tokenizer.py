@@ -4,25 +4,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from exo2ego_jax.models.llm import DecoderLM, LLMConfig
 from exo2ego_jax.tokenizer import load_tokenizer, resize_token_embeddings, special_token_ids
+from helpers import save_word_level_tokenizer
 
 WORDS = ["<unk>", "<s>", "</s>", "hello", "world", "what", "is", "this", "?", "user", "assistant", ":"]
-TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
-    t = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    fast.chat_template = TEMPLATE
-    fast.save_pretrained(d)
+    save_word_level_tokenizer(d, WORDS)
     return str(d)
 
 
