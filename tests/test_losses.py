@@ -49,3 +49,16 @@ def test_token_accuracy_and_gradient():
     np.testing.assert_allclose(g[0, 0], (np.array([0.25, 0.75]) - [0, 1]) / 2, rtol=1e-6)
     np.testing.assert_allclose(g[0, 1], (np.array([0.25, 0.75]) - [1, 0]) / 2, rtol=1e-6)
     np.testing.assert_array_equal(g[0, 2], [0.0, 0.0])
+
+
+def test_label_log_likelihood_sums_the_shifted_label_log_probs():
+    # Row 0: positions 0 and 1 predict labels 1 and 0 (position 2's prediction has no next token);
+    # row 1 scores only its last label. Expectations by hand from log-softmax of two logits.
+    logits = jnp.array([[[0.0, 1.0], [2.0, 0.0], [5.0, 5.0]],
+                        [[1.0, 1.0], [0.0, 3.0], [0.0, 0.0]]], jnp.float32)
+    labels = jnp.array([[-100, 1, 0], [-100, -100, 1]], jnp.int32)
+    def log_sm(a, b, i):
+        return [a, b][i] - np.log(np.exp(a) + np.exp(b))
+    want = [log_sm(0.0, 1.0, 1) + log_sm(2.0, 0.0, 0), log_sm(0.0, 3.0, 1)]
+    got = losses.label_log_likelihood(logits, labels)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)

@@ -72,6 +72,18 @@ def answer_cross_entropy(logits: jax.Array, labels: jax.Array, example_mask: jax
     return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(n, 1.0), n
 
 
+def label_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Sum of log p(label tokens) per row [B]: option / caption scoring at evaluation (no gradient).
+
+    logits [B, T, V] (position t predicts token t+1), labels [B, T] (IGNORE_INDEX = not scored).
+    """
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    tgt = labels[:, 1:]
+    valid = tgt != IGNORE_INDEX
+    lp = jnp.take_along_axis(logp, jnp.where(valid, tgt, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, lp, 0.0), axis=-1)
+
+
 # --- chunked LM head ------------------------------------------------------------------------------
 def _chunk_logits(h: jax.Array, kernel: jax.Array) -> jax.Array:
     """h [C, D] @ kernel [D, V] -> [C, V] float32 (accumulated in f32 whatever the input dtype)."""

@@ -36,6 +36,7 @@ from exo2ego_jax.methods.ego2exo.prompts import VIDEO_TOKEN, eos_ids
 from exo2ego_jax.models import connectors as conn_lib
 from exo2ego_jax.train import checkpoint as ckpt_lib
 from exo2ego_jax.tokenizer import load_tokenizer
+from exo2ego_jax.train import losses
 from exo2ego_jax.train import setup as setup_lib
 
 @nnx.jit
@@ -49,11 +50,7 @@ def _option_logprob(model, input_ids, attention_mask, labels, pixels, frame_mask
     tokens, ptoks = model.visual(pixels, frame_mask)
     embeds = model.splice(input_ids, tokens[video_index], None if ptoks is None else ptoks[video_index])
     logits, _ = model.llm(inputs_embeds=embeds, attention_mask=attention_mask)
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
-    tgt = labels[:, 1:]
-    valid = tgt != text_lib.IGNORE_INDEX
-    lp = jnp.take_along_axis(logp, jnp.where(valid, tgt, 0)[..., None], -1)[..., 0]
-    return jnp.sum(jnp.where(valid, lp, 0.0), -1)
+    return losses.label_log_likelihood(logits, labels)
 
 
 class VideoLLMRunner:

@@ -39,6 +39,7 @@ from exo2ego_jax.methods.ego2exo import videollama3_student as vl3_student
 from exo2ego_jax.methods.ego2exo.prompts import eos_ids
 from exo2ego_jax.models import videollama3 as vl3
 from exo2ego_jax.models.mllm import scatter_tokens
+from exo2ego_jax.train import losses
 
 Array = jax.Array
 
@@ -179,11 +180,7 @@ def _option_logprob(model, input_ids, attention_mask, labels, videos, video_inde
     embeds = splice_videos(model, input_ids, tokens[video_index], valid[video_index],
                            None if probes is None else probes[video_index])
     logits, _ = model.llm(inputs_embeds=embeds, attention_mask=attention_mask)
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
-    tgt = labels[:, 1:]
-    ok = tgt != text_lib.IGNORE_INDEX
-    lp = jnp.take_along_axis(logp, jnp.where(ok, tgt, 0)[..., None], -1)[..., 0]
-    return jnp.sum(jnp.where(ok, lp, 0.0), -1)
+    return losses.label_log_likelihood(logits, labels)
 
 
 # --- the runner -------------------------------------------------------------------------------------

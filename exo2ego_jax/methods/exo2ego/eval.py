@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ from exo2ego_jax.eval.records import MCQRecord, VideoRef
 from exo2ego_jax.eval.video_io import load_video
 from exo2ego_jax.methods.exo2ego import data as exo2ego_data
 from exo2ego_jax.methods.exo2ego.model import tokens_per_video
+from exo2ego_jax.train import losses
 from exo2ego_jax.train import setup as setup_lib
 
 
@@ -129,11 +130,7 @@ def _score_fn(model, batch):
     vis = _visual(model, batch["ego_pixels"])
     vis = vis.reshape(batch["ego_pixels"].shape[0], -1, vis.shape[-1])[batch["video_row"]]  # [R, K, D]
     logits = model.llm_logits(ids, batch["attention_mask"], vis)
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    tgt = batch["labels"][:, 1:]
-    valid = tgt != text_lib.IGNORE_INDEX
-    tok = jnp.take_along_axis(logp, jnp.where(valid, tgt, 0)[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, tok, 0.0), axis=-1)
+    return losses.label_log_likelihood(logits, batch["labels"])
 
 
 def eval_model(config, workdir: str) -> Learner:
