@@ -27,6 +27,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CATEGORIES = ("object", "verb", "hand")
 # Wrong answers equally plausible a priori (same shape / verbs of that shape): only the clip answers.
 DISTRACTORS = "balanced"
+# Pixel normalisation of the from-scratch towers (uint8 clips are normalised by the tower): the
+# synthetic frames' grey levels centred on 0.5 with a spread of ~0.25.
+PIXEL_MEAN, PIXEL_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction: float,
@@ -40,6 +43,7 @@ def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction
     c.model = ec.tiny_model(image_size=image_size, patch_size=patch_size, connector="merge_mlp2x_gelu",
                             width=width)
     c.model.connector.merge_stride = image_size // patch_size // 2
+    c.model.vision.image_mean, c.model.vision.image_std = PIXEL_MEAN, PIXEL_STD  # = the clips' (demo.pixel_*)
     c.model.llm.intermediate_size = width  # MLP as wide as the LLM (tiny_model: 2x): ~20% faster steps
     c.model.mapping.global_residual = True  # [I] starts F near identity: stable with tiny budgets
     c.exo2ego.lora_rank = 16 if stage == 3 else 0  # tiny LLM: r 16 (paper: r 128 on Mistral-7B)
@@ -58,6 +62,7 @@ def _stage(stage: int, *, steps: int, lr: float, batch: int, mode: str, fraction
     c.train.keep = 1  # one checkpoint per stage
     d = c.data
     d.source = "arrays"  # pre-decoded clips
+    d.read_threads = 1  # one thread builds batches ahead: each demo job has one core
     d.mode = mode  # which examples (exo2ego_data.MODES)
     d.ego_caption_fraction = fraction  # scarce ego captions
     d.num_frames = num_frames  # frames per clip
@@ -136,6 +141,7 @@ def get_config(arg: str | None = None):
     dm.variants = tuple(a.variants.split("+"))  # which of a_exo2ego, b_ego_only, c_no_kl run
     dm.num_frames = num_frames  # frames per pre-decoded clip
     dm.image_size = image_size  # side of pre-decoded frames
+    dm.pixel_mean, dm.pixel_std = PIXEL_MEAN, PIXEL_STD  # recorded in clips.npz; the towers normalise with them
     dm.eval_batch = 16  # questions per evaluation batch
     # Word-level tokenizer with "picks" = "pick" + "##s" (synthetic_tokenizer stems=True): the answer
     # words ("pick up") are then words the from-scratch LLM learned from the narrations.

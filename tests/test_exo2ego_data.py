@@ -73,6 +73,7 @@ def test_written_benchmark_loads_with_the_qaego4d_closed_loader(world, tmp_path)
 def _cfg(world, stage, mode, fraction=0.5):
     c = stage_config(stage)
     c.model = ec.tiny_model(image_size=16, patch_size=8, connector="mlp2x_gelu")
+    c.model.vision.image_mean, c.model.vision.image_std = (0.0,) * 3, (1.0,) * 3  # the fixture clips' (build_arrays default)
     c.data.source, c.data.mode = "arrays", mode
     c.data.arrays, c.data.world, c.data.tokenizer = str(world / "clips.npz"), str(world / "world"), str(world / "tok")
     c.data.num_frames, c.data.image_size, c.data.max_len = 2, 16, 96
@@ -126,6 +127,23 @@ def test_stage_batches(world):
         k = tokens_per_video(c)
         assert ((batch["input_ids"] == c.model.video_token_id).sum(1) == k).all()
         assert batch[next(iter(keys))].shape == (4, 1, 2, 16, 16, 3)
+
+
+def test_batches_carry_the_clips_uint8_frames(world):
+    """The arrays source hands the stored uint8 frames through unchanged (the tower normalises)."""
+    c = _cfg(world, 3, "ego_qa")
+    batch = next(iter(_dataset(c)))
+    arr = exo2ego_data.load_arrays(str(world / "clips.npz"))
+    assert batch["ego_pixels"].dtype == np.uint8
+    stored = {arr["ego"][i].tobytes() for i in range(len(arr["ego"]))}
+    assert all(clip[0].tobytes() in stored for clip in batch["ego_pixels"])
+
+
+def test_clips_normalised_for_another_tower_are_refused(world):
+    c = _cfg(world, 1, "exo_captions")
+    c.model.vision.image_mean = (0.5,) * 3
+    with pytest.raises(ValueError, match=r"clips\.npz: the clips were built for mean \[0\.0, 0\.0, 0\.0\].*image_mean"):
+        _dataset(c)
 
 
 def test_shift_augment_translates_each_clip_by_one_offset(world):

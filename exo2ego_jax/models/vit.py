@@ -278,7 +278,8 @@ def stack_layers(make: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs)
 
 
 def scan_layers(layers: nnx.Module, x: Array, n: int, *, lead: tuple[int, ...] = (),
-                hook: nnx.Module | None = None, carry: Any = None, remat: bool = False):
+                hook: nnx.Module | None = None, carry: Any = None, remat: bool = False,
+                unroll: bool | None = None):
     """Runs the first ``n`` layers of a stacked module over ``x``; optionally a per-layer hook.
 
     Plain ``jax.lax.scan`` over the split NNX state: the tower is a pure function of its params,
@@ -304,7 +305,8 @@ def scan_layers(layers: nnx.Module, x: Array, n: int, *, lead: tuple[int, ...] =
 
     if remat:
         body = jax.checkpoint(body, prevent_cse=False)
-    (x, carry), _ = jax.lax.scan(body, (x, carry), (state, hstate))
+    unroll = jax.default_backend() == "cpu" if unroll is None else unroll
+    (x, carry), _ = jax.lax.scan(body, (x, carry), (state, hstate), unroll=bool(unroll))
     return x, carry
 
 
@@ -324,6 +326,26 @@ def normalise_pixels(pixels: Array, mean, std, dtype=jnp.float32) -> Array:
     scale = 1.0 / (255.0 * std)
     bias = -jnp.asarray(mean, jnp.float32) / std
     return (pixels.astype(jnp.float32) * scale + bias).astype(dtype)
+
+
+def patch_embed(conv: nnx.Conv, pixels: Array, patch: int) -> Array:
+    """The stride-`patch` VALID patch conv as one matmul: pixels [n, H, W, C] -> tokens [n, T, D].
+
+    Same parameters (conv kernel [p, p, C, D]) and function as ``conv(pixels)``. XLA:CPU runs the
+    conv on a channel-major [C, n, H, W] copy of the frames, a strided transpose that cost as much
+    as the tower's largest matmul in a demo step; cutting frames into [n, T, p * p * C] patches
+    (rows of p * C contiguous values) and multiplying by the kernel reshaped to [p * p * C, D]
+    needs only that cheap copy, forward and backward.
+    """
+    n, h, w, c = pixels.shape
+    gh, gw = h // patch, w // patch
+    x = pixels[:, :gh * patch, :gw * patch]  # VALID: rows / columns past the last whole patch are dropped
+    x = x.reshape(n, gh, patch, gw, patch, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, patch * patch * c)
+    kernel = conv.kernel.value.astype(x.dtype).reshape(patch * patch * c, -1)  # [(kh, kw, C), D]
+    y = jnp.einsum("ntk,kd->ntd", x, kernel)
+    if conv.bias is not None:
+        y = y + conv.bias.value.astype(x.dtype)
+    return y
 
 
 class VisionTower(nnx.Module):
@@ -358,8 +380,8 @@ class VisionTower(nnx.Module):
             raise ValueError(f"VisionTower: pixels have trailing shape {tuple(pixels.shape[-3:])}, expected "
                              f"{want} (H, W, C) for image_size={cfg.image_size}; resize/crop frames to the "
                              "tower's size (data.preprocess_config).")
-        x = self.patch_embed(normalise_pixels(pixels, cfg.pixel_mean, cfg.pixel_std, self.dtype))
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        x = patch_embed(self.patch_embed, normalise_pixels(pixels, cfg.pixel_mean, cfg.pixel_std, self.dtype),
+                        cfg.patch_size)
         pos = self.position_embedding.value.astype(self.dtype)
         if cfg.has_cls:
             cls = jnp.broadcast_to(self.class_embedding.value.astype(self.dtype), (x.shape[0], 1, x.shape[-1]))

@@ -40,6 +40,7 @@ from exo2ego_jax.eval import prompts as prompts_lib
 from exo2ego_jax.eval.loaders_mcq import shuffled_options
 from exo2ego_jax.eval.records import MCQRecord
 from exo2ego_jax.methods import common
+from exo2ego_jax.methods.exo2ego import model as model_lib
 from exo2ego_jax.synthetic import egobench as eb
 
 MODES = ("exo_captions", "pairs", "ego_captions", "ego_qa")
@@ -236,8 +237,21 @@ def _examples(config, split: str) -> list[dict[str, Any]]:
     return out
 
 
+def check_pixel_stats(config, arr: dict[str, np.ndarray]) -> None:
+    """The arrays source hands uint8 frames to the model, whose vision tower normalises them with
+    its own mean/std (a quarter of the bytes through the pipeline and the host->device copy, and no
+    host-side float pass): the clips' recorded mean/std must be the tower's."""
+    _, vision, _, _ = model_lib.model_configs(config)
+    if not (np.allclose(arr["mean"], vision.pixel_mean, atol=1e-6) and np.allclose(arr["std"], vision.pixel_std, atol=1e-6)):
+        raise ValueError(
+            f"{config.data.arrays}: the clips were built for mean {arr['mean'].tolist()} / std {arr['std'].tolist()}, "
+            f"but the model's vision tower normalises uint8 frames with mean {list(vision.pixel_mean)} / std "
+            f"{list(vision.pixel_std)}: set config.model.vision.image_mean / image_std to the clips' values, or "
+            "rebuild the clips with build_arrays(mean=..., std=...) of the tower.")
+
+
 class _ArrayExample:
-    """Recipe -> example dict (pixels normalised, text tokenised). Picklable."""
+    """Recipe -> example dict (uint8 pixels, normalised by the model's tower; text tokenised). Picklable."""
 
     def __init__(self, config, tokens_per_video: int, views: tuple[str, ...]):
         d = config.data
@@ -251,12 +265,11 @@ class _ArrayExample:
         labels = enc.labels if ex["train_text"] else np.full_like(enc.labels, text_lib.IGNORE_INDEX)
         out = {"input_ids": enc.input_ids, "labels": labels, "attention_mask": enc.attention_mask,
                "video_mask": np.ones((1,), np.int32), "example_mask": np.int32(1)}
-        mean, std = arr["mean"], arr["std"]
         if "ego" in self.views:
-            out["ego_pixels"] = normalise(arr["ego"][ex["clip"]], mean, std)[None]
+            out["ego_pixels"] = arr["ego"][ex["clip"]][None]  # [1, F, H, W, 3] uint8
         if "exo" in self.views:
             c = ex["exo"] if ex["exo"] >= 0 else 0
-            out["exo_pixels"] = normalise(arr["exo"][ex["clip"], c], mean, std)[None]
+            out["exo_pixels"] = arr["exo"][ex["clip"], c][None]
         return out
 
 
@@ -308,6 +321,7 @@ def make_dataset(config, split: str, process_index: int, process_count: int, *, 
         return _records_dataset(config, local, split, process_index, process_count)
     if d.source != "arrays":
         raise ValueError(f"config.data.source={d.source!r}; expected 'arrays' or 'records'")
+    check_pixel_stats(config, load_arrays(d.arrays))
     recipes = _examples(config, split)
     fn = _ArrayExample(config, tokens_per_video, views(config))
     ds = (grain.MapDataset.source(recipes).shuffle(seed=config.seed + d.shuffle_seed).repeat()
@@ -315,7 +329,10 @@ def make_dataset(config, split: str, process_index: int, process_count: int, *, 
     if d.get("shift_augment", 0):
         ds = ds.random_map(_Shift(d.shift_augment), seed=config.seed + d.shuffle_seed)
     ds = ds.batch(local.batch_size, drop_remainder=True)
-    return ds.to_iter_dataset()
+    # As data/pipeline.py: `read_threads` threads build whole batches ahead (grain's default, 16
+    # threads and 500 batches ahead, polls its buffer every step: 3x the CPU of building a batch).
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=d.read_threads,
+                                                prefetch_buffer_size=max(2, d.read_threads)))
 
 
 def _records_dataset(config, local, split, process_index, process_count):

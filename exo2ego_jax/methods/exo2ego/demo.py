@@ -73,7 +73,7 @@ def _prepare(config, workdir: str) -> dict[str, Any]:
     clips = os.path.join(workdir, "clips.npz")
     if not os.path.exists(clips):
         exo2ego_data.build_arrays(world, clips, num_frames=d.num_frames, image_size=d.image_size,
-                                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_workers=d.world.num_workers)
+                                  mean=d.pixel_mean, std=d.pixel_std, num_workers=d.world.num_workers)
     with np.load(clips) as z:  # only this member is read
         skips = SkipCounter.from_json(str(z["skips"])) if "skips" in z.files else SkipCounter()
     if skips.counts:

@@ -148,8 +148,10 @@ def evaluate_arrays(config, stage_dir: str, bench_json: str, *, batch_size: int 
     records = loaders_mcq.load_qaego4d_closed(bench_json, os.path.dirname(bench_json))
     model, tok = load_learner(config, stage_dir)
 
+    exo2ego_data.check_pixel_stats(config, arr)
+
     def pixels(ref: VideoRef) -> np.ndarray:
-        return exo2ego_data.normalise(ref.frames, arr["mean"], arr["std"])
+        return ref.frames  # uint8 [F, H, W, 3]: the tower normalises (check_pixel_stats)
 
     recs: list[MCQRecord] = []
     for r in records:
