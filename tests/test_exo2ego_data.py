@@ -237,8 +237,8 @@ def test_cached_encoding_equals_encoding(world):
     tok = exo2ego_data._cached_tokenizer(str(world / "tok"))
     args = (exo2ego_data.CAPTION_PROMPT, "C picks up the red cup")
     fresh = exo2ego_data.encode(tok, *args, max_len=48, num_visual_tokens=4)
-    cached = exo2ego_data._cached_encode(str(world / "tok"), *args, 48, 4)
-    assert cached is exo2ego_data._cached_encode(str(world / "tok"), *args, 48, 4)
+    cached = exo2ego_data.cached_encode(str(world / "tok"), *args, max_len=48, num_visual_tokens=4)
+    assert cached is exo2ego_data.cached_encode(str(world / "tok"), *args, max_len=48, num_visual_tokens=4)
     for name in ("input_ids", "labels", "attention_mask"):
         np.testing.assert_array_equal(getattr(cached, name), getattr(fresh, name))
         assert not getattr(cached, name).flags.writeable  # shared: a batch can never edit it in place

@@ -182,9 +182,10 @@ def encode(tokenizer, prompt: str, answer: str, *, max_len: int, num_visual_toke
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _cached_encode(tok_path: str, prompt: str, answer: str, max_len: int, num_visual_tokens: int):
-    """`encode` once per distinct example text: a stage revisits each of its few thousand texts
-    every epoch, and the chat template + tokenizer cost as much CPU as a tiny model's step."""
+def cached_encode(tok_path: str, prompt: str, answer: str, *, max_len: int, num_visual_tokens: int):
+    """`encode` once per distinct example text and process: a stage revisits each of its few
+    thousand texts every epoch, every evaluation scores the same benchmark rows, and the chat
+    template + tokenizer cost as much CPU as a tiny model's step. The arrays are read-only."""
     enc = encode(_cached_tokenizer(tok_path), prompt, answer, max_len=max_len, num_visual_tokens=num_visual_tokens)
     for a in (enc.input_ids, enc.labels, enc.attention_mask):
         a.setflags(write=False)  # shared by every batch that holds this text
@@ -261,7 +262,7 @@ class _ArrayExample:
 
     def __call__(self, ex: dict[str, Any]) -> dict[str, np.ndarray]:
         arr = load_arrays(self.path)
-        enc = _cached_encode(self.tok_path, ex["prompt"], ex["answer"], self.max_len, self.k)
+        enc = cached_encode(self.tok_path, ex["prompt"], ex["answer"], max_len=self.max_len, num_visual_tokens=self.k)
         labels = enc.labels if ex["train_text"] else np.full_like(enc.labels, text_lib.IGNORE_INDEX)
         out = {"input_ids": enc.input_ids, "labels": labels, "attention_mask": enc.attention_mask,
                "video_mask": np.ones((1,), np.int32), "example_mask": np.int32(1)}

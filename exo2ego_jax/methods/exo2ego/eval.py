@@ -8,6 +8,7 @@ format stage 3 trains on (answer tokens + end-of-turn).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from typing import Any
@@ -46,11 +47,15 @@ def load_learner(config, stage_dir: str):
 class Learner:
     """MCQModel adapter (eval/adapter.py) around a loaded Exo2Ego learner."""
 
-    def __init__(self, config, model, tokenizer, *, pixels_fn=None, max_new_tokens: int = 16):
+    def __init__(self, config, model, tokenizer, *, pixels_fn=None, encode_fn=None, max_new_tokens: int = 16):
+        """`encode_fn(prompt, answer)` -> text_lib.Encoded of one (prompt, option) row (default:
+        exo2ego_data.encode with this tokenizer, the format stage 3 trains on)."""
         self.config, self.model, self.tok = config, model, tokenizer
         self.k = tokens_per_video(config)
         self.max_len = config.data.max_len
         self.pixels_fn = pixels_fn or self._load_pixels
+        self.encode_fn = encode_fn or functools.partial(exo2ego_data.encode, tokenizer, max_len=self.max_len,
+                                                        num_visual_tokens=self.k)
         self.max_new_tokens = max_new_tokens
         self._score = jax.jit(_score_fn)
         self._logits = jax.jit(_logits_fn)
@@ -61,23 +66,21 @@ class Learner:
         return resize_crop_normalise(np.asarray(frames), d.image_size, d.image_mean, d.image_std,
                                      d.resize_mode)
 
-    def _batch(self, convs: list[list[dict[str, str]]], pixels: list[np.ndarray], video_row: list[int]):
-        enc = [text_lib.tokenize_conversation(self.tok, c, max_len=self.max_len, num_visual_tokens=self.k)
-               for c in convs]
-        b = text_lib.stack(enc)
+    def _batch(self, rows: list[tuple[str, str]], pixels: list[np.ndarray], video_row: list[int]):
+        b = text_lib.stack([self.encode_fn(prompt, option) for prompt, option in rows])
         b["ego_pixels"] = np.stack(pixels)[:, None]  # [Q, 1, F, H, W, 3]: one clip per question
         b["video_row"] = np.asarray(video_row, np.int32)  # [R]: the clip of each (question, option) row
         return b
 
     def option_loglik(self, prompts: list[str], videos: list[VideoRef], options: list[list[str]]) -> list[list[float]]:
-        convs, pix, rows, sizes = [], [], [], []
+        texts, pix, rows, sizes = [], [], [], []
         for q, (p, v, opts) in enumerate(zip(prompts, videos, options)):
             pix.append(self.pixels_fn(v))
             for o in opts:
-                convs.append([{"role": "user", "content": "<video>\n" + p}, {"role": "assistant", "content": o}])
+                texts.append((p, o))
                 rows.append(q)
             sizes.append(len(opts))
-        b = self._batch(convs, pix, rows)
+        b = self._batch(texts, pix, rows)
         scores = np.asarray(self._score(self.model, {k: jnp.asarray(v) for k, v in b.items()}))
         out, i = [], 0
         for n in sizes:
@@ -162,7 +165,10 @@ def evaluate_arrays(config, stage_dir: str, bench_json: str, *, batch_size: int 
         recs.append(MCQRecord(uid=r.uid, video=VideoRef(r.video.path, frames=arr["ego"][clip]),
                               question=r.question, options=r.options, answer_index=r.answer_index,
                               category=it["category"], meta=r.meta))
-    learner = Learner(config, model, tok, pixels_fn=pixels)
+    # Every run of the demo scores the same benchmark texts: tokenised once per process.
+    encode_fn = functools.partial(exo2ego_data.cached_encode, config.data.tokenizer, max_len=config.data.max_len,
+                                  num_visual_tokens=tokens_per_video(config))
+    learner = Learner(config, model, tok, pixels_fn=pixels, encode_fn=encode_fn)
     # Stage 3 trains on exactly this prompt (exo2ego_data.qa_prompt): EgoBench style, no task detail.
     out = runner.evaluate_mcq(learner, recs, "synthetic", mode="loglik", batch_size=batch_size,
                               prompt_style="egobench", first_person=False, task_details=False)
