@@ -122,10 +122,13 @@ CPU_LOSS_CHUNK = 2048
 # Decoder layer loop (config.hardware.layer_loop -> DecoderLM's unroll_layers via `unroll_layers`).
 # The parameters stay stacked [L, ...] either way (checkpoints, LoRA, weight files are the same);
 # only the compiled loop differs. "scan": one jax.lax.scan over the layers, so XLA compiles one
-# layer body and compile time stays flat in depth (MaxText's scan_layers=True on TPU/GPU).
-# "unroll": the L layers inlined; on XLA:CPU the scan's zero-filled [L, ...] buffers of saved
-# activations, per-layer weight slices and stacked-gradient writes cost more than they save: the
-# unrolled train step measured 1.15x faster than the scanned one (see docs/training.md).
+# layer body and compile time stays flat in depth (MaxText's scan_layers=True on TPU/GPU; on 2
+# CPU cores, load 6-7, the SmolLM2-width train step compiled in 9.2 s at 4 layers and 9.3 s at 16
+# scanned, 8.1 s and 14.1 s unrolled). "unroll": the L layers inlined; on XLA:CPU the scan's
+# zero-filled [L, ...] buffers of saved activations, per-layer weight slices and stacked-gradient
+# writes cost more than they save: the unrolled train step ran 1.15x the scanned step rate when this
+# default was chosen (bench/train_vs_torch.py --layer-loop scan|unroll), and 1.06x (VLM step) /
+# 1.02x (12-layer LLM step) in interleaved steps on a loaded machine (load 5-6).
 LAYER_LOOPS = ("unroll", "scan")
 
 PRESETS: dict[str, dict[str, Any]] = {
