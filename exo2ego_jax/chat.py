@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from exo2ego_jax import config_lib
 from exo2ego_jax import generate as gen
 from exo2ego_jax import videollama3_chat
 from exo2ego_jax.data import text as text_lib
@@ -155,7 +156,8 @@ def run_video(config, workdir: str) -> dict:
     video_id = text_lib.special_id(tok, VIDEO_TOKEN)
     model, tower = vision_weights.load_videollm_dir(
         ckpt, vision_tower=c.vision_tower, num_frames=c.num_frames, video_token_id=video_id,
-        dtype=_DTYPES[c.dtype], param_dtype=_DTYPES[c.param_dtype], attention_impl=config.hardware.attention)
+        dtype=_DTYPES[c.dtype], param_dtype=_DTYPES[c.param_dtype], attention_impl=config.hardware.attention,
+        unroll_layers=config_lib.unroll_layers(config.hardware))
     logging.info("loaded %s (tower: %s) in %.1fs", ckpt, tower.source, time.perf_counter() - t0)
     with open(os.path.join(ckpt, "config.json")) as fh:
         mode = frame_mode(json.load(fh), tower.preprocess, c.frame_mode)
@@ -203,7 +205,8 @@ def run(config, workdir: str) -> dict:
     t0 = time.perf_counter()
     tok = load_tokenizer(c.tokenizer or ckpt, extra_special_tokens=())
     model = llm_weights.load_llm(ckpt, dtype=_DTYPES[c.dtype], param_dtype=_DTYPES[c.param_dtype],
-                                 attention_impl=config.hardware.attention, scan_layers=c.scan_layers)
+                                 attention_impl=config.hardware.attention, scan_layers=c.scan_layers,
+                                 unroll_layers=config_lib.unroll_layers(config.hardware))
     logging.info("loaded %s in %.1fs", ckpt, time.perf_counter() - t0)
     text = build_prompt(tok, config.prompt, c.system)
     ids = np.asarray([encode_text(tok, text)], np.int32)

@@ -119,21 +119,34 @@ _GPU_XLA_FLAGS = " ".join([
 # vocabularies, slightly faster at large ones, no [B, T, V] buffer: 2048 (demo batches fit one chunk).
 CPU_LOSS_CHUNK = 2048
 
+# Decoder layer loop (config.hardware.layer_loop -> DecoderLM's unroll_layers via `unroll_layers`).
+# The parameters stay stacked [L, ...] either way (checkpoints, LoRA, weight files are the same);
+# only the compiled loop differs. "scan": one jax.lax.scan over the layers, so XLA compiles one
+# layer body and compile time stays flat in depth (MaxText's scan_layers=True on TPU/GPU; on 2
+# CPU cores, load 6-7, the SmolLM2-width train step compiled in 9.2 s at 4 layers and 9.3 s at 16
+# scanned, 8.1 s and 14.1 s unrolled). "unroll": the L layers inlined; on XLA:CPU the scan's
+# zero-filled [L, ...] buffers of saved activations, per-layer weight slices and stacked-gradient
+# writes cost more than they save: the unrolled train step ran 1.15x the scanned step rate when this
+# default was chosen (bench/train_vs_torch.py --layer-loop scan|unroll), and 1.06x (VLM step) /
+# 1.02x (12-layer LLM step) in interleaved steps on a loaded machine (load 5-6).
+LAYER_LOOPS = ("unroll", "scan")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(ici_data=-1, ici_fsdp=1, ici_tensor=1, per_device_batch=0,
                 compute_dtype="float32", remat="none", attention="xla", xla_flags="",
-                libtpu_flags="", loss_chunk_size=CPU_LOSS_CHUNK),
+                libtpu_flags="", loss_chunk_size=CPU_LOSS_CHUNK, layer_loop="unroll"),
     "gpu_h100x8": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=4,
                        compute_dtype="bfloat16", remat="dots", attention="cudnn",
-                       xla_flags=_GPU_XLA_FLAGS, libtpu_flags="", loss_chunk_size=8192),
+                       xla_flags=_GPU_XLA_FLAGS, libtpu_flags="", loss_chunk_size=8192,
+                       layer_loop="scan"),
     "tpu_v5e_64": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=2,
                        compute_dtype="bfloat16", remat="full", attention="xla", xla_flags="",
-                       libtpu_flags=_TPU_LIBTPU_FLAGS, loss_chunk_size=8192),
+                       libtpu_flags=_TPU_LIBTPU_FLAGS, loss_chunk_size=8192, layer_loop="scan"),
     # remat "dots" would also save the attention einsums (scores [B, H, T, T] per layer: ~50 GiB
     # for Exo2Ego stage 2); dots_no_batch saves only the weight matmuls (MaxText's "minimal").
     "tpu_v5p_128": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=4,
                         compute_dtype="bfloat16", remat="dots_no_batch", attention="xla", xla_flags="",
-                        libtpu_flags=_TPU_LIBTPU_FLAGS, loss_chunk_size=8192),
+                        libtpu_flags=_TPU_LIBTPU_FLAGS, loss_chunk_size=8192, layer_loop="scan"),
 }
 
 
@@ -156,10 +169,25 @@ def hardware_preset(name: str) -> ConfigDict:
     hw.remat = p["remat"]  # rematerialisation policy: none | full | dots | dots_no_batch
     hw.attention = p["attention"]  # attention kernel: xla | cudnn | splash (passed to models)
     hw.loss_chunk_size = p["loss_chunk_size"]  # LM-head loss: 0 plain logits, N chunked (N tokens/chunk)
+    hw.layer_loop = p["layer_loop"]  # decoder layers: unroll | scan (LAYER_LOOPS; params stay stacked)
     hw.xla_flags = p["xla_flags"]  # appended to XLA_FLAGS before JAX starts
     hw.libtpu_flags = p["libtpu_flags"]  # appended to LIBTPU_INIT_ARGS before JAX starts
     hw.peak_flops = 0.0  # peak FLOP/s per device for MFU (0: look up the device kind)
     return hw
+
+
+def unroll_layers(hardware: ConfigDict) -> bool | None:
+    """`hardware.layer_loop` as the decoders' `unroll_layers` ("unroll" -> True, "scan" -> False).
+
+    A block without the field (the config of a run saved before it) gives None: the backend's
+    default that those runs had (unrolled on CPU, scanned elsewhere).
+    """
+    name = hardware.get("layer_loop")
+    if name is None:
+        return None
+    if name not in LAYER_LOOPS:
+        raise ValueError(f"config.hardware.layer_loop={name!r}; expected one of {LAYER_LOOPS}")
+    return name == "unroll"
 
 
 def base_config(*, method: str = "toy", job: str = "train", hardware: str = "cpu") -> ConfigDict:

@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from exo2ego_jax import config_lib
 from exo2ego_jax.data import video as video_lib
 from exo2ego_jax.data import videollama3_processor as vp
 from exo2ego_jax.models import videollama3 as vl3
@@ -98,7 +99,8 @@ def run_video(config, workdir: str, *, dtypes, render, encode, decode, finish) -
     ckpt = config.checkpoint
     t0 = time.perf_counter()
     model = videollama3_weights.load_videollama3_dir(ckpt, dtype=dtypes[c.dtype], param_dtype=dtypes[c.param_dtype],
-                                                     attention_impl=config.hardware.attention)
+                                                     attention_impl=config.hardware.attention,
+                                                     unroll_layers=config_lib.unroll_layers(config.hardware))
     tok = load_tokenizer(c.tokenizer or ckpt, extra_special_tokens=())
     video_token = tok.convert_ids_to_tokens(model.cfg.video_token_id)
     if not video_token or tok.convert_tokens_to_ids(video_token) != model.cfg.video_token_id:

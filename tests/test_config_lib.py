@@ -45,8 +45,24 @@ def test_presets_fill_every_hardware_field(name):
     assert hw.compute_dtype in ("float32", "bfloat16") and hw.param_dtype == "float32"
     if name.startswith("tpu"):
         assert "--xla_tpu" in hw.libtpu_flags and hw.compute_dtype == "bfloat16"
+    assert hw.layer_loop in config_lib.LAYER_LOOPS
     with pytest.raises(ValueError, match="tpu_v9"):
         config_lib.hardware_preset("tpu_v9")
+
+
+def test_layer_loop_per_preset_and_its_model_argument():
+    loops = {name: config_lib.hardware_preset(name).layer_loop for name in config_lib.PRESETS}
+    assert loops == {"cpu": "unroll", "gpu_h100x8": "scan", "tpu_v5e_64": "scan", "tpu_v5p_128": "scan"}
+    hw = config_lib.hardware_preset("cpu")
+    assert config_lib.unroll_layers(hw) is True
+    hw.layer_loop = "scan"
+    assert config_lib.unroll_layers(hw) is False
+    hw.layer_loop = "scanned"
+    with pytest.raises(ValueError, match=r"config.hardware.layer_loop='scanned'; expected one of \('unroll', 'scan'\)"):
+        config_lib.unroll_layers(hw)
+    # A run config saved before the field: the backend default those runs had.
+    old = config_lib.ConfigDict({k: v for k, v in hw.items() if k != "layer_loop"})
+    assert config_lib.unroll_layers(old) is None
 
 
 def _parse(argv):
@@ -63,6 +79,9 @@ def test_command_line_overrides_and_typos():
     c = _parse(["prog", f"--config={path}:steps=11,hardware=gpu_h100x8", "--config.train.clip=0.5"])
     assert c.train.steps == 11 and c.train.clip == 0.5
     assert c.hardware.preset == "gpu_h100x8" and c.hardware.compute_dtype == "bfloat16"
+    stage3 = os.path.join(ROOT, "configs/exo2ego/stage3_practice.py")
+    c = _parse(["prog", f"--config={stage3}:hardware=tpu_v5p_128", "--config.hardware.layer_loop=unroll"])
+    assert c.hardware.preset == "tpu_v5p_128" and config_lib.unroll_layers(c.hardware) is True
     with pytest.raises(Exception, match="clipp"):
         _parse(["prog", f"--config={path}", "--config.train.clipp=0.5"])
     with pytest.raises(Exception, match="stepz"):

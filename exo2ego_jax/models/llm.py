@@ -183,6 +183,11 @@ class DecoderLM(nnx.Module):
                  unroll_layers: bool | None = None):
         if remat_policy not in _REMAT:
             raise ValueError(f"remat_policy={remat_policy!r}; expected one of {sorted(_REMAT)}.")
+        # Configs choose per hardware preset (config.hardware.layer_loop -> config_lib.unroll_layers);
+        # a string here ("scan" is truthy) would silently unroll.
+        if unroll_layers not in (None, True, False):
+            raise ValueError(f"unroll_layers={unroll_layers!r}; expected None (backend default), True or False "
+                             "(config.hardware.layer_loop via config_lib.unroll_layers).")
         if cfg.num_heads % cfg.num_kv_heads:
             raise ValueError(f"num_heads={cfg.num_heads} is not a multiple of num_kv_heads={cfg.num_kv_heads}.")
         self.cfg = cfg

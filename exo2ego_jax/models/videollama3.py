@@ -365,13 +365,13 @@ class VideoLlama3(nnx.Module):
     """``vision`` -> per-frame merge -> ``projector`` -> spliced into ``llm`` (a Qwen2 DecoderLM)."""
 
     def __init__(self, cfg: VideoLlama3Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
-                 remat_policy: str = "none", attention_impl: str = "auto"):
+                 remat_policy: str = "none", attention_impl: str = "auto", unroll_layers: bool | None = None):
         self.cfg = cfg
         self.vision = VideoLlama3VisionEncoder(cfg.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.projector = Projector(cfg.vision.hidden_size, cfg.llm.hidden_size, dtype=dtype,
                                    param_dtype=param_dtype, rngs=rngs)
         self.llm = DecoderLM(cfg.llm, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                             remat_policy=remat_policy, attention_impl=attention_impl)
+                             remat_policy=remat_policy, attention_impl=attention_impl, unroll_layers=unroll_layers)
 
     def encode(self, visual: VisualInput, merge_size: int) -> tuple[Array, Array]:
         """Visual tokens [B, F, N, D_llm] and their mask [B, F, N] (real, kept tokens), N = P/m**2."""

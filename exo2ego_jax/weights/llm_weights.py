@@ -125,18 +125,21 @@ def load_llm_params(model, path: str, *, mesh=None, rules=None, prefix: str = ""
 
 
 def load_llm(path: str, *, dtype=None, param_dtype=None, mesh=None, rules=None,
-             attention_impl: str = "auto", remat_policy: str = "none", scan_layers: bool = True) -> DecoderLM:
+             attention_impl: str = "auto", remat_policy: str = "none", scan_layers: bool = True,
+             unroll_layers: bool | None = None) -> DecoderLM:
     """Builds a DecoderLM from a HF directory / safetensors file or a ``.gguf`` and loads its weights.
 
     The model is first built abstractly (``nnx.eval_shape``), so no random init is computed and
     each parameter is materialised once, straight into its target sharding. ``scan_layers=False``
-    gives the unstacked inference layout (``models.llm.unstack_layers``: faster CPU decoding).
+    gives the unstacked inference layout (``models.llm.unstack_layers``: faster CPU decoding);
+    ``unroll_layers`` is how the stacked layout loops over its layers (DecoderLM; None: the backend's).
     """
     dtype = dtype or jnp.float32
     param_dtype = param_dtype or jnp.float32
     cfg = llm_config(path)
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: DecoderLM(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0),
-                                                 attention_impl=attention_impl, remat_policy=remat_policy))
+                                                 attention_impl=attention_impl, remat_policy=remat_policy,
+                                                 unroll_layers=unroll_layers))
     model = load_llm_params(model, path, mesh=mesh, rules=rules)
     return model if scan_layers else unstack_layers(model)

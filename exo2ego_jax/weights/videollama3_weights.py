@@ -184,7 +184,7 @@ def save_hf(model: VideoLlama3, directory: str, *, dtype=None, max_shard_bytes: 
 
 def load_videollama3_dir(path: str, *, dtype=None, param_dtype=None, mesh=None, rules=None,
                          attention_impl: str = "auto", remat_policy: str = "none",
-                         config_overrides: Mapping[str, Any] | None = None) -> VideoLlama3:
+                         unroll_layers: bool | None = None, config_overrides: Mapping[str, Any] | None = None) -> VideoLlama3:
     """Builds the model abstractly from ``path/config.json`` (either layout) and loads its weights,
     so every parameter is materialised once, in its target sharding."""
 
@@ -192,5 +192,6 @@ def load_videollama3_dir(path: str, *, dtype=None, param_dtype=None, mesh=None, 
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: VideoLlama3(cfg, dtype=dtype or jnp.float32,
                                                    param_dtype=param_dtype or jnp.float32, rngs=nnx.Rngs(0),
-                                                   attention_impl=attention_impl, remat_policy=remat_policy))
+                                                   attention_impl=attention_impl, remat_policy=remat_policy,
+                                                   unroll_layers=unroll_layers))
     return load_videollama3(model, path, mesh=mesh, rules=rules)

@@ -362,7 +362,7 @@ def resolve_tower(checkpoint: str, hf_config: Mapping[str, Any], vision_tower: s
 
 def load_videollm_dir(checkpoint: str, *, vision_tower: str = "", num_frames: int = 0,
                       video_token_id: int = 32000, dtype=None, param_dtype=None, mesh=None, rules=None,
-                      attention_impl: str = "auto"):
+                      attention_impl: str = "auto", unroll_layers: bool | None = None):
     """Builds and loads a ``VideoLLM`` from a LLaVA / VideoLLaMA2-style checkpoint directory.
 
     The directory holds ``config.json`` (the LLM config plus ``mm_projector_type``, ``mm_hidden_size``,
@@ -387,6 +387,7 @@ def load_videollm_dir(checkpoint: str, *, vision_tower: str = "", num_frames: in
     cfg = VideoLLMConfig.from_videollama2(hf, tower.vision, num_frames=frames, video_token_id=video_token_id)
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: VideoLLM(cfg, dtype=dtype or jnp.float32, param_dtype=param_dtype or jnp.float32,
-                                                rngs=nnx.Rngs(0), attention_impl=attention_impl))
+                                                rngs=nnx.Rngs(0), attention_impl=attention_impl,
+                                                unroll_layers=unroll_layers))
     load_videollm(model, reader, vision_checkpoint=tower.weights, mesh=mesh, rules=rules)
     return model, tower

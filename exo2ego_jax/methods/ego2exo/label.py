@@ -38,6 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from exo2ego_jax import config_lib
 from exo2ego_jax import progress
 from exo2ego_jax.data.egoexo4d import EgoExo4D
 from exo2ego_jax.data.skips import SkipCounter
@@ -172,7 +173,8 @@ def teacher_runner(config, mesh):
         teacher = videollama3_teacher.VideoLlama3Teacher.load(
             config.model.checkpoint, tokenizer=config.data.tokenizer, fps=lb.sample_fps, max_frames=lb.max_frames,
             system_prompt=lb.system_prompt, max_new_tokens=lb.max_new_tokens, dtype=hw.compute_dtype,
-            param_dtype=hw.param_dtype, mesh=mesh, attention_impl=hw.attention)
+            param_dtype=hw.param_dtype, mesh=mesh, attention_impl=hw.attention,
+            unroll_layers=config_lib.unroll_layers(hw))
         return teacher, config.model.checkpoint
     if lb.teacher_workdir:
         cfg = ego2exo_infer.load_run_config(lb.teacher_workdir)

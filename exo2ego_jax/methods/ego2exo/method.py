@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from exo2ego_jax import config_lib
 from exo2ego_jax.data import instructions, pipeline
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.methods import common
@@ -59,7 +60,8 @@ class Ego2Exo:
         if self.arch == "videollama3":
             model = vl3_student.build_model(config, rngs, dtype=jnp.dtype(hw.compute_dtype),
                                             param_dtype=jnp.dtype(hw.param_dtype), remat_policy=hw.remat,
-                                            attention_impl=common.attention_impl(config))
+                                            attention_impl=common.attention_impl(config),
+                                            unroll_layers=config_lib.unroll_layers(hw))
             if e.lora_rank > 0:
                 lora_lib.apply_lora(model.llm, e.lora_targets, rank=e.lora_rank, alpha=e.lora_alpha,
                                     dropout=e.lora_dropout, rngs=rngs)
@@ -73,7 +75,8 @@ class Ego2Exo:
         model = Ego2ExoModel(cfg, num_probes=config.model.num_probes, eavt_layers=layers,
                              probe_token_id=config.model.probe_token_id, dtype=jnp.dtype(hw.compute_dtype),
                              param_dtype=jnp.dtype(hw.param_dtype), rngs=rngs, remat_policy=hw.remat,
-                             attention_impl=common.attention_impl(config))
+                             attention_impl=common.attention_impl(config),
+                             unroll_layers=config_lib.unroll_layers(hw))
         e = config.ego2exo
         if e.lora_rank > 0:
             lora_lib.apply_lora(model.llm, e.lora_targets, rank=e.lora_rank, alpha=e.lora_alpha,

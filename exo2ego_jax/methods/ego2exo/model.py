@@ -34,9 +34,9 @@ class Ego2ExoModel(VideoLLM):
 
     def __init__(self, cfg: VideoLLMConfig, *, num_probes: int = 0, eavt_layers: tuple[int, ...] | None = None,
                  probe_token_id: int = 32001, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
-                 remat_policy: str = "none", attention_impl: str = "auto"):
+                 remat_policy: str = "none", attention_impl: str = "auto", unroll_layers: bool | None = None):
         super().__init__(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, remat_policy=remat_policy,
-                         attention_impl=attention_impl)
+                         attention_impl=attention_impl, unroll_layers=unroll_layers)
         self.probe_token_id = int(probe_token_id)
         if num_probes > 0:
             self.eavt = EAVT(EAVTConfig(num_probes=num_probes, layers=eavt_layers, probe_token_id=probe_token_id),

@@ -48,9 +48,9 @@ class Ego2ExoVideoLlama3(vl3.VideoLlama3):
 
     def __init__(self, cfg: vl3.VideoLlama3Config, *, num_probes: int, eavt_layers: tuple[int, ...] | None,
                  probe_token_id: int, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
-                 remat_policy: str = "none", attention_impl: str = "auto"):
+                 remat_policy: str = "none", attention_impl: str = "auto", unroll_layers: bool | None = None):
         super().__init__(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, remat_policy=remat_policy,
-                         attention_impl=attention_impl)
+                         attention_impl=attention_impl, unroll_layers=unroll_layers)
         self.probe_token_id = int(probe_token_id)
         self.eavt = (VideoLlama3EAVT(VideoLlama3EAVTConfig(num_probes=num_probes, layers=eavt_layers,
                                                            probe_token_id=probe_token_id),
@@ -91,12 +91,12 @@ def model_config(config) -> vl3.VideoLlama3Config:
 
 
 def build_model(config, rngs: nnx.Rngs, *, dtype, param_dtype, remat_policy: str,
-                attention_impl: str) -> Ego2ExoVideoLlama3:
+                attention_impl: str, unroll_layers: bool | None = None) -> Ego2ExoVideoLlama3:
     m = config.model
     return Ego2ExoVideoLlama3(model_config(config), num_probes=m.num_probes,
                               eavt_layers=tuple(m.eavt_layers) or None, probe_token_id=m.probe_token_id,
                               dtype=dtype, param_dtype=param_dtype, rngs=rngs, remat_policy=remat_policy,
-                              attention_impl=attention_impl)
+                              attention_impl=attention_impl, unroll_layers=unroll_layers)
 
 
 def load_checkpoint(model: Ego2ExoVideoLlama3, checkpoint: str) -> None:

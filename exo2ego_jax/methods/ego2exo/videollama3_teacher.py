@@ -29,7 +29,7 @@ class VideoLlama3Teacher(VideoLlama3Runner):
     @classmethod
     def load(cls, checkpoint: str, *, tokenizer: str = "", fps: float, max_frames: int, system_prompt: str,
              max_new_tokens: int, dtype: str = "float32", param_dtype: str = "float32", mesh=None,
-             attention_impl: str = "auto") -> "VideoLlama3Teacher":
+             attention_impl: str = "auto", unroll_layers: bool | None = None) -> "VideoLlama3Teacher":
         """Reads ``checkpoint`` (transformers' or DAMO-NLP-SG's layout) into its target sharding on ``mesh``."""
         dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
         for name, value in (("compute_dtype", dtype), ("param_dtype", param_dtype)):
@@ -37,7 +37,8 @@ class VideoLlama3Teacher(VideoLlama3Runner):
                 raise ValueError(f"config.hardware.{name}={value!r}: the VideoLLaMA3 teacher runs in {sorted(dt)}")
         model = videollama3_weights.load_videollama3_dir(
             checkpoint, dtype=dt[dtype], param_dtype=dt[param_dtype], mesh=mesh,
-            rules=rules_lib.RULES if mesh is not None else None, attention_impl=attention_impl)
+            rules=rules_lib.RULES if mesh is not None else None, attention_impl=attention_impl,
+            unroll_layers=unroll_layers)
         tok = load_tokenizer(tokenizer or checkpoint, extra_special_tokens=())
         token = tok.convert_ids_to_tokens(model.cfg.video_token_id)
         if not token or tok.convert_tokens_to_ids(token) != model.cfg.video_token_id:

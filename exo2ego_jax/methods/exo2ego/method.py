@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from exo2ego_jax import config_lib
 from exo2ego_jax import tokenizer as tokenizer_lib
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.methods import common
@@ -178,7 +179,8 @@ class Exo2Ego:
             llm_input=e.llm_input, num_frames=config.data.num_frames,
             video_token_id=self.video_token_id, dtype=jnp.dtype(config.hardware.compute_dtype),
             param_dtype=jnp.dtype(config.hardware.param_dtype), remat=remat,
-            attention=common.attention_impl(config), rngs=rngs)
+            attention=common.attention_impl(config), unroll_layers=config_lib.unroll_layers(config.hardware),
+            rngs=rngs)
         if e.lora_rank > 0:
             add_lora(model, rank=e.lora_rank, alpha=e.lora_alpha, dropout=e.lora_dropout,
                      targets=e.lora_targets, rngs=rngs)

@@ -103,7 +103,8 @@ class Exo2EgoModel(nnx.Module):
     def __init__(self, *, llm: LLMConfig, vision: VisionConfig, connector: conn_lib.ConnectorConfig,
                  mapping: MappingConfig, modules: Modules, mapping_on: str, llm_input: str,
                  num_frames: int, video_token_id: int, dtype=jnp.float32, param_dtype=jnp.float32,
-                 remat: str = "none", attention: str = "auto", rngs: nnx.Rngs):
+                 remat: str = "none", attention: str = "auto", unroll_layers: bool | None = None,
+                 rngs: nnx.Rngs):
         if mapping_on not in MAPPING_SPACES:
             raise ValueError(f"config.exo2ego.mapping_on={mapping_on!r}; expected one of {MAPPING_SPACES}")
         if llm_input not in LLM_INPUTS:
@@ -121,7 +122,7 @@ class Exo2EgoModel(nnx.Module):
         channels = vision.hidden_size if mapping_on == "patch" else llm.hidden_size
         self.mapping_f = build_mapping(channels, mapping, **kw) if modules.f else None
         self.mapping_g = build_mapping(channels, mapping, **kw) if modules.g else None
-        self.llm = DecoderLM(llm, remat_policy=remat, attention_impl=attention, **kw)
+        self.llm = DecoderLM(llm, remat_policy=remat, attention_impl=attention, unroll_layers=unroll_layers, **kw)
 
     # -- feature maps ------------------------------------------------------------------------
     def _to_maps(self, x: Array) -> tuple[Array, tuple]:
