@@ -82,6 +82,10 @@ def test_exo2ego_builder_takes_the_layer_loop_override():
         model = build_method(c).build_model(nnx.Rngs(0))
         assert model.llm.unroll_layers is unroll, loop
         assert _scans_layers(model.llm, ids) is not unroll, loop
+        tower = model.exo.tower  # stage 1 trains the exo demonstrator's tower: the same loop
+        assert tower.unroll_layers is unroll, loop
+        pixels = jnp.zeros((1, tower.cfg.image_size, tower.cfg.image_size, 3), jnp.uint8)
+        assert ("stablehlo.while" in jax.jit(lambda p: tower(p)).lower(pixels).as_text()) is not unroll, loop
     c = x2e.tiny_stage(1)
     c.hardware.layer_loop = "while"
     with pytest.raises(ValueError, match=r"config.hardware.layer_loop='while'.*\('unroll', 'scan'\)"):

@@ -283,7 +283,9 @@ def scan_layers(layers: nnx.Module, x: Array, n: int, *, lead: tuple[int, ...] =
     """Runs the first ``n`` layers of a stacked module over ``x``; optionally a per-layer hook.
 
     Plain ``jax.lax.scan`` over the split NNX state: the tower is a pure function of its params,
-    and slicing the stack to ``n`` layers means unused top layers are never computed.
+    and slicing the stack to ``n`` layers means unused top layers are never computed. ``unroll``
+    (None: on CPU) inlines the layers, as DecoderLM does: XLA:CPU then drops the scan's
+    zero-filled [L, ...] activation buffers and per-layer weight copies.
     """
     if n == 0:
         return x, carry
@@ -351,9 +353,14 @@ def patch_embed(conv: nnx.Conv, pixels: Array, patch: int) -> Array:
 class VisionTower(nnx.Module):
     """CLIP / SigLIP vision encoder. Pixels [..., H, W, C] (uint8, or float normalised) -> tokens [..., T, D]."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
+                 unroll_layers: bool | None = None):
+        if unroll_layers not in (None, True, False):
+            raise ValueError(f"VisionTower: unroll_layers={unroll_layers!r}; expected None (the backend decides), "
+                             "True or False (config_lib.unroll_layers of config.hardware.layer_loop).")
         self.cfg = cfg
         self.dtype = dtype
+        self.unroll_layers = unroll_layers  # as DecoderLM's: None = unrolled on CPU, scanned elsewhere
         d = cfg.hidden_size
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.patch_embed = nnx.Conv(
@@ -411,7 +418,7 @@ class VisionTower(nnx.Module):
             raise ValueError(f"VisionTower: num_layers={n}, expected 0..{self.cfg.num_layers}.")
         x = self.embed(constrain_batch(pixels.reshape(-1, *pixels.shape[-3:])))
         x, carry = scan_layers(self.layers, x, n, lead=lead, hook=layer_hook, carry=hook_carry,
-                               remat=self.cfg.remat)
+                               remat=self.cfg.remat, unroll=self.unroll_layers)
         if post_norm:
             x = self.post_norm(x)
         x = x.reshape(*lead, *x.shape[1:])

@@ -60,9 +60,9 @@ class Encoder(nnx.Module):
     """Vision tower + connector: pixels [B, V, F, H, W, 3] -> features and visual tokens."""
 
     def __init__(self, vision: VisionConfig, connector: conn_lib.ConnectorConfig, *, dtype,
-                 param_dtype, rngs: nnx.Rngs, remat: bool = False):
+                 param_dtype, rngs: nnx.Rngs, remat: bool = False, unroll_layers: bool | None = None):
         self.remat = remat
-        self.tower = VisionTower(vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.tower = VisionTower(vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs, unroll_layers=unroll_layers)
         self.connector = conn_lib.Connector(connector, vision, dtype=dtype, param_dtype=param_dtype,
                                             rngs=rngs)
 
@@ -117,8 +117,8 @@ class Exo2EgoModel(nnx.Module):
         self.video_token_id = video_token_id
         self.grids = grids(vision, connector, num_frames)
         enc_remat = remat != "none"  # the hardware preset's remat also covers the connector
-        self.ego = Encoder(vision, connector, remat=enc_remat, **kw) if modules.ego else None
-        self.exo = Encoder(vision, connector, remat=enc_remat, **kw) if modules.exo else None
+        self.ego = Encoder(vision, connector, remat=enc_remat, unroll_layers=unroll_layers, **kw) if modules.ego else None
+        self.exo = Encoder(vision, connector, remat=enc_remat, unroll_layers=unroll_layers, **kw) if modules.exo else None
         channels = vision.hidden_size if mapping_on == "patch" else llm.hidden_size
         self.mapping_f = build_mapping(channels, mapping, **kw) if modules.f else None
         self.mapping_g = build_mapping(channels, mapping, **kw) if modules.g else None
