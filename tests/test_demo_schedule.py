@@ -72,6 +72,19 @@ def test_execute_in_process_runs_prerequisites_first_then_the_largest():
         demo.execute([demo.Job(0, "a", after=("nope",))], lambda j: {}, cores=[])
 
 
+def test_next_keeps_a_variants_second_run_until_its_first_compiled():
+    J = demo.Job
+    a0, a1, b1 = J(0, "a", cost=3.0), J(1, "a", cost=3.0), J(1, "b", cost=1.0)
+    # a/seed0 is running and no run of "a" has finished: its programs are not cached yet, so the
+    # cheaper b/seed1 goes first ...
+    assert demo._next([a1, b1], set(), (a0,)) is b1
+    # ... unless nothing else is ready, and not once a run of "a" has finished.
+    assert demo._next([a1], set(), (a0,)) is a1
+    assert demo._next([a1, b1], {"a/seed0"}, ()) is a1
+    # A running prefix job (the shared stage 1) compiles only its own stage: it delays nobody.
+    assert demo._next([a1, b1], set(), (J(0, "a", prefix=True),)) is a1
+
+
 def _timed(job):
     t = time.time()
     time.sleep(0.3)
