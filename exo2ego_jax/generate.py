@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from exo2ego_jax.train import losses
+
 
 @dataclasses.dataclass
 class GenerateOutput:
@@ -123,3 +125,34 @@ def generate(model: nnx.Module, *, input_ids=None, inputs_embeds=None, attention
             texts.append(text)
         out.texts = texts
     return out
+
+
+def _cache_rows(cache: dict, rows: jax.Array, scanned: bool) -> dict:
+    """The KV cache of each row's prompt: batch entries picked by ``rows`` [R]."""
+    kv_axis = 1 if scanned else 0  # scanned: [L, B, ...]; unstacked: tuples of [B, ...]
+    take = (lambda a: jnp.take(a, rows, axis=kv_axis)) if scanned else (lambda t: tuple(jnp.take(a, rows, axis=0) for a in t))
+    return {"k": take(cache["k"]), "v": take(cache["v"]), "mask": cache["mask"][rows], "pos": cache["pos"][rows],
+            "index": cache["index"]}
+
+
+def option_log_likelihood(model: nnx.Module, prefix_embeds: jax.Array, prefix_mask: jax.Array,
+                          option_ids: jax.Array, option_mask: jax.Array, option_labels: jax.Array,
+                          question: jax.Array) -> jax.Array:
+    """Sum of log p(labelled option tokens | prompt) per row [R], each prompt run once.
+
+    Multiple-choice scoring reads every option after the same prompt: the prompt of each question
+    (``prefix_embeds`` [Q, P, D], left-padded by ``prefix_mask`` [Q, P]) fills a KV cache once, each
+    row (question[r]) continues from its question's cache with its option tokens (``option_ids`` /
+    ``option_mask`` / ``option_labels`` [R, O], right-padded; data/text.split_shared_prefix). Equal to
+    scoring the whole (prompt + option) rows (label_log_likelihood) at a fraction of the compute when
+    prompts are long and options short. ``model``: a DecoderLM (``init_cache``, ``scanned``).
+    """
+    n_q, p = prefix_mask.shape
+    cache = model.init_cache(n_q, p + option_ids.shape[1], dtype=jnp.float32)
+    last, cache = model(inputs_embeds=prefix_embeds, attention_mask=prefix_mask, cache=cache, last_only=True)
+    logits, _ = model(option_ids, attention_mask=option_mask, cache=_cache_rows(cache, question, model.scanned))
+    # The prompt's last position predicts the first option token, option position t the token t+1:
+    # as one [R, 1 + O] row for label_log_likelihood (its position t predicts label t + 1).
+    logits = jnp.concatenate([last[question], logits], axis=1)  # [R, 1 + O, V]
+    labels = jnp.concatenate([jnp.full_like(option_labels[:, :1], losses.IGNORE_INDEX), option_labels], axis=1)
+    return losses.label_log_likelihood(logits, labels)

@@ -121,3 +121,50 @@ def test_unstack_then_stack_round_trip_is_exact():
     assert m.scanned
     assert m.layers.attn.q_proj.kernel.get_metadata()["out_sharding"] == ("layers", "embed", "heads")
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, nnx.state(m, nnx.Param)), before)
+
+
+def _encoded(ids, first_label):
+    """A right-padded row (width 12) whose tokens from `first_label` on are the labelled answer."""
+    from exo2ego_jax.data import text
+    width = 12
+    row = np.zeros(width, np.int32)
+    row[:len(ids)] = ids
+    labels = np.full(width, text.IGNORE_INDEX, np.int32)
+    labels[first_label:len(ids)] = ids[first_label:]
+    mask = (np.arange(width) < len(ids)).astype(np.int32)
+    return text.Encoded(input_ids=row, labels=labels, attention_mask=mask, num_videos=0, length=len(ids))
+
+
+def test_option_log_likelihood_equals_scoring_whole_rows(model):
+    """Two questions (prompts of 5 and 3 tokens) with 3 and 2 options of 1-3 tokens: each prompt runs
+    once into a KV cache, its options continue from it; the scores equal whole-row scoring."""
+    from exo2ego_jax.data import text
+    from exo2ego_jax.train import losses
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, CFG.vocab_size, 5), rng.integers(1, CFG.vocab_size, 3)]
+    options = [[[7], [8, 9], [10, 11, 12]], [[13, 14], [15]]]
+    rows = [_encoded(np.concatenate([prompts[q], o]), len(prompts[q])) for q in (0, 1) for o in options[q]]
+    question = [0, 0, 0, 1, 1]
+    b = text.split_shared_prefix(rows, question, prefix_len=6)
+    # Hand-checked layout: prompts left-padded to 6, options right-padded to 8 (a multiple of 8).
+    np.testing.assert_array_equal(b["prefix_mask"], [[0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]])
+    np.testing.assert_array_equal(b["prefix_ids"][1, 3:], prompts[1])
+    np.testing.assert_array_equal(b["option_ids"][2, :4], [10, 11, 12, 0])
+    np.testing.assert_array_equal(b["option_mask"].sum(1), [1, 2, 3, 2, 1])
+    assert b["option_ids"].shape == (5, 8)
+    whole = text.stack(rows)
+    want = losses.label_log_likelihood(_forward(model, jnp.asarray(whole["input_ids"])), jnp.asarray(whole["labels"]))
+    got = nnx.jit(lambda m, e, *a: gen.option_log_likelihood(m, e, *a))(
+        model, model.embed(jnp.asarray(b["prefix_ids"])), *(jnp.asarray(b[k]) for k in (
+            "prefix_mask", "option_ids", "option_mask", "option_labels", "question")))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_split_shared_prefix_refuses_rows_it_cannot_share():
+    from exo2ego_jax.data import text
+    a, b = _encoded(np.array([1, 2, 3, 4]), 3), _encoded(np.array([1, 2, 5, 4]), 3)
+    assert text.split_shared_prefix([a, b], [0, 0], prefix_len=8) is None  # prompts differ
+    assert text.split_shared_prefix([a, b], [0, 1], prefix_len=8) is not None  # one each
+    assert text.split_shared_prefix([a], [0], prefix_len=2) is None  # prompt longer than prefix_len
+    unlabelled = _encoded(np.array([1, 2]), 2)
+    assert text.split_shared_prefix([unlabelled], [0], prefix_len=8) is None  # nothing to score

@@ -233,3 +233,47 @@ def stack(encoded: Iterable[Encoded]) -> dict[str, np.ndarray]:
     return {"input_ids": np.stack([e.input_ids for e in encoded]),
             "labels": np.stack([e.labels for e in encoded]),
             "attention_mask": np.stack([e.attention_mask for e in encoded])}
+
+
+def split_shared_prefix(rows: Sequence[Encoded], question: Sequence[int], *, prefix_len: int,
+                        option_multiple: int = 8) -> dict[str, np.ndarray] | None:
+    """Multiple-choice rows (one tokenised (prompt, option) conversation each) as one prompt per
+    question plus the option tokens, for scoring with a shared KV cache (generate.option_log_likelihood).
+
+    ``question[r]`` is the question of row r (0..Q-1, each question with at least one row). A row's
+    prompt is everything before its first labelled token; its option runs from there to its last
+    real token. Returns ``prefix_ids`` / ``prefix_mask`` [Q, prefix_len] (left-padded),
+    ``option_ids`` / ``option_mask`` / ``option_labels`` [R, O] (right-padded; O = the longest
+    option rounded up to ``option_multiple``, so shapes repeat across batches) and ``question`` [R];
+    or None when some question's rows do not share one prompt token for token, or a row has no
+    label, or a prompt is longer than ``prefix_len`` (then score whole rows instead).
+    """
+    question = np.asarray(question, np.int32)
+    n_q = int(question.max()) + 1 if len(question) else 0
+    prefixes: list[np.ndarray | None] = [None] * n_q
+    options = []
+    for enc, q in zip(rows, question):
+        labelled = np.flatnonzero(enc.labels[:enc.length] != IGNORE_INDEX)
+        if not len(labelled):
+            return None
+        first = int(labelled[0])
+        prefix = enc.input_ids[:first]
+        if len(prefix) > prefix_len or (prefixes[q] is not None and not np.array_equal(prefixes[q], prefix)):
+            return None
+        prefixes[q] = prefix
+        options.append((enc.input_ids[first:enc.length], enc.labels[first:enc.length]))
+    if any(p is None for p in prefixes):
+        return None
+    width = -(-max(len(ids) for ids, _ in options) // option_multiple) * option_multiple
+    out = {"prefix_ids": np.zeros((n_q, prefix_len), np.int32), "prefix_mask": np.zeros((n_q, prefix_len), np.int32),
+           "option_ids": np.zeros((len(options), width), np.int32),
+           "option_mask": np.zeros((len(options), width), np.int32),
+           "option_labels": np.full((len(options), width), IGNORE_INDEX, np.int32), "question": question}
+    for q, prefix in enumerate(prefixes):
+        out["prefix_ids"][q, prefix_len - len(prefix):] = prefix
+        out["prefix_mask"][q, prefix_len - len(prefix):] = 1
+    for r, (ids, labels) in enumerate(options):
+        out["option_ids"][r, :len(ids)] = ids
+        out["option_mask"][r, :len(ids)] = 1
+        out["option_labels"][r, :len(ids)] = labels
+    return out

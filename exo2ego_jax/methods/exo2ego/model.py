@@ -174,13 +174,16 @@ class Exo2EgoModel(nnx.Module):
 
         `dropout_rng` turns on LoRA dropout (training); without it the LLM is deterministic.
         """
+        logits, _ = self.llm(inputs_embeds=self.llm_embeds(input_ids, visual), attention_mask=attention_mask,
+                             dropout_rng=dropout_rng, hidden_only=hidden_only)
+        return shard_batch(logits)
+
+    def llm_embeds(self, input_ids: Array, visual: Array) -> Array:
+        """Token embeddings [B, T, D] with visual tokens [B, V*K, D] spliced in at `<video>`."""
         # '<video>' may lie outside the LLM vocabulary (Mistral: id 32000 of 32000); its rows are
         # replaced by visual tokens, so embed a valid id there.
         safe = jnp.where(input_ids == self.video_token_id, 0, input_ids)
-        embeds = shard_batch(splice(self.llm.embed(safe), input_ids, visual, self.video_token_id))
-        logits, _ = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, dropout_rng=dropout_rng,
-                             hidden_only=hidden_only)
-        return shard_batch(logits)
+        return shard_batch(splice(self.llm.embed(safe), input_ids, visual, self.video_token_id))
 
 
 def shard_batch(x: Array) -> Array:
