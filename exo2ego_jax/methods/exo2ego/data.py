@@ -121,10 +121,11 @@ def _take_clips(world_root: str, take: dict[str, Any], *, fps: float, exo_cams: 
         path = os.path.join(base, name)
         clip_source.probe_aligned(path, fps=fps, duration_sec=float(take["duration_sec"]), fps_tolerance=0.5,
                                   length_tolerance_sec=1.0)
-        fr = video_lib.decode_frames(path, flat.tolist())
-        fr = video_lib.resize(fr, image_size, image_size)
-        return np.clip(np.round(fr), 0, 255).astype(np.uint8).reshape(len(idx), num_frames, image_size,
-                                                                      image_size, 3)
+        # Tiny videos, two takes at a time (build_arrays' threads): single-threaded decoders.
+        fr = video_lib.decode_frames(path, flat.tolist(), threads="NONE")
+        if fr.shape[1:3] != (image_size, image_size):  # (the demo's videos are already that size)
+            fr = np.clip(np.round(video_lib.resize(fr, image_size, image_size)), 0, 255).astype(np.uint8)
+        return fr.reshape(len(idx), num_frames, image_size, image_size, 3)
     return clips("aria01_214-1.mp4"), np.stack([clips(f"{c}.mp4") for c in exo_cams], axis=1)
 
 
