@@ -37,6 +37,9 @@ def test_decode_seek_order_repeats_size_bytes(mp4):
     small = video.decode_frames(open(mp4, "rb").read(), [5, 6], size=(32, 48))
     assert small.shape == (2, 32, 48, 3)
     np.testing.assert_allclose(small[:, 16, 24, 0], [40, 44], atol=3)
+    # Single-threaded decoder and colour conversion (build_arrays' tiny videos): the same bytes.
+    np.testing.assert_array_equal(video.decode_frames(mp4, idx, threads="NONE"), out)
+    np.testing.assert_array_equal(video.decode_frames(mp4, [5, 6], size=(32, 48), threads="NONE"), small)
 
 
 def test_decode_into_crops_before_scaling(tmp_path):

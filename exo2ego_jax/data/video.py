@@ -158,8 +158,8 @@ def decode_into(src: PathOrBytes, frame_indices: Sequence[int],
     the decoded frame to keep before scaling (needs ``size``): scaling only the centre crop of a wide
     frame saves a third of the scaling work. Decoding seeks to the keyframe before the first wanted
     frame and stops at the last one; the codec decodes with frame + slice threads (``threads``: FFmpeg's
-    thread_type; "NONE" for small videos decoded many at a time, where starting the decoder's
-    threads costs more than they save; the frames are the same either way).
+    thread_type; "NONE" also makes the RGB conversion single-threaded: for small videos decoded many
+    at a time, where waking threads per frame costs more than they save; the frames are the same).
     Raises VideoError (missing/empty/corrupt/truncated_video) when the frames cannot be produced.
     """
     if crop is not None and size is None:
@@ -200,7 +200,7 @@ def decode_into(src: PathOrBytes, frame_indices: Sequence[int],
                 return graph.pull().to_ndarray()
         else:
             reformatter = VideoReformatter()
-            kwargs = {"format": "rgb24"}
+            kwargs = {"format": "rgb24", "threads": 1 if threads == "NONE" else None}
             if size is not None:
                 kwargs.update(height=int(size[0]), width=int(size[1]))
 
