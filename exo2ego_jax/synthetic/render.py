@@ -113,15 +113,21 @@ def backgrounds(cams: list[Camera], floor_tint: np.ndarray) -> np.ndarray:
     index = np.zeros(x.shape, np.uint8)
     floor = np.flatnonzero(hit & ~on_table)
     xf, yf = x.reshape(-1)[floor], y.reshape(-1)[floor]
-    index.reshape(-1)[floor] = np.where(((np.floor(xf * 2) + np.floor(yf * 2)) % 2).astype(bool), 1, 2)
+    index.reshape(-1)[floor] = np.where(_mod_exact(np.floor(xf * 2) + np.floor(yf * 2), 2).astype(bool), 1, 2)
     table = np.flatnonzero(on_table)
     xt, yt = x.reshape(-1)[table], y.reshape(-1)[table]
     line = (np.abs(xt) > hx - 0.03) | (np.abs(yt) > hy - 0.03) \
-        | (np.abs(((xt + 0.125) % 0.25) - 0.125) < 0.006) | (np.abs(((yt + 0.125) % 0.25) - 0.125) < 0.006)
+        | (np.abs(_mod_exact(xt + 0.125, 0.25) - 0.125) < 0.006) | (np.abs(_mod_exact(yt + 0.125, 0.25) - 0.125) < 0.006)
     index.reshape(-1)[table] = np.where(line, 4, 3)
     tint = np.asarray(floor_tint, np.float32)
     palette = np.stack([_WALL, tint.astype(np.uint8), (tint * 0.85).astype(np.uint8), _WOOD, _WOOD_LINE])
     return palette[index]
+
+
+def _mod_exact(a: np.ndarray, m: float) -> np.ndarray:
+    """``a % m`` for a power of two m, bit for bit (both are exact: a / m, floor and the difference
+    round nothing), without np.remainder's per-element libm call (~100x slower than floor)."""
+    return a - m * np.floor(a * (1.0 / m))
 
 
 def _shade(rgb, k: float) -> np.ndarray:
