@@ -187,8 +187,11 @@ def test_render_views_equals_frame_by_frame_painter(square):
     assert not by_task["Packing a Box"].obj_visible.all()  # an object disappears into the box
 
 
-def test_camera_basis_rounds_like_numpy_cross():
+def test_camera_basis_and_background_modulo_round_like_numpy():
     rng = np.random.default_rng(0)
+    a = np.concatenate([((rng.random(100_000) - 0.5) * 10.0 ** k).astype(np.float32) for k in range(-2, 4)])
+    for m in (0.25, 2):
+        np.testing.assert_array_equal(synthetic_render._mod_exact(a, m), a % m)
     for _ in range(200):
         a, b = rng.normal(size=3) * 10.0 ** rng.uniform(-3, 3), rng.normal(size=3)
         np.testing.assert_array_equal(np.array(synthetic_render._cross(a, b)), np.cross(a, b))
