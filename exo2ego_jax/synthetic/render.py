@@ -2,8 +2,10 @@
 
 No 3D engine: the table and floor are ray-cast per pixel (exo backgrounds once per take, since those
 cameras are static), and objects, hands, arms and the actor are screen-aligned sprites whose size
-falls with depth, painted far to near. Every frame carries its index in binary as a strip of black
-and white blocks (bottom-left corner) that survives H.264, read back with `read_frame_index`.
+falls with depth, painted far to near (`render`: one frame; `render_views`: every frame of every
+view of a take in a few numpy passes, the same bytes). Every frame carries its index in binary as a
+strip of black and white blocks (bottom-left corner) that survives H.264, read back with
+`read_frame_index`.
 """
 from __future__ import annotations
 
@@ -117,7 +119,8 @@ def backgrounds(cams: list[Camera], floor_tint: np.ndarray) -> np.ndarray:
     table = np.flatnonzero(on_table)
     xt, yt = x.reshape(-1)[table], y.reshape(-1)[table]
     line = (np.abs(xt) > hx - 0.03) | (np.abs(yt) > hy - 0.03) \
-        | (np.abs(_mod_exact(xt + 0.125, 0.25) - 0.125) < 0.006) | (np.abs(_mod_exact(yt + 0.125, 0.25) - 0.125) < 0.006)
+        | (np.abs(_mod_exact(xt + 0.125, 0.25) - 0.125) < 0.006) \
+        | (np.abs(_mod_exact(yt + 0.125, 0.25) - 0.125) < 0.006)
     index.reshape(-1)[table] = np.where(line, 4, 3)
     tint = np.asarray(floor_tint, np.float32)
     palette = np.stack([_WALL, tint.astype(np.uint8), (tint * 0.85).astype(np.uint8), _WOOD, _WOOD_LINE])
@@ -221,6 +224,7 @@ class _Sprites:
 
 
 def _sprites(state: scene.TakeState) -> _Sprites:
+    """The take's sprite table (cached on the state): what `render` used to build frame by frame."""
     cache = state.layer_cache
     if "sprites" in cache:
         return cache["sprites"]
@@ -276,7 +280,7 @@ def _sprites(state: scene.TakeState) -> _Sprites:
 
 def render(state: scene.TakeState, f: int, cam: Camera, bg: np.ndarray, *, ego: bool) -> np.ndarray:
     """One frame of the take from `cam` (ego=True: no actor body, the camera is in its head);
-    sprites painted one by one, far to near (`render_frames` draws a whole take at once)."""
+    sprites painted one by one, far to near (`render_views` draws whole takes at once)."""
     img = bg.copy()
     sp = _sprites(state)
     rows = np.arange(sp.starts[f], sp.starts[f + 1])
@@ -292,14 +296,9 @@ def render(state: scene.TakeState, f: int, cam: Camera, bg: np.ndarray, *, ego: 
     return img
 
 
-def render_frames(state: scene.TakeState, cams: Camera | list[Camera], bgs: np.ndarray, *, ego: bool) -> np.ndarray:
-    """Every frame of the take, uint8 [T, H, W, 3]: from one static camera or from cams[f] per frame
-    (bgs: [H, W, 3] or [T, H, W, 3]); `render` frame by frame, bit for bit."""
-    return render_views(state, [(cams, bgs, ego)])[0]
-
-
 def render_views(state: scene.TakeState, views) -> list[np.ndarray]:
-    """`render_frames` of several views [(cams, bgs, ego)] of one take -> uint8 [T, H, W, 3] each.
+    """Every frame of one take from several views -> uint8 [T, H, W, 3] per view. A view is
+    (cams, bgs, ego): one static Camera or cams[f] per frame, bgs [H, W, 3] or [T, H, W, 3].
 
     Equal to `render` frame by frame (the same float operations per pixel), but every sprite of
     every frame of the views of one size is painted in a few numpy passes: per-sprite numpy calls
