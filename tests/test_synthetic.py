@@ -155,3 +155,49 @@ def test_markings_resolvable_at_ego_scale_only():
                     masks[marking] = (img == 255).all(-1)
             assert counts[12] >= 8 and counts[3] <= 4, (shape, marking, counts)
         assert not np.array_equal(masks["stripe"], masks["dot"]) and not np.array_equal(masks["dot"], masks["cross"])
+
+
+@pytest.mark.parametrize("square", [False, True])
+def test_render_views_equals_frame_by_frame_painter(square):
+    """The whole-take painter (all views of one size in one pass) gives the sequential painter's
+    bytes: every task (pouring droplets, objects hidden in a box), exo and ego views, and exo and ego
+    of different sizes (two passes) or one size (one pass, the demo world)."""
+    cfg = tiny_config()
+    if square:
+        cfg.exo_size, cfg.ego_size, cfg.exo_focal, cfg.object_scale = (64, 64), 64, 3.0, 2.0
+    ns = types.SimpleNamespace(**cfg.to_dict())
+    by_task = {}
+    for i in range(12):
+        state = synthetic_scene.simulate_take(np.random.default_rng([cfg.seed, i]), ns)
+        by_task.setdefault(state.task, state)
+    assert len(by_task) == 3
+    tint = np.array([100.0, 130.0, 115.0], np.float32)
+    for state in by_task.values():
+        T = state.num_frames
+        exo = synthetic_render.exo_cameras(ns)
+        ego = [synthetic_render.ego_camera(state, f, ns) for f in range(T)]
+        views = [(cam, synthetic_render.background(cam, tint), False) for cam in exo.values()]
+        views.append((ego, synthetic_render.backgrounds(ego, tint), True))
+        for (cams, bgs, is_ego), frames in zip(views, synthetic_render.render_views(state, views)):
+            ref = np.stack([synthetic_render.render(state, f, cams[f] if is_ego else cams,
+                                                    synthetic_render.background(ego[f], tint) if is_ego else bgs,
+                                                    ego=is_ego) for f in range(T)])
+            np.testing.assert_array_equal(frames, ref)
+    assert (by_task["Making a Drink"].pour[:, 0] >= 0).any()  # droplets drawn
+    assert not by_task["Packing a Box"].obj_visible.all()  # an object disappears into the box
+
+
+def test_camera_basis_and_background_modulo_round_like_numpy():
+    rng = np.random.default_rng(0)
+    a = np.concatenate([((rng.random(100_000) - 0.5) * 10.0 ** k).astype(np.float32) for k in range(-2, 4)])
+    for m in (0.25, 2):
+        np.testing.assert_array_equal(synthetic_render._mod_exact(a, m), a % m)
+    for _ in range(200):
+        a, b = rng.normal(size=3) * 10.0 ** rng.uniform(-3, 3), rng.normal(size=3)
+        np.testing.assert_array_equal(np.array(synthetic_render._cross(a, b)), np.cross(a, b))
+    cam = synthetic_render.Camera(np.array([2.0, -1.0, 1.5]), np.array([0.1, 0.2, 0.0]), 100.0, 64, 64)
+    fwd = (cam.look - cam.pos) / np.linalg.norm(cam.look - cam.pos)
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    right = right / np.linalg.norm(right)
+    for got, want in zip(cam.basis(), (right, np.cross(right, fwd), fwd)):
+        np.testing.assert_array_equal(got, want)

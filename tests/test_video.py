@@ -37,6 +37,9 @@ def test_decode_seek_order_repeats_size_bytes(mp4):
     small = video.decode_frames(open(mp4, "rb").read(), [5, 6], size=(32, 48))
     assert small.shape == (2, 32, 48, 3)
     np.testing.assert_allclose(small[:, 16, 24, 0], [40, 44], atol=3)
+    # Single-threaded decoder and colour conversion (build_arrays' tiny videos): the same bytes.
+    np.testing.assert_array_equal(video.decode_frames(mp4, idx, threads="NONE"), out)
+    np.testing.assert_array_equal(video.decode_frames(mp4, [5, 6], size=(32, 48), threads="NONE"), small)
 
 
 def test_decode_into_crops_before_scaling(tmp_path):
@@ -150,3 +153,14 @@ def test_colours_survive_encode_decode(tmp_path):
     video.encode_mp4(frames, path, crf=18)
     out = video.decode_frames(path, range(len(colours)))
     np.testing.assert_allclose(out[:, 16, 16].astype(int), colours.astype(int), atol=6)
+
+
+def test_rgb_to_yuv420p_of_a_video_equals_frame_by_frame():
+    """encode_mp4 converts a whole video at once: the same bytes as converting each frame."""
+    rng = np.random.default_rng(1)
+    for shape in ((6, 64, 64, 3), (3, 90, 160, 3), (2, 30, 46, 3)):
+        frames = rng.integers(0, 256, shape, dtype=np.uint8)
+        y, u, v = video.rgb_to_yuv420p(frames)
+        for i, f in enumerate(frames):
+            for got, want in zip((y[i], u[i], v[i]), video.rgb_to_yuv420p(f)):
+                np.testing.assert_array_equal(got, want)

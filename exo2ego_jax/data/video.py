@@ -149,7 +149,7 @@ def _crop_scale_graph(stream, crop: tuple[int, int, int, int], size: tuple[int, 
 def decode_into(src: PathOrBytes, frame_indices: Sequence[int],
                 write: Callable[[np.ndarray, np.ndarray], None], *,
                 size: tuple[int, int] | None = None,
-                crop: tuple[int, int, int, int] | None = None) -> VideoInfo:
+                crop: tuple[int, int, int, int] | None = None, threads: str = "AUTO") -> VideoInfo:
     """Decodes the given frames and hands each one to ``write(positions, rgb)``, no copies made.
 
     ``rgb`` is uint8 [H, W, 3] (scaled to ``size`` = (height, width) by the same swscale call that
@@ -157,7 +157,9 @@ def decode_into(src: PathOrBytes, frame_indices: Sequence[int],
     ``frame_indices`` that want this frame (repeats allowed). ``crop`` = (top, left, height, width) of
     the decoded frame to keep before scaling (needs ``size``): scaling only the centre crop of a wide
     frame saves a third of the scaling work. Decoding seeks to the keyframe before the first wanted
-    frame and stops at the last one; the codec decodes with frame + slice threads.
+    frame and stops at the last one; the codec decodes with frame + slice threads (``threads``: FFmpeg's
+    thread_type; "NONE" also makes the RGB conversion single-threaded: for small videos decoded many
+    at a time, where waking threads per frame costs more than they save; the frames are the same).
     Raises VideoError (missing/empty/corrupt/truncated_video) when the frames cannot be produced.
     """
     if crop is not None and size is None:
@@ -174,7 +176,7 @@ def decode_into(src: PathOrBytes, frame_indices: Sequence[int],
     try:
         info = _info(container, name, src)
         stream = container.streams.video[0]
-        stream.codec_context.thread_type = "AUTO"
+        stream.codec_context.thread_type = threads
         time_base = float(stream.time_base)
         start_pts = stream.start_time or 0
         first, last = int(wanted[0]), int(wanted[-1])
@@ -198,7 +200,7 @@ def decode_into(src: PathOrBytes, frame_indices: Sequence[int],
                 return graph.pull().to_ndarray()
         else:
             reformatter = VideoReformatter()
-            kwargs = {"format": "rgb24"}
+            kwargs = {"format": "rgb24", "threads": 1 if threads == "NONE" else None}
             if size is not None:
                 kwargs.update(height=int(size[0]), width=int(size[1]))
 
@@ -232,10 +234,11 @@ def decode_into(src: PathOrBytes, frame_indices: Sequence[int],
 
 
 def decode_frames(src: PathOrBytes, frame_indices: Sequence[int], *,
-                  size: tuple[int, int] | None = None) -> np.ndarray:
+                  size: tuple[int, int] | None = None, threads: str = "AUTO") -> np.ndarray:
     """Decodes the given frames (any order, repeats allowed) as uint8 [N, H, W, 3] RGB.
 
     size: optional (height, width) to scale to inside FFmpeg's swscale (cheaper than numpy).
+    threads: the decoder's thread_type (see `decode_into`).
     Raises VideoError (missing/empty/corrupt/truncated_video) when the frames cannot be produced.
     """
     n = int(np.asarray(frame_indices).size)
@@ -246,7 +249,7 @@ def decode_frames(src: PathOrBytes, frame_indices: Sequence[int], *,
             out.append(np.empty((n, *rgb.shape), np.uint8))
         out[0][pos] = rgb
 
-    decode_into(src, frame_indices, write, size=size)
+    decode_into(src, frame_indices, write, size=size, threads=threads)
     return out[0]
 
 
@@ -339,29 +342,35 @@ def resize_crop_normalise(frames: np.ndarray, size: int, mean: Sequence[float], 
 
 
 def rgb_to_yuv420p(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 [H, W, 3] RGB -> Y [H, W], U [H/2, W/2], V [H/2, W/2] (BT.601 limited range, like swscale)."""
+    """uint8 [..., H, W, 3] RGB -> Y [..., H, W], U, V [..., H/2, W/2] (BT.601 limited range, like swscale).
+
+    A whole video converts in one call: the same float32 operations per pixel as one frame at a
+    time (the matrix-vector products run per image row either way)."""
     x = rgb.astype(np.float32)
     y = 16.0 + x @ np.array([65.481, 128.553, 24.966], np.float32) / 255.0
     # The colour transform is linear, so average each 2x2 block of RGB first (chroma at quarter size).
-    q = 0.25 * (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
+    q = 0.25 * (x[..., 0::2, 0::2, :] + x[..., 1::2, 0::2, :] + x[..., 0::2, 1::2, :] + x[..., 1::2, 1::2, :])
     cb = 128.0 + q @ np.array([-37.797, -74.203, 112.0], np.float32) / 255.0
     cr = 128.0 + q @ np.array([112.0, -93.786, -18.214], np.float32) / 255.0
     return tuple(np.clip(np.rint(c), 0, 255).astype(np.uint8) for c in (y, cb, cr))
 
 
-def _yuv_frame(rgb: np.ndarray) -> "av.VideoFrame":
-    """A yuv420p frame whose row padding is zeroed.
+def _yuv_frame(planes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> "av.VideoFrame":
+    """A yuv420p frame from its Y, U, V planes, with the row padding zeroed.
 
     PyAV/swscale leave the alignment padding of each row uninitialised, and x264 reads it for
     widths that are not a multiple of 32: identical encodes then differ. Filling every byte
     ourselves keeps encoding bit-reproducible (the synthetic world's determinism test).
     """
-    h, w, _ = rgb.shape
+    h, w = planes[0].shape
     frame = av.VideoFrame(w, h, "yuv420p")
-    for plane, data in zip(frame.planes, rgb_to_yuv420p(rgb)):
-        buf = np.zeros((plane.height, plane.line_size), np.uint8)
-        buf[:, : data.shape[1]] = data
-        plane.update(buf)
+    for plane, data in zip(frame.planes, planes):
+        if plane.line_size == data.shape[1]:
+            plane.update(np.ascontiguousarray(data))  # rows without padding
+        else:
+            buf = np.zeros((plane.height, plane.line_size), np.uint8)
+            buf[:, : data.shape[1]] = data
+            plane.update(buf)
     return frame
 
 
@@ -403,8 +412,9 @@ def encode_mp4(frames: np.ndarray, path_or_file: str | os.PathLike | BinaryIO, f
             # x264's macroblock-tree rate control reads uninitialised memory: with it on, two
             # encodes of the same frames differ now and then (seen here on ~1 in 5 runs).
             stream.options["x264-params"] = "mbtree=0"
+        y, u, v = rgb_to_yuv420p(frames)  # the whole video in one pass
         for i in range(n):
-            frame = _yuv_frame(frames[i])
+            frame = _yuv_frame((y[i], u[i], v[i]))
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))

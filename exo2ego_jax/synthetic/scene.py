@@ -101,7 +101,7 @@ class TakeState:
     actions: list[Action]
     steps: list[tuple[str, str, list[int]]]  # (step name, description, action indices)
     task: str
-    layer_cache: dict = dataclasses.field(default_factory=dict)  # renderer's sprite masks per object state
+    layer_cache: dict = dataclasses.field(default_factory=dict)  # renderer's sprite table of the take
     hand_rgb: tuple = (SKIN, SKIN)  # colour of the (left, right) hand: skin, or a glove (cfg.hand_rgb)
 
     @property

@@ -109,17 +109,15 @@ def make_take(index: int, cfg: Any, root: str) -> dict[str, Any]:
     lo, hi = getattr(cfg, "floor_tint_range", (90.0, 150.0))
     tint = np.asarray(rng.uniform(lo, hi, size=3), np.float32)  # drawn even when lo == hi: same rng stream
     exo = render_lib.exo_cameras(cfg)
+    ego_cams = [render_lib.ego_camera(state, f, cfg) for f in range(T)]  # the head moves: one per frame
+    views = [(cam, render_lib.background(cam, tint), False) for cam in exo.values()]
+    *exo_frames, ego_frames = render_lib.render_views(
+        state, views + [(ego_cams, render_lib.backgrounds(ego_cams, tint), True)])
     files: dict[str, str] = {}
-    for cam_id, cam in exo.items():
-        bg = render_lib.background(cam, tint)
-        frames = np.stack([render_lib.render(state, f, cam, bg, ego=False) for f in range(T)])
+    for cam_id, frames in zip(exo, exo_frames):
         files[cam_id] = f"{cam_id}.mp4"
         video_lib.encode_mp4(frames, os.path.join(video_dir, files[cam_id]), fps=cfg.fps, crf=cfg.crf,
                              preset=cfg.preset, gop=cfg.gop)
-    ego_frames = np.empty((T, cfg.ego_size, cfg.ego_size, 3), np.uint8)
-    for f in range(T):
-        cam = render_lib.ego_camera(state, f, cfg)
-        ego_frames[f] = render_lib.render(state, f, cam, render_lib.background(cam, tint), ego=True)
     files[EGO_CAM] = EGO_FILE
     video_lib.encode_mp4(ego_frames, os.path.join(video_dir, EGO_FILE), fps=cfg.fps, crf=cfg.crf,
                          preset=cfg.preset, gop=cfg.gop)

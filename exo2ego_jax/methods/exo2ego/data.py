@@ -72,26 +72,38 @@ def build_arrays(world_root: str, out_path: str, *, num_frames: int, image_size:
         narrations = [n for n in t["narrations"] if (uid, round(float(n["timestamp"]), 3)) in kept]
         if narrations:
             takes.append({**t, "narrations": narrations})
-    clips = functools.partial(_take_clips_or_error, world_root, fps=fps, exo_cams=exo_cams, num_frames=num_frames,
-                              image_size=image_size)
+    # Every clip decodes straight into its rows of the output arrays (~1 GB for the demo: no
+    # per-take arrays to stack and concatenate); takes that fail are dropped at the end.
+    counts = np.array([len(t["narrations"]) for t in takes], np.int64)
+    starts = np.cumsum(counts) - counts
+    ego = np.empty((int(counts.sum()), num_frames, image_size, image_size, 3), np.uint8)
+    exo = np.empty((int(counts.sum()), len(exo_cams), num_frames, image_size, image_size, 3), np.uint8)
+
+    def clips(i: int) -> video_lib.VideoError | None:
+        rows = slice(starts[i], starts[i] + counts[i])
+        try:
+            _take_clips(world_root, takes[i], ego[rows], exo[rows], fps=fps, exo_cams=exo_cams)
+        except video_lib.VideoError as e:
+            return e
+        return None
     # Threads, not processes: FFmpeg decodes outside the GIL, and ~1 GB of clips need no pickling.
     with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
-        parts = list(pool.map(clips, takes))
-    good = []
-    for take, part in zip(takes, parts):
-        if isinstance(part, video_lib.VideoError):
+        errors = list(pool.map(clips, range(len(takes))))
+    for take, err in zip(takes, errors):
+        if err is not None:
             for _ in take["narrations"]:  # every clip of the take needs this view
-                skips.skip(part.reason, part.path, part.detail)
-        else:
-            good.append((take, part))
+                skips.skip(err.reason, err.path, err.detail)
     logging.info("build_arrays: %s", skips.report())
+    good = [i for i, err in enumerate(errors) if err is None]
     if not good:
         raise ValueError(f"{world_root}: no usable take\n{skips.report()}")
     skips.check(max_skip_fraction)
-    takes = [t for t, _ in good]
+    if len(good) < len(takes):
+        rows = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in good])
+        ego, exo = ego[rows], exo[rows]
+    takes = [takes[i] for i in good]
     texts = [n["text"] for t in takes for n in t["narrations"]]
-    np.savez(out_path, ego=np.concatenate([p[0] for _, p in good]), exo=np.concatenate([p[1] for _, p in good]),
-             text=np.array(texts),
+    np.savez(out_path, ego=ego, exo=exo, text=np.array(texts),
              take=np.array([t["take_name"] for t in takes for _ in t["narrations"]]),
              split=np.array([t["split"] for t in takes for _ in t["narrations"]]),
              narration=np.array([n["index"] for t in takes for n in t["narrations"]], np.int32),
@@ -100,33 +112,34 @@ def build_arrays(world_root: str, out_path: str, *, num_frames: int, image_size:
     return {"clips": len(texts), "exo_views": len(exo_cams), "path": out_path, "skips": skips.report()}
 
 
-def _take_clips_or_error(world_root: str, take: dict[str, Any], **kw):
-    try:
-        return _take_clips(world_root, take, **kw)
-    except video_lib.VideoError as e:
-        return e
-
-
-def _take_clips(world_root: str, take: dict[str, Any], *, fps: float, exo_cams: tuple[str, ...], num_frames: int,
-                image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ego [N, F, S, S, 3], exo [N, views, F, S, S, 3]) uint8 clips of one take's N narrations.
-    Raises VideoError (the view checked against the take as by the record writers)."""
+def _take_clips(world_root: str, take: dict[str, Any], ego: np.ndarray, exo: np.ndarray, *, fps: float,
+                exo_cams: tuple[str, ...]) -> None:
+    """Decodes one take's N narration clips into ego [N, F, S, S, 3] and exo [N, views, F, S, S, 3]
+    (uint8). Raises VideoError (the view checked against the take as by the record writers)."""
     base = os.path.join(world_root, "takes", take["take_name"], "frame_aligned_videos")
-    idx = [video_lib.sample_frame_indices(int(n["start_sec"] * fps),
-                                          max(int(n["end_sec"] * fps), int(n["start_sec"] * fps) + 1),
+    n, num_frames, image_size = ego.shape[0], ego.shape[1], ego.shape[2]
+    idx = [video_lib.sample_frame_indices(int(t["start_sec"] * fps),
+                                          max(int(t["end_sec"] * fps), int(t["start_sec"] * fps) + 1),
                                           num_frames=num_frames, video_fps=fps)
-           for n in take["narrations"]]
-    flat = np.minimum(np.concatenate(idx), take["num_frames"] - 1)
+           for t in take["narrations"]]
+    flat = np.minimum(np.concatenate(idx), take["num_frames"] - 1).tolist()  # clip c, frame f at c * F + f
 
-    def clips(name):
+    def decode(name: str, out: np.ndarray) -> None:  # out [N, F, S, S, 3]
         path = os.path.join(base, name)
-        clip_source.probe_aligned(path, fps=fps, duration_sec=float(take["duration_sec"]), fps_tolerance=0.5,
-                                  length_tolerance_sec=1.0)
-        fr = video_lib.decode_frames(path, flat.tolist())
-        fr = video_lib.resize(fr, image_size, image_size)
-        return np.clip(np.round(fr), 0, 255).astype(np.uint8).reshape(len(idx), num_frames, image_size,
-                                                                      image_size, 3)
-    return clips("aria01_214-1.mp4"), np.stack([clips(f"{c}.mp4") for c in exo_cams], axis=1)
+        info = clip_source.probe_aligned(path, fps=fps, duration_sec=float(take["duration_sec"]),
+                                         fps_tolerance=0.5, length_tolerance_sec=1.0)
+        # Tiny videos, two takes at a time (build_arrays' threads): single-threaded decoders.
+        if (info.height, info.width) == (image_size, image_size):  # the demo's videos: no resize
+            def write(pos: np.ndarray, rgb: np.ndarray) -> None:
+                for p in pos.tolist():  # (usually one position: plain indexing is cheapest)
+                    out[p // num_frames, p % num_frames] = rgb
+            video_lib.decode_into(path, flat, write, threads="NONE")
+            return
+        fr = video_lib.resize(video_lib.decode_frames(path, flat, threads="NONE"), image_size, image_size)
+        out[:] = np.clip(np.round(fr), 0, 255).astype(np.uint8).reshape(n, num_frames, image_size, image_size, 3)
+    decode("aria01_214-1.mp4", ego)
+    for v, cam in enumerate(exo_cams):
+        decode(f"{cam}.mp4", exo[:, v])
 
 
 @functools.lru_cache(maxsize=4)
