@@ -7,9 +7,9 @@ Only process 0 of a multi-process run draws one.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 
-import jax
 from tqdm import tqdm
 
 PROGRESS_ENV = "EXO2EGO_PROGRESS"
@@ -29,7 +29,10 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
         initial: int = 0) -> tqdm:
     """A tqdm bar for `desc` (e.g. "world takes"); see the module docstring for when it shows."""
     on = enabled()
-    if jax.process_index() != 0:
+    # A process that never loaded jax (the world's writer processes) is not part of a multi-process
+    # run; this module does not import jax itself, so those processes start without it.
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.process_index() != 0:
         on = False
     return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True,
                 disable=None if on is None else not on)
