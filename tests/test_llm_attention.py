@@ -77,3 +77,56 @@ def test_xla_and_cached_attention_equal_naive_grouped_attention():
     cached = attention.cached_attention(jnp.asarray(q), jnp.asarray(k.transpose(0, 2, 3, 1)),
                                         jnp.asarray(v.transpose(0, 2, 1, 3)), jnp.asarray(mask), d ** -0.5)
     np.testing.assert_allclose(np.asarray(cached), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [2, 4, 3])
+def test_causal_key_block_skipping_equals_full_attention(block):
+    """causal_xla_attention (query block i reads keys of blocks <= i) = xla_attention on a causal,
+    right-padded mask, values and gradients; block 3 does not divide T = 8: the full path runs."""
+    b, t, h, kv, d = 2, 8, 4, 2, 4
+    r = np.random.RandomState(1)
+    q, k, v = (jnp.asarray(r.randn(b, t, n, d).astype(np.float32)) for n in (h, kv, kv))
+    i = np.arange(t)
+    mask = (i[None, :, None] >= i[None, None, :]) & (np.asarray([t, 5])[:, None, None] > i[None, None, :])
+    mask[1, 5:, 0] = True  # DecoderLM's pad rows attend to slot 0 only
+    mask = jnp.asarray(mask)
+    cot = jnp.asarray(r.randn(b, t, h, d).astype(np.float32))
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v, mask, d ** -0.5) * cot)
+
+    full = jax.value_and_grad(lambda *a: loss(attention.xla_attention, *a), argnums=(0, 1, 2))(q, k, v)
+    blocked = jax.value_and_grad(
+        lambda *a: loss(lambda *x: attention.causal_xla_attention(*x, block=block), *a), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(blocked[0], full[0], rtol=1e-5)
+    for g_blocked, g_full in zip(blocked[1], full[1]):
+        np.testing.assert_allclose(np.asarray(g_blocked), np.asarray(g_full), atol=1e-5)
+    out = attention.causal_xla_attention(q, k, v, mask, d ** -0.5, block=block)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(attention.xla_attention(q, k, v, mask, d ** -0.5)),
+                               atol=1e-6)
+
+
+def test_decoder_with_causal_key_blocks_equals_full_attention(monkeypatch):
+    """DecoderLM's training path (no cache) runs the block-skipping attention: same logits."""
+    with nnx.use_eager_sharding(False):
+        model = DecoderLM(CFG, rngs=nnx.Rngs(0), attention_impl="xla")
+    ids = jnp.asarray([[3, 14, 15, 9, 26, 5, 35, 8], [7, 1, 8, 2, 8, 0, 0, 0]])
+    mask = jnp.asarray([[1] * 8, [1] * 5 + [0] * 3])
+    logits = {}
+    for block in (0, 2):
+        monkeypatch.setattr(attention, "CAUSAL_BLOCK", block)
+        logits[block] = np.asarray(nnx.jit(lambda m: m(ids, attention_mask=mask)[0])(model))
+    np.testing.assert_allclose(logits[2], logits[0], atol=1e-5)
+
+
+def test_masked_softmax_gradient_equals_autodiff_of_the_masked_softmax():
+    """The custom backward (probabilities only) = autodiff of softmax(where(mask, s, min))."""
+    r = np.random.RandomState(2)
+    scores = jnp.asarray(r.randn(2, 3, 5, 7).astype(np.float32))
+    mask = jnp.asarray(r.rand(2, 1, 5, 7) > 0.4).at[..., 0].set(True)  # every row sees a key
+    cot = jnp.asarray(r.randn(2, 3, 5, 7).astype(np.float32))
+    plain = lambda s: jnp.sum(jax.nn.softmax(jnp.where(mask, s, jnp.finfo(jnp.float32).min), -1) * cot)
+    custom = lambda s: jnp.sum(attention.masked_softmax(s, mask) * cot)
+    np.testing.assert_allclose(custom(scores), plain(scores), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.grad(custom)(scores)), np.asarray(jax.grad(plain)(scores)),
+                               atol=1e-6)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from exo2ego_jax.models import lora
-from exo2ego_jax.models.llm import DecoderLM, LLMConfig
+from exo2ego_jax.models.llm import DecoderLM, LLMConfig, swiglu
 from exo2ego_jax.weights import llm_weights
 from exo2ego_jax.weights import safetensors_io as sio
 
@@ -116,3 +116,17 @@ def test_lora_paths_training_and_merge(model):
     hf = llm_weights.to_hf_tensors(m)  # merges on export
     np.testing.assert_allclose(hf["model.layers.1.self_attn.q_proj.weight"],
                                np.asarray(sio.param_paths(merged)["layers/attn/q_proj/kernel"].get_value()[1]).T)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_swiglu_gradient_equals_autodiff_of_silu_gate(dtype):
+    """The MLP gate's custom backward (recomputed sigmoid) = autodiff of silu(gate) * up."""
+    r = np.random.RandomState(0)
+    gate, up, cot = (jnp.asarray(3 * r.randn(6, 10).astype(np.float32)).astype(dtype) for _ in range(3))
+    plain = lambda g, u: jnp.sum((jax.nn.silu(g) * u * cot).astype(jnp.float32))
+    custom = lambda g, u: jnp.sum((swiglu(g, u) * cot).astype(jnp.float32))
+    assert custom(gate, up) == plain(gate, up)  # the forward is the same expression
+    tol = 1e-5 if dtype == jnp.float32 else 3e-2
+    for got, want in zip(jax.grad(custom, (0, 1))(gate, up), jax.grad(plain, (0, 1))(gate, up)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol)

@@ -52,6 +52,28 @@ def xla_attention(q, k, v, mask, scale: float):
     return out.reshape(b, kv, h // kv, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
+# Queries per block of the causal path (causal_xla_attention); 0 turns block skipping off.
+CAUSAL_BLOCK = 128
+
+
+def causal_xla_attention(q, k, v, mask, scale: float, block: int | None = None):
+    """``xla_attention`` for a mask inside the causal triangle (no query attends to a later key,
+    as in training without a cache): q [B,T,H,D], k/v [B,T,K,D], mask [B,T,T] bool -> [B,T,H,D].
+
+    Query block i (``block`` positions) runs against keys of blocks 0..i only: the skipped keys
+    are masked for all its queries, so their softmax weights are exactly 0 and the result is the
+    same. With two blocks at T = 256 that is 1/4 fewer attention FLOPs and softmax elements, as
+    torch's ``is_causal`` kernels skip the masked triangle. Other lengths run ``xla_attention``.
+    """
+    block = CAUSAL_BLOCK if block is None else block
+    t = q.shape[1]
+    if not block or k.shape[1] != t or t % block or t < 2 * block:
+        return xla_attention(q, k, v, mask, scale)
+    outs = [xla_attention(q[:, s:s + block], k[:, :s + block], v[:, :s + block],
+                          mask[:, s:s + block, :s + block], scale) for s in range(0, t, block)]
+    return jnp.concatenate(outs, axis=1)
+
+
 def grouped_attention(q, k, v, mask, scale: float, *, keys_transposed: bool = False):
     """Head-major grouped-query attention: q [B,K,G*T,D], keys k [B,K,S,D] (or [B,K,D,S] with
     ``keys_transposed``), values v [B,K,S,D], mask [B,T,S] bool -> [B,K,G*T,D].
@@ -69,9 +91,36 @@ def grouped_attention(q, k, v, mask, scale: float, *, keys_transposed: bool = Fa
     # shape, so the backward keeps one copy of the probabilities (a [B,K,G,T,S] view for the
     # softmax next to the [B,K,G*T,S] operand of the second matmul makes it save both).
     rows_mask = jnp.tile(mask, (1, gt // t, 1))[:, None]
-    scores = jnp.where(rows_mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = masked_softmax(scores, rows_mask).astype(v.dtype)
     return jnp.einsum("bkqs,bksd->bkqd", probs, v)
+
+
+@jax.custom_vjp
+def masked_softmax(scores, mask):
+    """softmax(where(mask, scores, float32 min)) over the last axis; scores f32 [..., S], mask bool.
+
+    The backward keeps only the probabilities and forms d scores = p * (dp - sum(dp * p)) in one
+    pass after one row reduction. Differentiating ``jax.nn.softmax`` of the masked scores instead
+    saves a broadcast copy of the row sums and the masked scores as well (per layer, score-sized
+    buffers written in the forward and read in the backward).
+    """
+    return jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
+
+
+def _masked_softmax_fwd(scores, mask):
+    probs = masked_softmax(scores, mask)
+    return probs, (probs, mask)
+
+
+def _masked_softmax_bwd(res, d_probs):
+    probs, mask = res
+    d_probs = d_probs.astype(probs.dtype)
+    d_scores = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
+    # Masked positions have probability 0 (so gradient 0), as the where's gradient gives them.
+    return d_scores, None
+
+
+masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
 
 
 def cached_attention(q, k_t, v, mask, scale: float):
@@ -89,22 +138,25 @@ def cached_attention(q, k_t, v, mask, scale: float):
     return out.reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
-def attention(q, k, v, mask, scale: float, impl: str, *, causal_lengths=None, window: int = 0):
+def attention(q, k, v, mask, scale: float, impl: str, *, causal_lengths=None, window: int = 0,
+              causal: bool = False):
     """Dispatches to a kernel. ``causal_lengths`` [B] (right-padded, no cache) enables fused paths.
 
     The fused paths take causal masking plus per-row key lengths (right padding, as in training)
     and ``window`` (sliding window in tokens, 0 = none; ``mask`` already carries it for the XLA
-    path); arbitrary masks (left padding, KV cache) always use the XLA path.
+    path); arbitrary masks (left padding, KV cache) always use the XLA path. ``causal``: ``mask``
+    lets no query see a later key (no cache), so the XLA path may skip key blocks.
     """
     impl = resolve_impl(impl)
+    xla_path = causal_xla_attention if causal else xla_attention
     if impl == "xla" or causal_lengths is None:
-        return xla_attention(q, k, v, mask, scale)
+        return xla_path(q, k, v, mask, scale)
     if impl == "splash":
         if splash.supported(q.shape[1]):
             return splash.splash_attention(q, k, v, causal_lengths, scale, window=window)
         warn_once(f"splash attention needs lengths that are multiples of {splash.BLOCK}; got "
                    f"{q.shape[1]}: using the XLA path for this shape.")
-        return xla_attention(q, k, v, mask, scale)
+        return xla_path(q, k, v, mask, scale)
     kwargs = dict(scale=scale, is_causal=True, query_seq_lengths=causal_lengths,
                   key_value_seq_lengths=causal_lengths,
                   # (left, right) keys around the query: the query and window - 1 before it.

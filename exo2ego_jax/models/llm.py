@@ -128,8 +128,9 @@ class Attention(nnx.Module):
             new_kv = (ck, cv)
             out = attn_lib.cached_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, scale)
         else:
+            # Without a cache the mask is causal (DecoderLM.__call__): key blocks may be skipped.
             out = attn_lib.attention(q, k, v, mask, scale, self.impl, causal_lengths=causal_lengths,
-                                     window=self.fused_window)
+                                     window=self.fused_window, causal=True)
         return self.o_proj(out.reshape(b, t, -1), r[3]), new_kv
 
 
@@ -143,7 +144,33 @@ class MLP(nnx.Module):
 
     def __call__(self, x, rng=None):
         r = _split(rng, 3)
-        return self.down_proj(jax.nn.silu(self.gate_proj(x, r[0])) * self.up_proj(x, r[1]), r[2])
+        return self.down_proj(swiglu(self.gate_proj(x, r[0]), self.up_proj(x, r[1])), r[2])
+
+
+@jax.custom_vjp
+def swiglu(gate, up):
+    """silu(gate) * up (SwiGLU's gate; the MLP's [tokens, intermediate] activations).
+
+    The backward keeps only the two projections (saved anyway: they are matmul outputs) and
+    recomputes the sigmoid in its one elementwise pass; autodiff of ``jax.nn.silu(gate) * up``
+    also writes the sigmoid and silu(gate) to memory in the forward pass for the backward.
+    """
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(res, d_out):
+    gate, up = res
+    sig = jax.nn.sigmoid(gate)
+    d_out = d_out.astype(gate.dtype)
+    # d silu(g) / dg = sig * (1 + g * (1 - sig)).
+    return d_out * up * sig * (1 + gate * (1 - sig)), d_out * gate * sig
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 class Block(nnx.Module):
