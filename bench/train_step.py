@@ -16,6 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from exo2ego_jax import config_lib  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).")
@@ -29,6 +31,7 @@ def main(argv):
                        ("LIBTPU_INIT_ARGS", config.hardware.libtpu_flags)):
         if extra:
             os.environ[var] = f"{os.environ.get(var, '')} {extra}".strip()
+    config_lib.set_malloc_reuse(config.hardware.get("malloc_reuse_bytes", 0))
     import jax
     import numpy as np
     from exo2ego_jax.train import metrics as metrics_lib

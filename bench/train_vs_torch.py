@@ -42,6 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from exo2ego_jax import config_lib  # noqa: E402
+
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
                     num_kv_heads=3, head_dim=64, rope_theta=100000.0, rms_norm_eps=1e-5,
                     tie_word_embeddings=True, max_position_embeddings=8192, initializer_range=0.041666)
@@ -387,7 +389,11 @@ def main():
                    help="ours: decoder layers as one lax.scan or unrolled (auto: unrolled on CPU; DecoderLM)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     p.add_argument("--profile", default="", help="directory for a jax.profiler trace of our step")
+    p.add_argument("--malloc-reuse", type=int, default=config_lib.CPU_MALLOC_REUSE,
+                   help="host malloc keeps freed blocks up to this many bytes (the cpu preset's "
+                        "hardware.malloc_reuse_bytes), for the whole process: ours and torch alike; 0 = glibc default")
     args = p.parse_args()
+    config_lib.set_malloc_reuse(args.malloc_reuse)
     if args.quick:
         args.models, args.compile = "vlm", False
 
@@ -398,7 +404,7 @@ def main():
     peak_j, peak_t = matmul_peak()
     args.peak = max(peak_j, peak_t)
     print(f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); f32 2048^3 matmul: jax {peak_j / 1e9:.0f}, "
+          f"({torch.get_num_threads()} threads); malloc reuse {args.malloc_reuse >> 20} MiB; f32 2048^3 matmul: jax {peak_j / 1e9:.0f}, "
           f"torch {peak_t / 1e9:.0f} GFLOP/s")
     for kind in args.models.split(","):
         run(kind.strip(), args)

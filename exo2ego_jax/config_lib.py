@@ -7,8 +7,11 @@ arguments, starts from `base_config(...)`, fills the method's fields, and return
 from __future__ import annotations
 
 import ast
+import ctypes
+import ctypes.util
 import importlib.util
 import json
+import logging
 import os
 from typing import Any
 
@@ -134,7 +137,7 @@ LAYER_LOOPS = ("unroll", "scan")
 # XLA:CPU allocates each step's temporary buffers (tens of MiB) with malloc. glibc serves blocks
 # above its mmap threshold (at most 32 MiB) with fresh pages and unmaps them when freed, so every
 # step pays page faults and page zeroing: in the demo's one-core jobs ~20% of the CPU time was
-# system time. Keeping blocks up to 1 GiB in the heap (main.set_malloc_reuse) made the stage-1
+# system time. Keeping blocks up to 1 GiB in the heap (config_lib.set_malloc_reuse, applied by main.py) made the stage-1
 # step ~1.3x faster (58 -> 44 ms, system time 9.2 -> 5.0 s over 300 steps; load ~3).
 CPU_MALLOC_REUSE = 1 << 30
 
@@ -262,3 +265,25 @@ def load(path: str, arg: str | None = None) -> ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def set_malloc_reuse(nbytes: int) -> None:
+    """glibc malloc keeps freed blocks up to `nbytes` for reuse (config.hardware.malloc_reuse_bytes).
+
+    This process via mallopt (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), the processes it starts via
+    glibc's MALLOC_*_ environment variables. 0 keeps glibc's defaults; not glibc: nothing to do.
+    """
+    if not nbytes:
+        return
+    if not 0 < nbytes < 2 ** 31:
+        raise ValueError(f"config.hardware.malloc_reuse_bytes={nbytes}: expected 0 (glibc default) or a size "
+                         "below 2 GiB (mallopt takes an int).")
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(nbytes))
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(nbytes))
+    path = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(path) if path else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    if not (libc.mallopt(m_mmap_threshold, nbytes) and libc.mallopt(m_trim_threshold, nbytes)):
+        logging.warning("mallopt refused malloc_reuse_bytes=%d: glibc's defaults stay", nbytes)

@@ -7,8 +7,6 @@ with jax.distributed before the first JAX call: see `distributed_init_kwargs`.
 from __future__ import annotations
 
 import ast
-import ctypes
-import ctypes.util
 import importlib
 import logging as std_logging
 import os
@@ -18,6 +16,7 @@ from collections.abc import Mapping
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from exo2ego_jax import config_lib
 from exo2ego_jax.jobs import DESCRIPTIONS, JOBS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
@@ -33,28 +32,6 @@ DISTRIBUTED_ENV = "EXO2EGO_DISTRIBUTED"
 def _append_env(var: str, extra: str) -> None:
     if extra:
         os.environ[var] = f"{os.environ.get(var, '')} {extra}".strip()
-
-
-def set_malloc_reuse(nbytes: int) -> None:
-    """glibc malloc keeps freed blocks up to `nbytes` for reuse (config.hardware.malloc_reuse_bytes).
-
-    This process via mallopt (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), the processes it starts via
-    glibc's MALLOC_*_ environment variables. 0 keeps glibc's defaults; not glibc: nothing to do.
-    """
-    if not nbytes:
-        return
-    if not 0 < nbytes < 2 ** 31:
-        raise ValueError(f"config.hardware.malloc_reuse_bytes={nbytes}: expected 0 (glibc default) or a size "
-                         "below 2 GiB (mallopt takes an int).")
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(nbytes))
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(nbytes))
-    path = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(path) if path else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    if not (libc.mallopt(m_mmap_threshold, nbytes) and libc.mallopt(m_trim_threshold, nbytes)):
-        logging.warning("mallopt refused malloc_reuse_bytes=%d: glibc's defaults stay", nbytes)
 
 
 def _int_env(env: Mapping[str, str], name: str) -> int:
@@ -125,7 +102,7 @@ def run(config, workdir: str):
     # XLA reads its flags when the backend starts: set them before the first JAX call.
     _append_env("XLA_FLAGS", config.hardware.xla_flags)
     _append_env("LIBTPU_INIT_ARGS", config.hardware.libtpu_flags)
-    set_malloc_reuse(config.hardware.get("malloc_reuse_bytes", 0))
+    config_lib.set_malloc_reuse(config.hardware.get("malloc_reuse_bytes", 0))
     _LogFilter.tpu_expected = config.hardware.preset.startswith("tpu")
     import jax
     kwargs = distributed_init_kwargs(os.environ)

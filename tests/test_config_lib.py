@@ -103,15 +103,14 @@ def test_malloc_reuse_preset_and_its_application(monkeypatch):
     """The CPU preset keeps freed host blocks up to 1 GiB in malloc's heap (XLA:CPU's per-step
     temporaries are tens of MiB: above glibc's mmap threshold each step faulted in fresh pages);
     accelerator presets keep glibc's defaults. Child processes get glibc's MALLOC_*_ variables."""
-    from exo2ego_jax import main
     assert config_lib.hardware_preset("cpu").malloc_reuse_bytes == 1 << 30
     assert all(config_lib.hardware_preset(p).malloc_reuse_bytes == 0
                for p in ("gpu_h100x8", "tpu_v5e_64", "tpu_v5p_128"))
     for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
         monkeypatch.delenv(var, raising=False)
-    main.set_malloc_reuse(0)
+    config_lib.set_malloc_reuse(0)
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
-    main.set_malloc_reuse(1 << 30)
+    config_lib.set_malloc_reuse(1 << 30)
     assert os.environ["MALLOC_MMAP_THRESHOLD_"] == os.environ["MALLOC_TRIM_THRESHOLD_"] == str(1 << 30)
     with pytest.raises(ValueError, match=r"malloc_reuse_bytes=2147483648.*below 2 GiB"):
-        main.set_malloc_reuse(1 << 31)
+        config_lib.set_malloc_reuse(1 << 31)
