@@ -80,10 +80,13 @@ def test_chunked_loss_equals_plain_loss_and_gradients(make):
     for k in mp:  # token accuracy included: counted on each chunk's logits, same argmax
         np.testing.assert_allclose(np.asarray(mc[k]), np.asarray(mp[k]), rtol=1e-5, atol=1e-6, err_msg=k)
     flat_p, flat_c = nnx.to_flat_state(gp), nnx.to_flat_state(gc)
+    # A parameter whose true gradient is zero (a conv bias ahead of instance norm) holds only float32
+    # rounding noise of its layer's gradients: its tolerance floor follows the largest gradient.
+    largest = max(float(np.abs(np.asarray(a.get_value())).max()) for _, a in flat_p)
     nonzero = 0
     for (path, a), (_, b) in zip(flat_p, flat_c):
         a, b = np.asarray(a.get_value()), np.asarray(b.get_value())
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * max(1e-3, float(np.abs(a).max())),
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * max(1e-3 * largest, float(np.abs(a).max())),
                                    err_msg="/".join(map(str, path)))
         nonzero += bool(np.abs(a).sum() > 0)
     assert nonzero > 3  # the gradients reach the LLM, not only the head
