@@ -156,7 +156,7 @@ def test_option_log_likelihood_equals_scoring_whole_rows(model):
     want = losses.label_log_likelihood(_forward(model, jnp.asarray(whole["input_ids"])), jnp.asarray(whole["labels"]))
     got = nnx.jit(lambda m, e, *a: gen.option_log_likelihood(m, e, *a))(
         model, model.embed(jnp.asarray(b["prefix_ids"])), *(jnp.asarray(b[k]) for k in (
-            "prefix_mask", "option_ids", "option_mask", "option_labels", "question")))
+            "prefix_mask", "option_ids", "option_mask", "option_labels")), jnp.asarray(question, jnp.int32))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 

@@ -244,8 +244,7 @@ def split_shared_prefix(rows: Sequence[Encoded], question: Sequence[int], *, pre
     prompt is everything before its first labelled token; its option runs from there to its last
     real token. Returns ``prefix_ids`` / ``prefix_mask`` [Q, prefix_len] (left-padded),
     ``option_ids`` / ``option_mask`` / ``option_labels`` [R, O] (right-padded; O = the longest
-    option rounded up to ``option_multiple``, so shapes repeat across batches) and ``question`` [R];
-    or None when some question's rows do not share one prompt token for token, or a row has no
+    option rounded up to ``option_multiple``, so shapes repeat across batches); or None when some question's rows do not share one prompt token for token, or a row has no
     label, or a prompt is longer than ``prefix_len`` (then score whole rows instead).
     """
     question = np.asarray(question, np.int32)
@@ -268,7 +267,7 @@ def split_shared_prefix(rows: Sequence[Encoded], question: Sequence[int], *, pre
     out = {"prefix_ids": np.zeros((n_q, prefix_len), np.int32), "prefix_mask": np.zeros((n_q, prefix_len), np.int32),
            "option_ids": np.zeros((len(options), width), np.int32),
            "option_mask": np.zeros((len(options), width), np.int32),
-           "option_labels": np.full((len(options), width), IGNORE_INDEX, np.int32), "question": question}
+           "option_labels": np.full((len(options), width), IGNORE_INDEX, np.int32)}
     for q, prefix in enumerate(prefixes):
         out["prefix_ids"][q, prefix_len - len(prefix):] = prefix
         out["prefix_mask"][q, prefix_len - len(prefix):] = 1

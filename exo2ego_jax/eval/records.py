@@ -7,6 +7,7 @@ model calls and metrics differ.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -124,3 +125,13 @@ class MultiInstanceRetrievalSet:
         if self.relevance.shape != shape:
             raise ValueError(f"relevance matrix has shape {self.relevance.shape}, "
                              f"expected [videos, sentences] = {shape}")
+
+
+def per_question(row_scores, options: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Scores of the flattened (question, option) rows [R] -> one list per question, in the order of
+    `options` (what MCQModel.option_loglik returns)."""
+    out, start = [], 0
+    for opts in options:
+        out.append([float(x) for x in row_scores[start:start + len(opts)]])
+        start += len(opts)
+    return out

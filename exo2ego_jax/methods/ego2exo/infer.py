@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from exo2ego_jax import generate as gen_lib
 from exo2ego_jax.data import pipeline, pipeline_ops
 from exo2ego_jax.data import text as text_lib
-from exo2ego_jax.eval.records import VideoRef
+from exo2ego_jax.eval.records import VideoRef, per_question
 from exo2ego_jax.methods.ego2exo import videollama3_infer
 from exo2ego_jax.methods.ego2exo.model import sync_data_fields
 from exo2ego_jax.methods.ego2exo.prompts import VIDEO_TOKEN, eos_ids
@@ -141,12 +141,7 @@ class VideoLLMRunner:
         scores = _option_logprob(self.model, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]),
                                  jnp.asarray(batch["labels"]), jnp.asarray(pix), jnp.asarray(fmask),
                                  jnp.asarray(owner, jnp.int32))
-        scores = np.asarray(scores)
-        out, k = [], 0
-        for opts in options:
-            out.append([float(s) for s in scores[k:k + len(opts)]])
-            k += len(opts)
-        return out
+        return per_question(np.asarray(scores), options)
 
 
 class Ego2ExoAdapter:

@@ -34,7 +34,7 @@ from exo2ego_jax import generate as gen_lib
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.data import video as video_lib
 from exo2ego_jax.data import videollama3_processor as vp
-from exo2ego_jax.eval.records import VideoRef
+from exo2ego_jax.eval.records import VideoRef, per_question
 from exo2ego_jax.methods.ego2exo import videollama3_student as vl3_student
 from exo2ego_jax.methods.ego2exo.prompts import eos_ids
 from exo2ego_jax.models import videollama3 as vl3
@@ -314,12 +314,7 @@ class VideoLlama3Runner:
                                       self.model.cfg.video_merge_size, clip_batch.keep[owner])
         scores = _option_logprob(self.model, *self._device(ids, mask, labels),
                                  self._videos(clip_batch), jnp.asarray(owner, jnp.int32))
-        scores = np.asarray(scores)
-        out, k = [], 0
-        for opts in options:
-            out.append([float(s) for s in scores[k:k + len(opts)]])
-            k += len(opts)
-        return out
+        return per_question(np.asarray(scores), options)
 
 
 def from_run(model: vl3.VideoLlama3, cfg: ml_collections.ConfigDict, tok, *, system_prompt: str,

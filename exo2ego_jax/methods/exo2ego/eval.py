@@ -22,7 +22,7 @@ from exo2ego_jax import tokenizer as tokenizer_lib
 from exo2ego_jax.data import text as text_lib
 from exo2ego_jax.data.video import resize_crop_normalise
 from exo2ego_jax.eval import loaders_mcq, runner
-from exo2ego_jax.eval.records import MCQRecord, VideoRef
+from exo2ego_jax.eval.records import MCQRecord, VideoRef, per_question
 from exo2ego_jax.eval.video_io import load_video
 from exo2ego_jax.methods.exo2ego import data as exo2ego_data
 from exo2ego_jax.methods.exo2ego.model import tokens_per_video
@@ -78,21 +78,16 @@ class Learner:
         return b
 
     def option_loglik(self, prompts: list[str], videos: list[VideoRef], options: list[list[str]]) -> list[list[float]]:
-        texts, pix, rows, sizes = [], [], [], []
+        texts, pix, rows = [], [], []
         for q, (p, v, opts) in enumerate(zip(prompts, videos, options)):
             pix.append(self.pixels_fn(v))
             for o in opts:
                 texts.append((p, o))
                 rows.append(q)
-            sizes.append(len(opts))
         b = self._batch(texts, pix, rows)
         score = self._score_shared if "prefix_ids" in b else self._score
-        scores = np.asarray(score(self.model, {k: jnp.asarray(v) for k, v in b.items() if k != "question"}))
-        out, i = [], 0
-        for n in sizes:
-            out.append(scores[i:i + n].tolist())
-            i += n
-        return out
+        scores = score(self.model, {k: jnp.asarray(v) for k, v in b.items()})
+        return per_question(np.asarray(scores), options)
 
     def generate(self, prompts: list[str], videos: list[VideoRef]) -> list[str]:
         """Greedy decoding by full re-encoding per token (short answers; no KV cache needed)."""
