@@ -95,3 +95,23 @@ def test_chunked_loss_never_materialises_the_logits():
     assert plain >= logits_bytes, (plain, logits_bytes)
     # One 8-token chunk of logits and its gradient (2 x 8 x V x 4 bytes), a quarter of the logits.
     assert chunked <= logits_bytes // 4 + 2**20, (chunked, logits_bytes)
+
+
+def test_chunked_accuracy_and_nan_by_hand():
+    """Hand-built head: row 0's target is the unique max (right), row 1's target ties the max
+    (counted right: the top-1 test is 'target logit reaches the row max'), row 2's is below it."""
+    # Positions 0..2 of one sequence; their targets are labels[1..3] = 1, 2, 0.
+    hidden = jnp.asarray([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]], jnp.float32)
+    # Columns are vocab entries: logits of a position = hidden @ kernel.
+    kernel = jnp.asarray([[0.0, 2.0, 1.0], [0.0, 1.0, 1.0]], jnp.float32)
+    labels = jnp.asarray([[-100, 1, 2, 0]], jnp.int32)
+    # logits: p0 [0, 2, 1] target 1 = max; p1 [0, 1, 1] target 2 ties; p2 [0, 3, 2] target 0 below.
+    loss, n, acc = losses.answer_loss_and_accuracy(hidden, labels, head_kernel=kernel, chunk_size=4)
+    assert float(n) == 3
+    np.testing.assert_allclose(float(acc), 2 / 3, rtol=1e-6)
+    lse = lambda row: np.log(np.sum(np.exp(row)))
+    expect = ((lse([0, 2, 1]) - 2) + (lse([0, 1, 1]) - 1) + (lse([0, 3, 2]) - 0)) / 3
+    np.testing.assert_allclose(float(loss), expect, rtol=1e-6)
+    # A NaN in the hidden states reaches the loss (the NaN guard then refuses the step).
+    bad = hidden.at[0, 1, 0].set(jnp.nan)
+    assert np.isnan(float(losses.answer_loss_and_accuracy(bad, labels, head_kernel=kernel, chunk_size=4)[0]))

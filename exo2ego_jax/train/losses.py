@@ -100,7 +100,7 @@ def _chunk_target_logits(h: jax.Array, kernel: jax.Array, targets: jax.Array) ->
 
 
 def _weighted_nll_impl(h, kernel, targets, weights, with_grads: bool):
-    """(sum(weights * nll), number of argmax-correct weighted tokens) over chunks; with
+    """(sum(weights * nll), number of top-1-correct weighted tokens) over chunks; with
     ``with_grads`` also the loss's gradients w.r.t. h and kernel.
 
     The gradients are formed chunk by chunk in the same pass (softmax - onehot, times the
@@ -119,9 +119,17 @@ def _weighted_nll_impl(h, kernel, targets, weights, with_grads: bool):
 
     def one_chunk(dk, hc, tc, wc):
         logits = _chunk_logits(hc, kernel)  # [C, V] f32
-        lse = jax.nn.logsumexp(logits, axis=-1)
+        row_max = jnp.max(logits, axis=-1)  # [C]
+        shifted = logits - row_max[:, None]
+        # The select changes nothing (NaN stays NaN) but keeps this exp-sum out of XLA:CPU's YNN
+        # library, which runs it at 0.7x of XLA's own fused loop ([1024, 49152]: 132 vs 90 ms).
+        lse = row_max + jnp.log(jnp.sum(jnp.where(jnp.isnan(shifted), shifted, jnp.exp(shifted)), axis=-1))
         total = jnp.sum(wc * (lse - _chunk_target_logits(hc, kernel, tc)))
-        right = jnp.sum(jnp.where((wc > 0) & (jnp.argmax(logits, axis=-1) == tc), 1.0, 0.0))
+        # Top-1 without an argmax: the target's logit, read from the block, reaches the row max (a
+        # tie counts as right). XLA:CPU's argmax is a variadic reduce at ~1/10 of a max's speed
+        # (110 vs 11 ms for [1024, 49152]): 2% of a SmolLM2-135M train step.
+        target_logit = jnp.take_along_axis(logits, tc[:, None], axis=1)[:, 0]
+        right = jnp.sum(jnp.where((wc > 0) & (target_logit >= row_max), 1.0, 0.0))
         if not with_grads:
             return dk, (total, right, None)
         vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
@@ -139,7 +147,7 @@ def _weighted_nll_impl(h, kernel, targets, weights, with_grads: bool):
 @jax.custom_vjp
 def _weighted_nll(h, kernel, targets, weights):
     """h [K, C, D], kernel [D, V], targets [K, C] int32, weights [K, C] f32
-    -> (sum(w * nll), argmax-correct tokens among w > 0); the count has no gradient."""
+    -> (sum(w * nll), top-1-correct tokens among w > 0); the count has no gradient."""
     return _weighted_nll_impl(h, kernel, targets, weights, with_grads=False)[:2]
 
 
