@@ -79,3 +79,13 @@ def test_non_finite_learning_rate_is_refused():
     assert not bool(ok)
     for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((p1, s1))):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
+def test_without_guard_a_non_finite_step_is_applied_and_reported():
+    """finite=None (config.train.nan_guard=False): the update goes through whatever it holds."""
+    tx = make(groups=(("^enc", 1e-2), ("^head", float("nan")), (".*", None)))
+    p = params0()
+    g = grads_at(0, p)
+    p1, _, ok = tx.apply_guarded(g, tx.init(p), p, optax.global_norm(g), None)
+    assert not bool(ok)
+    assert np.isnan(np.asarray(p1["head"]["w"])).all() and np.isfinite(np.asarray(p1["enc"]["w"])).all()

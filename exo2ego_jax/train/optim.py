@@ -8,7 +8,7 @@ optimizer) that also carries ``apply_guarded``: the same update computed in one 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,11 +63,12 @@ def make_schedule(tc, peak_lr: float, total_steps: int) -> optax.Schedule:
 class AdamW(NamedTuple):
     """An optax GradientTransformation (``init``, ``update``) plus ``apply_guarded``.
 
-    ``apply_guarded(grads, opt_state, params, grad_norm, finite) -> (params, opt_state, finite)``
+    ``apply_guarded(grads, opt_state, params, grad_norm, finite) -> (params, opt_state, ok)``
     returns the new params and state of ``update`` + ``optax.apply_updates``, or the old ones
-    where ``finite`` (a scalar bool) is False or a group's learning rate is not finite; the
-    returned ``finite`` includes that learning-rate check. ``grad_norm`` is the gradients'
-    global norm (the step logs it; the clipping reuses it).
+    where ``finite`` (a scalar bool) is False or a group's learning rate is not finite; ``ok`` is
+    ``finite`` and that learning-rate check. ``finite=None``: no guard (the update is applied
+    whatever it holds) and ``ok`` is the learning-rate check alone. ``grad_norm`` is the
+    gradients' global norm (the step logs it; the clipping reuses it).
     """
     init: Callable
     update: Callable
@@ -123,8 +124,14 @@ def _fused_adamw(tc, schedules: dict[str, optax.Schedule]) -> Callable:
                  else jnp.ones((), jnp.float32))
         rates = {label: jnp.asarray(schedules[label](inner.inner_state[2].count), jnp.float32)
                  for label, inner in partition.inner_states.items()}
+        rates_ok = jnp.bool_(True)
         for rate in rates.values():
-            finite = finite & jnp.isfinite(rate)
+            rates_ok = rates_ok & jnp.isfinite(rate)
+        if finite is None:
+            keep = lambda new, old: new
+        else:
+            finite = finite & rates_ok
+            keep = lambda new, old: jnp.where(finite, new, old)
         new_params, inner_states = params, {}
         for label, inner in partition.inner_states.items():
             adam, decay_state, sched = inner.inner_state
@@ -137,8 +144,7 @@ def _fused_adamw(tc, schedules: dict[str, optax.Schedule]) -> Callable:
                 if is_masked(mu):
                     return mu, nu
                 g = g.astype(mu.dtype) * scale.astype(mu.dtype)
-                return (jnp.where(finite, (1 - b1) * g + b1 * mu, mu),
-                        jnp.where(finite, (1 - b2) * (g * g) + b2 * nu, nu))
+                return keep((1 - b1) * g + b1 * mu, mu), keep((1 - b2) * (g * g) + b2 * nu, nu)
 
             pairs = jax.tree.map(moments, adam.mu, adam.nu, grads, is_leaf=is_masked)
             mu = jax.tree.map(lambda pair: pair[0], pairs, is_leaf=lambda x: isinstance(x, tuple))
@@ -148,14 +154,13 @@ def _fused_adamw(tc, schedules: dict[str, optax.Schedule]) -> Callable:
                 if is_masked(m):
                     return p
                 step = (m / bc1.astype(m.dtype)) / (jnp.sqrt(v / bc2.astype(v.dtype)) + eps) + wd * p
-                return jnp.where(finite, (p + (-lr).astype(p.dtype) * step).astype(p.dtype), p)
+                return keep((p + (-lr).astype(p.dtype) * step).astype(p.dtype), p)
 
             new_params = jax.tree.map(param, mu, nu, new_params, is_leaf=is_masked)
-            keep = lambda new, old: jnp.where(finite, new, old)
             inner_states[label] = inner._replace(inner_state=(
                 adam._replace(count=keep(count, adam.count), mu=mu, nu=nu), decay_state,
                 sched._replace(count=keep(optax.safe_increment(sched.count), sched.count))))
         partition = partition._replace(inner_states=inner_states)
-        return new_params, (*opt_state[:-1], partition), finite
+        return new_params, (*opt_state[:-1], partition), rates_ok if finite is None else finite
 
     return apply_guarded

@@ -114,9 +114,9 @@ def make_train_step(parts: ModelParts, loss_fn: Callable, tx: optax.GradientTran
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if hasattr(tx, "apply_guarded"):  # the project's AdamW: one pass per output (train/optim.py)
-            guard = finite if skip_nonfinite else jnp.bool_(True)
-            new_params, opt, checked = tx.apply_guarded(grads, state["opt"], params, grad_norm, guard)
-            finite = checked if skip_nonfinite else finite & checked
+            new_params, opt, ok = tx.apply_guarded(grads, state["opt"], params, grad_norm,
+                                                   finite if skip_nonfinite else None)
+            finite = finite & ok
         else:
             updates, opt = tx.update(grads, state["opt"], params)
             new_params = optax.apply_updates(params, updates)
