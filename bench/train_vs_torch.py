@@ -16,7 +16,9 @@ Every implementation starts from the same weights and sees the same batches; the
 implementations are interleaved (one step each, rotating the order), so machine load hits all of
 them alike. Printed per implementation: median step time with min/max, steps/s, the share of the
 machine's measured f32 matmul peak (model matmul FLOPs / step time / peak), and the per-step
-speed ratio ours vs each torch variant (median and min/max of the paired ratios). Losses of the
+speed ratio ours vs each torch variant (median and min/max of the paired ratios), and for the LLM the
+roofline: the ratio a step would reach if it ran every model FLOP at the measured peak and nothing else
+(the ceiling of any implementation's ratio on this machine). Losses of the
 first step must agree (same weights, same batch); the max difference over all steps is printed.
 ``--profile DIR`` writes a jax.profiler trace of three of our steps and prints the top XLA ops.
 
@@ -366,6 +368,12 @@ def run(kind: str, args) -> None:
         print(f"   {n:14s} step {1e3 * med:8.1f} ms (min {1e3 * lo:.1f}, max {1e3 * hi:.1f})  "
               f"{1 / med:6.2f} steps/s  {100 * flops / med / args.peak:5.1f}% of matmul peak  "
               f"first call {warm[n]:.1f} s  step-1 loss {first[n]:.5f}")
+    if kind == "llm":  # (the VLM's count has the LM head on every position: no floor to read from it)
+        # Every model FLOP at the measured peak and nothing else. The count has the full T x T
+        # attention square; both sides skip its masked half (~3% of the count), so the floor is ~3% high.
+        floor = flops / args.peak
+        print(f"   roofline: {flops / 1e9:.1f} GFLOP at the measured peak take {1e3 * floor:.1f} ms; a step that "
+              f"fast would be " + ", ".join(f"{statistics.median(times[n]) / floor:.2f}x {n}" for n in names[1:]))
     for n in names[1:]:
         ratio = [b / a for a, b in zip(ref, times[n])]
         med, lo, hi = stats(ratio)
