@@ -13,7 +13,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -67,7 +66,7 @@ class Abstract:
     method: Any
     mesh: jax.sharding.Mesh
     parts: state_lib.ModelParts
-    tx: optax.GradientTransformation
+    tx: optim.AdamW  # optax-compatible (init, update) + the fused apply_guarded the step uses
     schedules: dict[int, Callable]
     state_shardings: dict
     abstract_state: dict  # {"step", "params", "opt"} as ShapeDtypeStructs with shardings
