@@ -140,15 +140,16 @@ def _fused_adamw(tc, schedules: dict[str, optax.Schedule]) -> Callable:
             bc2 = 1 - b2 ** count
             lr = rates[label]
 
-            def moments(mu, nu, g):
-                if is_masked(mu):
-                    return mu, nu
-                g = g.astype(mu.dtype) * scale.astype(mu.dtype)
-                return keep((1 - b1) * g + b1 * mu, mu), keep((1 - b2) * (g * g) + b2 * nu, nu)
+            def moment(decay, power):
+                def update(old, g):  # a group's moments hold MaskedNode where another group's params are
+                    if is_masked(old):
+                        return old
+                    g = g.astype(old.dtype) * scale.astype(old.dtype)
+                    return keep((1 - decay) * g ** power + decay * old, old)
+                return update
 
-            pairs = jax.tree.map(moments, adam.mu, adam.nu, grads, is_leaf=is_masked)
-            mu = jax.tree.map(lambda pair: pair[0], pairs, is_leaf=lambda x: isinstance(x, tuple))
-            nu = jax.tree.map(lambda pair: pair[1], pairs, is_leaf=lambda x: isinstance(x, tuple))
+            mu = jax.tree.map(moment(b1, 1), adam.mu, grads, is_leaf=is_masked)
+            nu = jax.tree.map(moment(b2, 2), adam.nu, grads, is_leaf=is_masked)
 
             def param(m, v, p):
                 if is_masked(m):
