@@ -188,9 +188,12 @@ def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str, unroll
         return value, {"loss_weight": n}
 
     mesh = mesh_lib.make_mesh(config_lib.hardware_preset("cpu"), jax.devices()[:1])
-    parts = state_lib.describe(build, groups, mesh)
+    # Unrolled layers: the state keeps each layer's params as its own arrays, as train/setup.py does.
+    parts = state_lib.describe(build, groups, mesh,
+                               per_layer=jax.default_backend() == "cpu" if unroll is None else unroll)
     model = build()
     params, frozen, other = parts.split(model)
+    params, frozen = parts.to_step(params), parts.to_step(frozen)
     tc = types.SimpleNamespace(groups=groups, warmup_steps=0, warmup_ratio=0.0, end_lr_ratio=1.0,
                                schedule="constant", b1=B1, b2=B2, eps=EPS, weight_decay=WD, clip=CLIP)
     tx, _ = optim.make_optimizer(tc, parts.labels, 1000)

@@ -144,16 +144,40 @@ def trained_run(setup, tmp_path_factory):
     c = c.copy_and_resolve_references()
     c.unlock()
     c.train.steps, c.train.epochs, c.train.warmup_steps = 2, 0.0, 0
-    c.train.log_every, c.train.ckpt_every, c.train.async_ckpt, c.train.progress = 1, 0, False, False
+    c.train.log_every, c.train.ckpt_every, c.train.async_ckpt, c.train.progress = 1, 1, False, False
+    c.train.keep = 2
     c.train.global_batch = 8  # one row per fake device
     c.lock()
     run = str(tmp_path_factory.mktemp("vl3_run") / "run")
-    return run, loop.train(c, run)
+    return run, loop.train(c, run), c
 
 
 def test_trainer_runs_the_videollama3_student(trained_run):
-    _, out = trained_run
+    _, out, _ = trained_run
     assert out["step"] == 2 and np.isfinite(out["loss"])
+
+
+def test_trainer_resumes_the_per_layer_state_bitwise(trained_run, tmp_path):
+    """On CPU the step keeps the stacked layers per layer (train/layer_slices.py) and checkpoints hold
+    them stacked: resuming from step 1 ends with the uninterrupted run's step-2 state, bit for bit."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from exo2ego_jax.train import loop
+    from exo2ego_jax.train import setup as setup_lib
+
+    run, _, c = trained_run
+    assert setup_lib.abstract(c, total_steps=2).parts.per_layer  # the layout under test is in use
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(os.path.join(run, "checkpoints", "1"), part / "checkpoints" / "1")
+    assert loop.train(c, str(part))["step"] == 2
+    rows = [json.loads(line) for line in open(part / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "loss" in r] == [2]  # resumed: only step 2 was trained
+    final = [ocp.PyTreeCheckpointer().restore(os.path.join(d, "checkpoints", "2", "state")) for d in (run, str(part))]
+    for x, y in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # parameters and optimizer, bitwise
 
 
 # --- evaluation: the eval harness's MCQModel over the student's real forward ------------------------
@@ -275,7 +299,7 @@ def test_eval_model_is_the_videollama3_adapter_and_runs_the_harness(setup, train
     from exo2ego_jax.train import checkpoint as ckpt_lib
 
     c, _, _ = setup
-    run, _ = trained_run
+    run, _, _ = trained_run
     cfg = c.copy_and_resolve_references()
     cfg.unlock()
     cfg.train.init_from = run

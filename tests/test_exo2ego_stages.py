@@ -14,6 +14,7 @@ from exo2ego_jax.methods.exo2ego import method as exo2ego
 from exo2ego_jax.methods.exo2ego import model as exo2ego_model
 from exo2ego_jax.methods.exo2ego import config as ec
 from exo2ego_jax.synthetic import tokenizer as synthetic_tokenizer
+from exo2ego_jax.train import layer_slices
 from exo2ego_jax.train import setup as setup_lib
 from exo2ego_jax.train import state as state_lib
 
@@ -67,8 +68,9 @@ def one_device_mesh():
 
 
 def all_params(s, state):
-    flat = state_lib.flatten(jax.device_get(state["params"]))
-    flat.update(state_lib.flatten(jax.device_get(s.frozen)))
+    # Stacked layout (the step keeps unrolled layers per layer: train/layer_slices.py).
+    flat = state_lib.flatten(layer_slices.stack(jax.device_get(state["params"])))
+    flat.update(state_lib.flatten(layer_slices.stack(jax.device_get(s.frozen))))
     return {k: np.asarray(v) for k, v in flat.items()}
 
 
@@ -120,15 +122,15 @@ def test_chaining_loads_the_right_subtrees(tmp_path):
     ck = ckpt_lib.Checkpointer(str(tmp_path / "s1" / "checkpoints"), c1.train)
     ck.save(1, st, None, c1)
     ck.close()
-    trained1 = {k: np.asarray(v) for k, v in state_lib.flatten(jax.device_get(st["params"])).items()}
+    trained1 = {k: np.asarray(v) for k, v in state_lib.flatten(layer_slices.stack(jax.device_get(st["params"]))).items()}
 
     c2 = tiny_stage(2)
     c2.train.init_from = str(tmp_path / "s1")
     s2 = setup_lib.build(c2, one_device_mesh())
-    p2 = {**state_lib.flatten(jax.device_get(s2.trainable_init)), **state_lib.flatten(jax.device_get(s2.frozen))}
+    p2 = {**state_lib.flatten(jax.device_get(s2.trainable_init)), **state_lib.flatten(layer_slices.stack(jax.device_get(s2.frozen)))}
     fresh2 = setup_lib.build(tiny_stage(2), one_device_mesh())
     f2 = {**state_lib.flatten(jax.device_get(fresh2.trainable_init)),
-          **state_lib.flatten(jax.device_get(fresh2.frozen))}
+          **state_lib.flatten(layer_slices.stack(jax.device_get(fresh2.frozen)))}
     for path, value in p2.items():
         if path.startswith(("exo/", "llm/")):  # trained in stage 1 -> loaded
             np.testing.assert_array_equal(value, trained1[path], err_msg=path)

@@ -256,9 +256,11 @@ class VideoLlama3VisionEncoder(nnx.Module):
     """Patches [..., P, C*p*p] (normalised, block-major) + grids [..., 2] -> hidden states [..., P, D]."""
 
     def __init__(self, cfg: VideoLlama3VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, unroll_layers: bool | None = None):
         self.cfg = cfg
         self.dtype = dtype
+        # As DecoderLM's and VisionTower's: None = unrolled on CPU (config.hardware.layer_loop).
+        self.unroll_layers = unroll_layers
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         # HF's Conv2d(kernel = stride = patch) on one flattened (C, ph, pw) patch is this Linear.
         self.patch_embed = _dense(cfg.patch_dim, cfg.hidden_size, ("conv_in", "vit_embed"), **kw)
@@ -315,7 +317,8 @@ class VideoLlama3VisionEncoder(nnx.Module):
             body = jax.checkpoint(body, prevent_cse=False)
         carry = hook_carry
         if n:
-            (x, carry), _ = jax.lax.scan(body, (x, carry), (state, hstate))
+            unroll = jax.default_backend() == "cpu" if self.unroll_layers is None else self.unroll_layers
+            (x, carry), _ = jax.lax.scan(body, (x, carry), (state, hstate), unroll=bool(unroll))
         if post_norm:
             x = self.post_norm(x)
         x = x.reshape(*lead, p, x.shape[-1])
@@ -367,7 +370,8 @@ class VideoLlama3(nnx.Module):
     def __init__(self, cfg: VideoLlama3Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
                  remat_policy: str = "none", attention_impl: str = "auto", unroll_layers: bool | None = None):
         self.cfg = cfg
-        self.vision = VideoLlama3VisionEncoder(cfg.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.vision = VideoLlama3VisionEncoder(cfg.vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                               unroll_layers=unroll_layers)
         self.projector = Projector(cfg.vision.hidden_size, cfg.llm.hidden_size, dtype=dtype,
                                    param_dtype=param_dtype, rngs=rngs)
         self.llm = DecoderLM(cfg.llm, dtype=dtype, param_dtype=param_dtype, rngs=rngs,

@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from exo2ego_jax import config_lib
+from exo2ego_jax.train import layer_slices
 from exo2ego_jax.train.state import flatten, unflatten
 
 
@@ -172,6 +173,9 @@ class Checkpointer:
         if self._unlisted:  # the previous asynchronous save: a failure is that step's, not this one's
             self.wait()
         last_good = self._last_committed()
+        # Checkpoints hold stacked layers whatever the step's layout (train/layer_slices.py), so
+        # any layer loop, tool or stage restores them.
+        state, frozen = layer_slices.stacked(state), layer_slices.stacked(frozen)
         args = {"state": ocp.args.StandardSave(state),
                 "config": ocp.args.JsonSave(config_lib.to_json_dict(config))}
         if frozen:

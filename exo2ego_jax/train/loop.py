@@ -95,7 +95,7 @@ def train(config, workdir: str) -> dict:
     s = setup_lib.build(config)
     logging.info("mesh %s, %d micro-batches of %d, %d steps", dict(s.mesh.shape), s.micro_batches,
                  tc.global_batch // s.micro_batches, s.total_steps)
-    metrics_lib.log_parameter_overview(s.trainable_init, s.frozen, workdir)
+    metrics_lib.log_parameter_overview(s.abstract_state["params"], s.abstract_frozen, workdir)
 
     data = s.method.dataset("train", jax.process_index(), jax.process_count())
     data_iter = iter(data)
@@ -104,6 +104,7 @@ def train(config, workdir: str) -> dict:
     pending = []  # (step, metrics) of the logging window not logged yet
     if restored is not None:
         start, state = restored
+        state = s.step_state(state)  # checkpoints hold stacked layers (train/layer_slices.py)
         logging.info("resuming from %s/checkpoints/%d", workdir, start)
         s.trainable_init = None
         # The window that was open at the checkpoint: the next row averages the same steps as in

@@ -91,6 +91,8 @@ def make_optimizer(tc, labels: dict[str, int], total_steps: int) -> tuple[AdamW,
 
     def label_fn(params):
         from flax import traverse_util
+        # A LayerSlices (a parameter kept per layer, train/layer_slices.py) is one entry: its label
+        # is a prefix, so a group masks all its layers alike (one MaskedNode, as when stacked).
         flat = traverse_util.flatten_dict(params, sep="/")
         return traverse_util.unflatten_dict({k: str(labels[k]) for k in flat}, sep="/")
 

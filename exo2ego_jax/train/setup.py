@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from exo2ego_jax import config_lib
 from exo2ego_jax import methods as methods_lib
 from exo2ego_jax.parallel import mesh as mesh_lib
 from exo2ego_jax.train import checkpoint as ckpt_lib
@@ -61,6 +62,9 @@ class Abstract:
     """The shapes, shardings and jitted step of a run, without any parameter memory.
 
     `train/loop.py` fills it with arrays (`build`); the memory tools lower `step_fn` on it.
+    Shapes and shardings here are in the stacked layout (checkpoints, tools); `step_fn` takes the
+    state and frozen params in the step's layout (`parts.to_step`: per layer where the layers run
+    unrolled, train/layer_slices.py).
     """
     config: Any
     method: Any
@@ -68,7 +72,7 @@ class Abstract:
     parts: state_lib.ModelParts
     tx: optim.AdamW  # optax-compatible (init, update) + the fused apply_guarded the step uses
     schedules: dict[int, Callable]
-    state_shardings: dict
+    state_shardings: dict  # stacked layout, as checkpoints hold the state
     abstract_state: dict  # {"step", "params", "opt"} as ShapeDtypeStructs with shardings
     abstract_frozen: dict
     abstract_other: dict
@@ -81,8 +85,14 @@ class Abstract:
         """Lowers the step for one global batch of these shapes (arrays or ShapeDtypeStructs)."""
         abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
                           for k, v in batch.items()}
-        return self.step_fn.lower(self.abstract_state, self.abstract_frozen, self.abstract_other,
-                                  abstract_batch)
+        return self.step_fn.lower(self.parts.to_step(self.abstract_state), self.parts.to_step(self.abstract_frozen),
+                                  self.abstract_other, abstract_batch)
+
+    def step_state(self, state: dict) -> dict:
+        """A stacked-layout state (a restored checkpoint) -> the layout `step_fn` takes."""
+        if not self.parts.per_layer:
+            return state
+        return jax.jit(self.parts.to_step, out_shardings=self.parts.to_step(self.state_shardings))(state)
 
 
 def abstract(config, mesh: jax.sharding.Mesh | None = None, *, total_steps: int | None = None) -> Abstract:
@@ -97,7 +107,10 @@ def abstract(config, mesh: jax.sharding.Mesh | None = None, *, total_steps: int 
     steps = _total_steps(config, method) if total_steps is None else total_steps
     # No mesh context here: the logical names on parameters are not mesh axes; placement
     # comes from the rule table through out_shardings.
-    parts = state_lib.describe(lambda: method.build_model(nnx.Rngs(config.seed)), tc.groups, mesh)
+    unroll = config_lib.unroll_layers(config.hardware)  # None: the backend's default, as the models
+    per_layer = jax.default_backend() == "cpu" if unroll is None else unroll
+    parts = state_lib.describe(lambda: method.build_model(nnx.Rngs(config.seed)), tc.groups, mesh,
+                               per_layer=per_layer)
 
     def shapes(names):
         return state_lib.unflatten({p: jax.ShapeDtypeStruct(parts.templates[p][1].get_value().shape,
@@ -115,9 +128,10 @@ def abstract(config, mesh: jax.sharding.Mesh | None = None, *, total_steps: int 
     batch_sh = NamedSharding(mesh, P(mesh_lib.batch_axes()))
     step = make_train_step(parts, method.loss, tx, micro_batches=k, mesh=mesh, seed=config.seed,
                            skip_nonfinite=tc.nan_guard)
-    step_fn = jax.jit(step, in_shardings=(state_sh, parts.sharding_tree(parts.frozen),
+    step_state_sh = parts.to_step(state_sh)
+    step_fn = jax.jit(step, in_shardings=(step_state_sh, parts.to_step(parts.sharding_tree(parts.frozen)),
                                           parts.sharding_tree(parts.other), batch_sh),
-                      out_shardings=(state_sh, rep), donate_argnums=0)
+                      out_shardings=(step_state_sh, rep), donate_argnums=0)
     return Abstract(config, method, mesh, parts, tx, schedules, state_sh, abstract_state,
                     shapes(parts.frozen), shapes(parts.other), batch_sh, k, steps, step_fn)
 
@@ -126,9 +140,9 @@ def abstract(config, mesh: jax.sharding.Mesh | None = None, *, total_steps: int 
 class Setup:
     """`Abstract` plus the run's arrays: frozen parameters, other variables, initial trainables."""
     abstract: Abstract
-    frozen: dict
+    frozen: dict  # in the step's layout (`step_fn` takes it; `parts.merge` takes either layout)
     other: dict
-    trainable_init: dict | None  # initial trainable params (None once consumed by init_state)
+    trainable_init: dict | None  # initial trainable params, stacked (None once consumed by init_state)
 
     def __getattr__(self, name):  # config, method, mesh, parts, tx, step_fn, ... of the Abstract
         if name == "abstract":
@@ -136,12 +150,17 @@ class Setup:
         return getattr(self.abstract, name)
 
     def init_state(self) -> dict:
-        """A fresh train state (parameters from init / load_pretrained / init_from)."""
+        """A fresh train state in the step's layout (params from init / load_pretrained / init_from)."""
         params, self.trainable_init = self.trainable_init, None
-        tx = self.abstract.tx
-        init = jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt": tx.init(p)},
-                       out_shardings=self.abstract.state_shardings, donate_argnums=0)
-        return init(params)
+        tx, to_step = self.abstract.tx, self.abstract.parts.to_step
+
+        def init(p):
+            p = to_step(p)
+            return {"step": jnp.zeros((), jnp.int32), "params": p, "opt": tx.init(p)}
+
+        # Per-layer slices cannot reuse the stacked input buffers: donate only without them.
+        donate = () if self.abstract.parts.per_layer else 0
+        return jax.jit(init, out_shardings=to_step(self.abstract.state_shardings), donate_argnums=donate)(params)
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Assembles each process's rows into global arrays sharded over the batch axes."""
@@ -193,4 +212,6 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
         for p, v in loaded.items():
             (t_flat if p in t_flat else f_flat)[p] = v
         trainable, frozen = state_lib.unflatten(t_flat), state_lib.unflatten(f_flat)
+    if parts.per_layer:
+        frozen = jax.jit(parts.to_step, out_shardings=parts.to_step(parts.sharding_tree(parts.frozen)))(frozen)
     return Setup(a, frozen, other, trainable)

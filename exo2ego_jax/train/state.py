@@ -14,6 +14,7 @@ from flax import nnx, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from exo2ego_jax.parallel import rules as rules_lib
+from exo2ego_jax.train import layer_slices
 from exo2ego_jax.train import optim
 
 Nested = dict[str, Any]
@@ -37,9 +38,12 @@ class ModelParts:
     other: list[str]
     labels: dict[str, int]  # trainable path -> group index
     shardings: dict[str, NamedSharding]  # every path -> its sharding on the mesh
+    # Stacked [L, ...] params the train step keeps as L arrays (path -> L; train/layer_slices.py).
+    per_layer: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def merge(self, trainable: Nested, frozen: Nested, other: Nested) -> nnx.Module:
-        values = {**flatten(trainable), **flatten(frozen), **flatten(other)}
+        """The module from (trainable, frozen, other), in either layout (LayerSlices are stacked)."""
+        values = layer_slices.stack({**flatten(trainable), **flatten(frozen), **flatten(other)})
         flat = [(key, var.replace(values[path])) for path, (key, var) in self.templates.items()]
         return nnx.merge(self.graphdef, nnx.from_flat_state(flat))
 
@@ -53,13 +57,22 @@ class ModelParts:
     def sharding_tree(self, names: list[str]) -> Nested:
         return unflatten({p: self.shardings[p] for p in names})
 
+    def to_step(self, tree: Any) -> Any:
+        """Stacked layout -> the train step's (params, moments, shapes or shardings; see `per_layer`)."""
+        return layer_slices.split(tree, self.per_layer)
+
 
 def _path(key: tuple) -> str:
     return "/".join(str(k) for k in key)
 
 
-def describe(build: Callable[[], nnx.Module], groups, mesh: jax.sharding.Mesh) -> ModelParts:
-    """Builds `ModelParts` from the abstract model (no memory is allocated)."""
+def describe(build: Callable[[], nnx.Module], groups, mesh: jax.sharding.Mesh, *,
+             per_layer: bool = False) -> ModelParts:
+    """Builds `ModelParts` from the abstract model (no memory is allocated).
+
+    ``per_layer``: the train step keeps every parameter whose first logical axis is ``layers``
+    as one array per layer (for unrolled layer loops; train/layer_slices.py).
+    """
     abstract = nnx.eval_shape(build)
     graphdef, state = nnx.split(abstract)
     templates, params, other, shardings = {}, [], [], {}
@@ -75,7 +88,13 @@ def describe(build: Callable[[], nnx.Module], groups, mesh: jax.sharding.Mesh) -
     trainable = [p for p in params if groups[group_of[p]][1] is not None]
     frozen = [p for p in params if groups[group_of[p]][1] is None]
     labels = {p: group_of[p] for p in trainable}
-    return ModelParts(graphdef, templates, trainable, frozen, other, labels, shardings)
+    stacked = {}
+    if per_layer:
+        for p in params:
+            axes, value = rules_lib.variable_axes(templates[p][1]), templates[p][1].get_value()
+            if axes and axes[0] == "layers":
+                stacked[p] = value.shape[0]
+    return ModelParts(graphdef, templates, trainable, frozen, other, labels, shardings, stacked)
 
 
 def init_sharded(build: Callable[..., nnx.Module], parts: ModelParts, *args) -> tuple[Nested, Nested, Nested]:
