@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from exo2ego_jax.models import lora
-from exo2ego_jax.models.llm import DecoderLM, LLMConfig, swiglu
+from exo2ego_jax.models.llm import DecoderLM, LLMConfig, rms_norm, swiglu
 from exo2ego_jax.weights import llm_weights
 from exo2ego_jax.weights import safetensors_io as sio
 
@@ -129,4 +129,26 @@ def test_swiglu_gradient_equals_autodiff_of_silu_gate(dtype):
     tol = 1e-5 if dtype == jnp.float32 else 3e-2
     for got, want in zip(jax.grad(custom, (0, 1))(gate, up), jax.grad(plain, (0, 1))(gate, up)):
         assert got.dtype == dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_rms_norm_gradient_equals_autodiff_of_the_hf_expression(dtype):
+    """The norm's custom backward (one reduction, one pass) = autodiff of HF's RMSNorm expression."""
+    r = np.random.RandomState(1)
+    x = jnp.asarray(2 * r.randn(2, 3, 16).astype(np.float32)).astype(dtype)
+    cot = jnp.asarray(r.randn(2, 3, 16).astype(np.float32)).astype(dtype)
+    scale = jnp.asarray(1 + 0.3 * r.randn(16).astype(np.float32))  # float32 master weights
+
+    def hf(x, scale):  # LlamaRMSNorm: variance in float32, cast back before the weight multiply
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + 1e-5)
+        return scale.astype(x.dtype) * xf.astype(x.dtype)
+
+    plain = lambda x, s: jnp.sum((hf(x, s) * cot).astype(jnp.float32))
+    custom = lambda x, s: jnp.sum((rms_norm(x, s, 1e-5) * cot).astype(jnp.float32))
+    assert custom(x, scale) == plain(x, scale)  # the forward is the same expression
+    tol = 1e-5 if dtype == jnp.float32 else 3e-2
+    for got, want in zip(jax.grad(custom, (0, 1))(x, scale), jax.grad(plain, (0, 1))(x, scale)):
+        assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol)

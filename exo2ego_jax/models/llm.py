@@ -10,6 +10,7 @@ one-liners; kernels are [in, out] (HF stores [out, in]).
 
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -81,10 +82,40 @@ class RMSNorm(nnx.Module):
                                sharding=(("layers",) if stack else ()) + ("norm",))
 
     def __call__(self, x):
-        xf = x.astype(jnp.float32)
-        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        # HF casts back to the input dtype before the weight multiply.
-        return self.scale[...].astype(x.dtype) * xf.astype(x.dtype)
+        return rms_norm(x, self.scale[...], self.eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x, scale, eps: float):
+    """x [..., D] -> scale * x / rms(x): statistics in float32, then (as HF) cast back to x's dtype
+    before the weight multiply.
+
+    The backward keeps x and the [..., 1] reciprocal RMS and forms both gradients in one pass after
+    one row reduction; autodiff of the expression also sums the gradient of each of x's three uses
+    (the square, the product, the cast) as separate [tokens, D] passes: 1.006-1.010x per SmolLM2-135M
+    train step on 2 cores (paired, interleaved).
+    """
+    return _rms_norm_fwd(x, scale, eps)[0]
+
+
+def _rms_norm_fwd(x, scale, eps):
+    xf = x.astype(jnp.float32)
+    inv = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)  # [..., 1]
+    return scale.astype(x.dtype) * (xf * inv).astype(x.dtype), (x, inv, scale)
+
+
+def _rms_norm_bwd(eps, res, d_out):
+    x, inv, scale = res
+    normed = x.astype(jnp.float32) * inv
+    d_normed = d_out.astype(jnp.float32) * scale.astype(x.dtype).astype(jnp.float32)
+    # d (x * inv) / dx = inv * (I - normed normed^T / D), applied to d_normed.
+    d_x = inv * (d_normed - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
+    d_scale = jnp.sum((d_out.astype(jnp.float32) * normed.astype(x.dtype).astype(jnp.float32)).reshape(-1, x.shape[-1]),
+                      axis=0)  # over all tokens: [D]
+    return d_x.astype(x.dtype), d_scale.astype(scale.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 class Attention(nnx.Module):
