@@ -123,17 +123,18 @@ _GPU_XLA_FLAGS = " ".join([
 CPU_LOSS_CHUNK = 2048
 
 # Decoder layer loop (config.hardware.layer_loop -> DecoderLM's unroll_layers via `unroll_layers`).
-# Models, checkpoints, LoRA and weight files hold stacked [L, ...] parameters either way. "scan": one jax.lax.scan over the layers, so XLA compiles one
-# layer body and compile time stays flat in depth (MaxText's scan_layers=True on TPU/GPU; on 2
-# CPU cores, load 6-7, the SmolLM2-width train step compiled in 9.2 s at 4 layers and 9.3 s at 16
-# scanned, 8.1 s and 14.1 s unrolled). "unroll": the L layers inlined; on XLA:CPU the scan's
+# Models, checkpoints, LoRA and weight files hold stacked [L, ...] parameters either way. "scan":
+# one jax.lax.scan over the layers, so XLA compiles one layer body and compile time stays flat in
+# depth (MaxText's scan_layers=True on TPU/GPU; on 2 CPU cores, load 6-7, the SmolLM2-width train
+# step compiled in 9.2 s at 4 layers and 9.3 s at 16 scanned, 8.1 s and 14.1 s unrolled).
+# "unroll": the L layers inlined; on XLA:CPU the scan's
 # zero-filled [L, ...] buffers of saved activations, per-layer weight slices and stacked-gradient
 # writes cost more than they save: the unrolled train step ran 1.15x the scanned step rate when this
 # default was chosen (bench/train_vs_torch.py --layer-loop scan|unroll), and 1.06x (VLM step) /
 # 1.02x (12-layer LLM step) in interleaved steps on a loaded machine (load 5-6). With "unroll" the
 # train state also keeps each stacked parameter as one array per layer (train/layer_slices.py: no
-# copy of a layer's weights out of the stack, no stacked gradient buffer): 1.022x on the 30-layer
-# SmolLM2-135M step (paired, interleaved, quiet 2 cores; min 0.991, max 1.045).
+# copy of a layer's weights out of the stack, no stacked gradient buffer): 1.005x and 1.022x on the
+# 30-layer SmolLM2-135M step, 1.026x on bench/train_vs_torch.py's VLM step (paired, interleaved, 2 cores).
 LAYER_LOOPS = ("unroll", "scan")
 
 # XLA:CPU allocates each step's temporary buffers (tens of MiB) with malloc. glibc serves blocks

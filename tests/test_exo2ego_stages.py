@@ -122,12 +122,14 @@ def test_chaining_loads_the_right_subtrees(tmp_path):
     ck = ckpt_lib.Checkpointer(str(tmp_path / "s1" / "checkpoints"), c1.train)
     ck.save(1, st, None, c1)
     ck.close()
-    trained1 = {k: np.asarray(v) for k, v in state_lib.flatten(layer_slices.stack(jax.device_get(st["params"]))).items()}
+    trained1 = {k: np.asarray(v)
+                for k, v in state_lib.flatten(layer_slices.stack(jax.device_get(st["params"]))).items()}
 
     c2 = tiny_stage(2)
     c2.train.init_from = str(tmp_path / "s1")
     s2 = setup_lib.build(c2, one_device_mesh())
-    p2 = {**state_lib.flatten(jax.device_get(s2.trainable_init)), **state_lib.flatten(layer_slices.stack(jax.device_get(s2.frozen)))}
+    p2 = {**state_lib.flatten(jax.device_get(s2.trainable_init)),
+          **state_lib.flatten(layer_slices.stack(jax.device_get(s2.frozen)))}
     fresh2 = setup_lib.build(tiny_stage(2), one_device_mesh())
     f2 = {**state_lib.flatten(jax.device_get(fresh2.trainable_init)),
           **state_lib.flatten(layer_slices.stack(jax.device_get(fresh2.frozen)))}

@@ -110,8 +110,8 @@ def _rms_norm_bwd(eps, res, d_out):
     d_normed = d_out.astype(jnp.float32) * scale.astype(x.dtype).astype(jnp.float32)
     # d (x * inv) / dx = inv * (I - normed normed^T / D), applied to d_normed.
     d_x = inv * (d_normed - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
-    d_scale = jnp.sum((d_out.astype(jnp.float32) * normed.astype(x.dtype).astype(jnp.float32)).reshape(-1, x.shape[-1]),
-                      axis=0)  # over all tokens: [D]
+    d_scaled = d_out.astype(jnp.float32) * normed.astype(x.dtype).astype(jnp.float32)
+    d_scale = jnp.sum(d_scaled.reshape(-1, x.shape[-1]), axis=0)  # over all tokens: [D]
     return d_x.astype(x.dtype), d_scale.astype(scale.dtype)
 
 
