@@ -85,10 +85,7 @@ def stack(tree: Any) -> Any:
     def one(leaf):
         if not isinstance(leaf, LayerSlices):
             return leaf
-        first = leaf.layers[0]
-        if isinstance(first, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct((len(leaf.layers), *first.shape), first.dtype)
-        return (jnp.stack if isinstance(first, jax.Array) else np.stack)(leaf.layers)
+        return (jnp.stack if isinstance(leaf.layers[0], jax.Array) else np.stack)(leaf.layers)
 
     return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, LayerSlices))
 

@@ -90,9 +90,7 @@ class Abstract:
 
     def step_state(self, state: dict) -> dict:
         """A stacked-layout state (a restored checkpoint) -> the layout `step_fn` takes."""
-        if not self.parts.per_layer:
-            return state
-        return jax.jit(self.parts.to_step, out_shardings=self.parts.to_step(self.state_shardings))(state)
+        return self.parts.arrays_to_step(state, self.state_shardings)
 
 
 def abstract(config, mesh: jax.sharding.Mesh | None = None, *, total_steps: int | None = None) -> Abstract:
@@ -212,6 +210,5 @@ def build(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
         for p, v in loaded.items():
             (t_flat if p in t_flat else f_flat)[p] = v
         trainable, frozen = state_lib.unflatten(t_flat), state_lib.unflatten(f_flat)
-    if parts.per_layer:
-        frozen = jax.jit(parts.to_step, out_shardings=parts.to_step(parts.sharding_tree(parts.frozen)))(frozen)
+    frozen = parts.arrays_to_step(frozen, parts.sharding_tree(parts.frozen))
     return Setup(a, frozen, other, trainable)

@@ -61,6 +61,12 @@ class ModelParts:
         """Stacked layout -> the train step's (params, moments, shapes or shardings; see `per_layer`)."""
         return layer_slices.split(tree, self.per_layer)
 
+    def arrays_to_step(self, tree: Any, shardings: Any) -> Any:
+        """Stacked arrays placed on `shardings` -> the step's layout on its shardings (one program)."""
+        if not self.per_layer:
+            return tree
+        return jax.jit(self.to_step, out_shardings=self.to_step(shardings))(tree)
+
 
 def _path(key: tuple) -> str:
     return "/".join(str(k) for k in key)
