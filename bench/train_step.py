@@ -27,6 +27,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     del argv
     config = _CONFIG.value
+    config_lib.restart_with_host_huge_pages(config.hardware)
     for var, extra in (("XLA_FLAGS", config.hardware.xla_flags),
                        ("LIBTPU_INIT_ARGS", config.hardware.libtpu_flags)):
         if extra:

@@ -403,7 +403,12 @@ def main():
     p.add_argument("--malloc-reuse", type=int, default=config_lib.CPU_MALLOC_REUSE,
                    help="host malloc keeps freed blocks up to this many bytes (the cpu preset's "
                         "hardware.malloc_reuse_bytes), for the whole process: ours and torch alike; 0 = glibc default")
+    p.add_argument("--no-huge-pages", dest="huge_pages", action="store_false",
+                   help="skip the cpu preset's hardware.host_huge_pages (glibc's transparent huge pages for "
+                        "large host blocks, ours and torch alike; restarts the bench to set it)")
     args = p.parse_args()
+    if args.huge_pages:
+        config_lib.restart_with_host_huge_pages(config_lib.hardware_preset("cpu"))
     config_lib.set_malloc_reuse(args.malloc_reuse)
     if args.quick:
         args.models, args.compile = "vlm", False
@@ -415,7 +420,8 @@ def main():
     peak_j, peak_t = matmul_peak()
     args.peak = max(peak_j, peak_t)
     print(f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); malloc reuse {args.malloc_reuse >> 20} MiB; f32 2048^3 matmul: jax {peak_j / 1e9:.0f}, "
+          f"({torch.get_num_threads()} threads); malloc reuse {args.malloc_reuse >> 20} MiB; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}; f32 2048^3 matmul: jax {peak_j / 1e9:.0f}, "
           f"torch {peak_t / 1e9:.0f} GFLOP/s")
     for kind in args.models.split(","):
         run(kind.strip(), args)

@@ -191,6 +191,8 @@ def usage() -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if __name__ == "__main__":  # the command line, never a caller's process
+        config_lib.restart_with_host_huge_pages(_CONFIG.value.hardware)
     install_log_filters()  # absl's handler exists now
     result = run(_CONFIG.value, _WORKDIR.value)
     if result:
