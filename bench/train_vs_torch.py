@@ -12,9 +12,13 @@ Models (float32, AdamW + global-norm clipping 1.0, constant LR):
 Ours is built with the project's model code (models/mllm.VideoLLM, models/llm.DecoderLM) and
 trained with its step (train/step.make_train_step) and optimizer (train/optim.make_optimizer);
 torch side: transformers' CLIPVisionModel + LlamaForCausalLM with our initial weights copied in.
-Every implementation starts from the same weights and sees the same batches; the steps of all
-implementations are interleaved (one step each, rotating the order), so machine load hits all of
-them alike. Printed per implementation: median step time with min/max, steps/s, the share of the
+Every implementation starts from the same weights and sees the same batches; the implementations
+take turns (rotating the order), so machine load hits all of them alike, and each turn is ``--block``
+consecutive steps of which the last is timed: a timed step follows a step of its own, as in a
+training loop. (One step per turn timed a step that followed ~10 s of the others' steps: on a VM
+whose balloon driver reports free memory to the host, a freed buffer is handed back to the host
+after ~2 s, and XLA:CPU's temporaries above 64 MiB, freed after every step, were faulted in from the
+host again: 2-5 s of system time in a 30-layer LLM step that takes 0.2 s of it back to back.) Printed per implementation: median step time with min/max, steps/s, the share of the
 machine's measured f32 matmul peak (model matmul FLOPs / step time / peak), and the per-step
 speed ratio ours vs each torch variant (median and min/max of the paired ratios), and for the LLM the
 roofline: the ratio a step would reach if it ran every model FLOP at the measured peak and nothing else
@@ -356,12 +360,14 @@ def run(kind: str, args) -> None:
     for i in range(args.steps):
         order = names[i % len(names):] + names[:i % len(names)]  # rotate who goes first
         for n in order:
-            t = time.perf_counter()
-            losses[n].append(run_step[n](i + 1))
-            times[n].append(time.perf_counter() - t)
+            for j in range(args.block):
+                t = time.perf_counter()
+                losses[n].append(run_step[n](1 + i * args.block + j))
+            times[n].append(time.perf_counter() - t)  # the turn's last step
 
     print(f"\n== {kind}: {'VLM (ViT-4x256 frozen, 8 frames -> mlp2x_gelu -> 6-layer SmolLM2 slice)' if kind == 'vlm' else f'LLM-only (SmolLM2-135M shape, {layers} layers)'}, "
-          f"batch {BATCH}, loss={args.loss} (chunk {chunk}), remat={args.remat}, layers={args.layer_loop}; {args.steps} timed steps each, interleaved")
+          f"batch {BATCH}, loss={args.loss} (chunk {chunk}), remat={args.remat}, layers={args.layer_loop}; {args.steps} timed steps each "
+          f"(turns of {args.block} steps, the last timed), interleaved")
     print(f"   load average before/after: {args.load0} / {os.getloadavg()[0]:.2f} (2 cores; >2 means contended)")
     print(f"   model matmul FLOPs per step {flops / 1e9:.1f} GFLOP; measured f32 matmul peak {args.peak / 1e9:.0f} GFLOP/s; "
           f"setup + first steps {time.perf_counter() - t0:.0f} s")
@@ -382,7 +388,7 @@ def run(kind: str, args) -> None:
         med, lo, hi = stats(ratio)
         diff = max(abs(a - b) for a, b in zip(losses["ours"], losses[n]))
         print(f"   ours vs {n:14s} {med:5.2f}x step rate (paired per-step ratios: min {lo:.2f}, max {hi:.2f}); "
-              f"max |loss diff| over {len(ref) + 1} steps {diff:.1e}")
+              f"max |loss diff| over {len(losses['ours'])} steps {diff:.1e}")
 
 
 def main():
@@ -390,6 +396,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="VLM only, no torch.compile (< 3 min on 2 cores)")
     p.add_argument("--models", default="vlm,llm", help="comma list of vlm, llm")
     p.add_argument("--steps", type=int, default=20, help="timed steps per implementation (>= 20 for the note)")
+    p.add_argument("--block", type=int, default=2,
+                   help="consecutive steps per turn, the last one timed (1: every step timed, each after the others' turns)")
     p.add_argument("--llm-layers", type=int, default=30, help="decoder layers of the LLM-only model")
     p.add_argument("--loss", default="chunked", choices=("chunked", "plain", "legacy"),
                    help="ours: chunked LM-head CE (train/losses), plain CE on logits, or the pre-issue-21 loss")
