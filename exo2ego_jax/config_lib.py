@@ -318,9 +318,15 @@ def restart_with_host_huge_pages(hardware: ConfigDict) -> None:
     env = host_huge_pages_env(os.environ)
     if env is None:
         return
+    if not sys.executable:  # embedded interpreters: nothing to re-execute
+        return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError as e:  # e.g. a sandbox that forbids exec: run on with 4 KiB pages
+        logging.warning("could not restart with %s (%s); large host blocks stay in 4 KiB pages",
+                        HUGE_PAGES_TUNABLE, e)
 
 
 def set_malloc_reuse(nbytes: int) -> None:

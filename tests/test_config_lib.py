@@ -185,3 +185,17 @@ def test_restart_with_host_huge_pages_faults_large_blocks_2_mib_at_a_time():
     faults = {mode: int(lines[-1].split()[1]) for mode, lines in outputs.items()}
     assert faults["plain"] >= 4 * (256 << 20) // resource.getpagesize() // 2, faults
     assert faults["restart"] * 50 < faults["plain"], faults
+
+
+def test_restart_with_host_huge_pages_runs_on_where_exec_fails(monkeypatch, caplog):
+    """A failed exec (a sandbox that forbids it) is logged and the program runs on unchanged."""
+    monkeypatch.setattr(config_lib, "host_huge_pages_env", lambda environ: {**environ, "GLIBC_TUNABLES": "x"})
+
+    def refuse(*args):
+        raise PermissionError("exec not permitted")
+    monkeypatch.setattr(config_lib.os, "execve", refuse)
+    config_lib.restart_with_host_huge_pages(config_lib.hardware_preset("cpu"))
+    assert "could not restart with glibc.malloc.hugetlb=1 (exec not permitted)" in caplog.text
+    caplog.clear()
+    config_lib.restart_with_host_huge_pages(config_lib.hardware_preset("tpu_v5e_64"))  # off: never tries
+    assert not caplog.text
