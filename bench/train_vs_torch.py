@@ -18,12 +18,12 @@ consecutive steps of which the last is timed: a timed step follows a step of its
 training loop. (One step per turn timed a step that followed ~10 s of the others' steps: on a VM
 whose balloon driver reports free memory to the host, a freed buffer is handed back to the host
 after ~2 s, and XLA:CPU's temporaries above 64 MiB, freed after every step, were faulted in from the
-host again: 2-5 s of system time in a 30-layer LLM step that takes 0.2 s of it back to back.) Printed per implementation: median step time with min/max, steps/s, the share of the
-machine's measured f32 matmul peak (model matmul FLOPs / step time / peak), and the per-step
-speed ratio ours vs each torch variant (median and min/max of the paired ratios), and for the LLM the
-roofline: the ratio a step would reach if it ran every model FLOP at the measured peak and nothing else
-(the ceiling of any implementation's ratio on this machine). Losses of the
-first step must agree (same weights, same batch); the max difference over all steps is printed.
+host again: 2-5 s of system time in a 30-layer LLM step that takes 0.2 s of it back to back.)
+Printed per implementation: median step time with min/max, steps/s, the share of the machine's
+measured f32 matmul peak (model matmul FLOPs / step time / peak), and the per-step speed ratio ours vs
+each torch variant (median and min/max of the paired ratios), and for the LLM the roofline: the ratio
+a step would reach if it ran every model FLOP at the measured peak and nothing else (the ceiling of
+any implementation's ratio on this machine). Losses of the first step must agree (same weights, same batch); the max difference over all steps is printed.
 ``--profile DIR`` writes a jax.profiler trace of three of our steps and prints the top XLA ops.
 
 Our settings (each measured in this file's runs or with bench/loss_chunk.py): the decoder layers
