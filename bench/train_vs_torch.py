@@ -23,7 +23,8 @@ Printed per implementation: median step time with min/max, steps/s, the share of
 measured f32 matmul peak (model matmul FLOPs / step time / peak), and the per-step speed ratio ours vs
 each torch variant (median and min/max of the paired ratios), and for the LLM the roofline: the ratio
 a step would reach if it ran every model FLOP at the measured peak and nothing else (the ceiling of
-any implementation's ratio on this machine). Losses of the first step must agree (same weights, same batch); the max difference over all steps is printed.
+any implementation's ratio on this machine). Losses of the first step must agree (same weights, same
+batch); the max difference over all steps is printed.
 ``--profile DIR`` writes a jax.profiler trace of three of our steps and prints the top XLA ops.
 
 Our settings (each measured in this file's runs or with bench/loss_chunk.py): the decoder layers
