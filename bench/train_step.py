@@ -32,7 +32,7 @@ def main(argv):
                        ("LIBTPU_INIT_ARGS", config.hardware.libtpu_flags)):
         if extra:
             os.environ[var] = f"{os.environ.get(var, '')} {extra}".strip()
-    config_lib.set_malloc_reuse(config.hardware.get("malloc_reuse_bytes", 0))
+    config_lib.configure_host(config.hardware)
     import jax
     import numpy as np
     from exo2ego_jax.train import metrics as metrics_lib

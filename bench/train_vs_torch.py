@@ -415,10 +415,14 @@ def main():
     p.add_argument("--no-huge-pages", dest="huge_pages", action="store_false",
                    help="skip the cpu preset's hardware.host_huge_pages (glibc's transparent huge pages for "
                         "large host blocks, ours and torch alike; restarts the bench to set it)")
+    p.add_argument("--async-dispatch", action="store_true",
+                   help="ours: JAX's asynchronous CPU dispatch (the cpu preset's hardware.cpu_async_dispatch "
+                        "is off: our step runs on the calling thread, its buffers in malloc's heap)")
     args = p.parse_args()
     if args.huge_pages:
         config_lib.restart_with_host_huge_pages(config_lib.hardware_preset("cpu"))
     config_lib.set_malloc_reuse(args.malloc_reuse)
+    config_lib.set_cpu_async_dispatch(args.async_dispatch)
     if args.quick:
         args.models, args.compile = "vlm", False
 
@@ -430,6 +434,7 @@ def main():
     args.peak = max(peak_j, peak_t)
     print(f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); malloc reuse {args.malloc_reuse >> 20} MiB; "
+          f"async dispatch {'on' if args.async_dispatch else 'off'}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}; f32 2048^3 matmul: jax {peak_j / 1e9:.0f}, "
           f"torch {peak_t / 1e9:.0f} GFLOP/s")
     for kind in args.models.split(","):

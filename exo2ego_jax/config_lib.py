@@ -140,41 +140,44 @@ CPU_LOSS_CHUNK = 2048
 # 30-layer SmolLM2-135M step, 1.026x on bench/train_vs_torch.py's VLM step (paired, interleaved, 2 cores).
 LAYER_LOOPS = ("unroll", "scan")
 
-# XLA:CPU allocates each step's temporary buffers (tens of MiB) with malloc. glibc serves blocks
-# above its mmap threshold (at most 32 MiB) with fresh pages and unmaps them when freed, so every
-# step pays page faults and page zeroing: in the demo's one-core jobs ~20% of the CPU time was
-# system time. Keeping blocks up to 1 GiB in the heap (config_lib.set_malloc_reuse, applied by main.py) made the stage-1
-# step ~1.3x faster (58 -> 44 ms, system time 9.2 -> 5.0 s over 300 steps; load ~3).
-CPU_MALLOC_REUSE = 1 << 30
+# XLA:CPU allocates each step's temporary buffers with malloc. glibc serves blocks above its mmap
+# threshold (32 MiB by default) with fresh pages and unmaps them when freed, so every step paid page
+# faults and page zeroing: in the demo's one-core jobs ~20% of the CPU time was system time. Keeping
+# blocks up to 1 GiB in the heap (config_lib.set_malloc_reuse, applied by main.py) made the stage-1
+# step ~1.3x faster (58 -> 44 ms, system time 9.2 -> 5.0 s over 300 steps; load ~3). The preset now
+# keeps blocks up to mallopt's largest value, so the SmolLM2-135M step's 1.9 GiB temporary fits too.
+CPU_MALLOC_REUSE = (1 << 31) - 1
 
-# A step's buffers above the mmap threshold (always those above 64 MiB that XLA:CPU's worker
-# threads allocate: their arenas map every such block) are fresh pages each step. Backed by
-# transparent huge pages, a step faults 2 MiB at a time instead of 4 KiB: the SmolLM2-135M train
-# step (30 layers, 4 x 256 tokens, a 1.9 GiB temporary buffer per step) went from 495k page faults
-# and 1.0 s of system time per step to 2k and 0.2 s, 5.67 / 5.75 s -> 5.01 s per step (each alone,
-# quiet 2 cores). Keeping such blocks in the heap instead (one arena, no mmap) was as fast but grew
-# the process by a buffer's size every few steps (glibc < 2.38 cannot reuse a freed block of exactly
-# the size of an aligned request). glibc reads the setting only at start: `restart_with_host_huge_pages`.
+# The threshold only holds in the main thread's malloc arena: other threads' arenas map and unmap
+# every block above 64 MiB whatever it says, and with JAX's asynchronous CPU dispatch XLA allocates
+# each execution's buffers on a worker thread. The SmolLM2-135M train step (30 layers, 4 x 256
+# tokens, one 1.9 GiB temporary buffer) paid 495k page faults and 1.0 s of system time per ~5.7 s
+# step in 4 KiB pages; in transparent huge pages (`host_huge_pages`) 2k faults and 0.25 s; run on the
+# calling thread (`cpu_async_dispatch=False`) the buffer stays in the heap: ~300 faults, 0.02 s, and
+# the step 1.02-1.05x faster than with huge pages alone (three alternating runs of 8 steps each).
+# Huge pages still back the heap's memory (fewer TLB misses: 5.2 vs 5.5 s per step without them).
+# glibc reads the huge-page setting only at start: `restart_with_host_huge_pages`.
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(ici_data=-1, ici_fsdp=1, ici_tensor=1, per_device_batch=0,
                 compute_dtype="float32", remat="none", attention="xla", xla_flags="",
                 libtpu_flags="", loss_chunk_size=CPU_LOSS_CHUNK, layer_loop="unroll",
-                malloc_reuse_bytes=CPU_MALLOC_REUSE, host_huge_pages=True),
+                malloc_reuse_bytes=CPU_MALLOC_REUSE, host_huge_pages=True, cpu_async_dispatch=False),
     "gpu_h100x8": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=4,
                        compute_dtype="bfloat16", remat="dots", attention="cudnn",
                        xla_flags=_GPU_XLA_FLAGS, libtpu_flags="", loss_chunk_size=8192,
-                       layer_loop="scan", malloc_reuse_bytes=0, host_huge_pages=False),
+                       layer_loop="scan", malloc_reuse_bytes=0, host_huge_pages=False,
+                       cpu_async_dispatch=True),
     "tpu_v5e_64": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=2,
                        compute_dtype="bfloat16", remat="full", attention="xla", xla_flags="",
                        libtpu_flags=_TPU_LIBTPU_FLAGS, loss_chunk_size=8192, layer_loop="scan",
-                       malloc_reuse_bytes=0, host_huge_pages=False),
+                       malloc_reuse_bytes=0, host_huge_pages=False, cpu_async_dispatch=True),
     # remat "dots" would also save the attention einsums (scores [B, H, T, T] per layer: ~50 GiB
     # for Exo2Ego stage 2); dots_no_batch saves only the weight matmuls (MaxText's "minimal").
     "tpu_v5p_128": dict(ici_data=1, ici_fsdp=-1, ici_tensor=1, per_device_batch=4,
                         compute_dtype="bfloat16", remat="dots_no_batch", attention="xla", xla_flags="",
                         libtpu_flags=_TPU_LIBTPU_FLAGS, loss_chunk_size=8192, layer_loop="scan",
-                        malloc_reuse_bytes=0, host_huge_pages=False),
+                        malloc_reuse_bytes=0, host_huge_pages=False, cpu_async_dispatch=True),
 }
 
 
@@ -200,6 +203,7 @@ def hardware_preset(name: str) -> ConfigDict:
     hw.layer_loop = p["layer_loop"]  # decoder layers: unroll (train state per layer) | scan (LAYER_LOOPS)
     hw.malloc_reuse_bytes = p["malloc_reuse_bytes"]  # host malloc keeps freed blocks up to this size (0: glibc default)
     hw.host_huge_pages = p["host_huge_pages"]  # glibc backs large host blocks with transparent huge pages
+    hw.cpu_async_dispatch = p["cpu_async_dispatch"]  # False: CPU programs run on the calling thread (its heap)
     hw.xla_flags = p["xla_flags"]  # appended to XLA_FLAGS before JAX starts
     hw.libtpu_flags = p["libtpu_flags"]  # appended to LIBTPU_INIT_ARGS before JAX starts
     hw.peak_flops = 0.0  # peak FLOP/s per device for MFU (0: look up the device kind)
@@ -349,3 +353,26 @@ def set_malloc_reuse(nbytes: int) -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
     if not (libc.mallopt(m_mmap_threshold, nbytes) and libc.mallopt(m_trim_threshold, nbytes)):
         logging.warning("mallopt refused malloc_reuse_bytes=%d: glibc's defaults stay", nbytes)
+
+
+CPU_ASYNC_DISPATCH_ENV = "JAX_CPU_ENABLE_ASYNC_DISPATCH"
+
+
+def set_cpu_async_dispatch(enabled: bool) -> None:
+    """JAX's asynchronous dispatch of single-device CPU programs (config.hardware.cpu_async_dispatch),
+    for this process and the processes it starts (through JAX's environment variable).
+
+    Off, each program runs on the calling thread, so XLA's buffers come from that thread's malloc
+    arena, the one that honours `set_malloc_reuse`. Read when JAX's CPU backend starts: call before it.
+    """
+    import jax  # here: configs import this module, and building a config needs no JAX
+
+    os.environ[CPU_ASYNC_DISPATCH_ENV] = "true" if enabled else "false"
+    jax.config.update("jax_cpu_enable_async_dispatch", bool(enabled))
+
+
+def configure_host(hardware: ConfigDict) -> None:
+    """The host settings of a `config.hardware` block: malloc reuse, then CPU dispatch. Entry points
+    call it before JAX's first computation; blocks saved before a field existed get JAX's defaults."""
+    set_malloc_reuse(hardware.get("malloc_reuse_bytes", 0))
+    set_cpu_async_dispatch(hardware.get("cpu_async_dispatch", True))

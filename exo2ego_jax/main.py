@@ -102,7 +102,7 @@ def run(config, workdir: str):
     # XLA reads its flags when the backend starts: set them before the first JAX call.
     _append_env("XLA_FLAGS", config.hardware.xla_flags)
     _append_env("LIBTPU_INIT_ARGS", config.hardware.libtpu_flags)
-    config_lib.set_malloc_reuse(config.hardware.get("malloc_reuse_bytes", 0))
+    config_lib.configure_host(config.hardware)
     _LogFilter.tpu_expected = config.hardware.preset.startswith("tpu")
     import jax
     kwargs = distributed_init_kwargs(os.environ)

@@ -1,11 +1,13 @@
 """Configs: typed file.py:key=value args, locked configs, presets, command-line overrides."""
 import os
+import platform
 import resource
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -104,10 +106,10 @@ def test_every_field_has_a_comment():
 
 
 def test_malloc_reuse_preset_and_its_application(monkeypatch):
-    """The CPU preset keeps freed host blocks up to 1 GiB in malloc's heap (XLA:CPU's per-step
-    temporaries are tens of MiB: above glibc's mmap threshold each step faulted in fresh pages);
-    accelerator presets keep glibc's defaults. Child processes get glibc's MALLOC_*_ variables."""
-    assert config_lib.hardware_preset("cpu").malloc_reuse_bytes == 1 << 30
+    """The CPU preset keeps freed host blocks up to mallopt's largest value (2 GiB - 1) in malloc's
+    heap (XLA:CPU's per-step temporaries: above glibc's mmap threshold each step faulted in fresh
+    pages); accelerator presets keep glibc's defaults. Child processes get glibc's MALLOC_*_ variables."""
+    assert config_lib.hardware_preset("cpu").malloc_reuse_bytes == 2 ** 31 - 1
     assert all(config_lib.hardware_preset(p).malloc_reuse_bytes == 0
                for p in ("gpu_h100x8", "tpu_v5e_64", "tpu_v5p_128"))
     for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
@@ -185,6 +187,74 @@ def test_restart_with_host_huge_pages_faults_large_blocks_2_mib_at_a_time():
     faults = {mode: int(lines[-1].split()[1]) for mode, lines in outputs.items()}
     assert faults["plain"] >= 4 * (256 << 20) // resource.getpagesize() // 2, faults
     assert faults["restart"] * 50 < faults["plain"], faults
+
+
+def test_cpu_async_dispatch_preset_and_its_application(monkeypatch):
+    """The cpu preset runs CPU programs on the calling thread, accelerator presets keep JAX's
+    asynchronous dispatch; configure_host sets JAX's flag here and its variable for child processes."""
+    import jax
+    assert config_lib.hardware_preset("cpu").cpu_async_dispatch is False
+    assert all(config_lib.hardware_preset(p).cpu_async_dispatch for p in ("gpu_h100x8", "tpu_v5e_64", "tpu_v5p_128"))
+    before = jax.config.read("jax_cpu_enable_async_dispatch")
+    monkeypatch.setenv(config_lib.CPU_ASYNC_DISPATCH_ENV, "true")
+    for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        config_lib.configure_host(config_lib.hardware_preset("cpu"))
+        assert os.environ[config_lib.CPU_ASYNC_DISPATCH_ENV] == "false"
+        assert jax.config.read("jax_cpu_enable_async_dispatch") is False
+        assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(2 ** 31 - 1)
+        old_block = ml_collections.ConfigDict({"preset": "cpu"})  # saved before both fields existed
+        config_lib.configure_host(old_block)
+        assert jax.config.read("jax_cpu_enable_async_dispatch") is True
+    finally:
+        jax.config.update("jax_cpu_enable_async_dispatch", before)
+
+
+_HEAP_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    from exo2ego_jax import config_lib
+    hardware = config_lib.hardware_preset("cpu")
+    hardware.cpu_async_dispatch = sys.argv[1] == "async"
+    config_lib.configure_host(hardware)
+    import jax, jax.numpy as jnp
+    x = jnp.ones((64 << 20,), jnp.float32)
+    double = jax.jit(lambda x: x * 2)  # a fresh 256 MiB output per call
+    for _ in range(4):
+        double(x).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):
+        double(x).block_until_ready()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+def _thp_always() -> bool:
+    try:
+        with open(config_lib.THP_MODE_FILE) as f:
+            return "[always]" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or _thp_always(),
+                    reason="counts glibc's 4 KiB page faults")
+def test_cpu_preset_keeps_xla_buffers_in_the_heap():
+    """With the cpu preset's synchronous dispatch XLA:CPU's 256 MiB outputs come from the calling
+    thread's heap and are reused (at most two buffers' pages faulted in over 8 calls, when a freed
+    output outlives the next call); with asynchronous dispatch a worker thread's arena maps each
+    one afresh: 8 x 65,536 faults of 4 KiB."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+    env["JAX_PLATFORMS"] = "cpu"
+    pages = (256 << 20) // resource.getpagesize()
+    faults = {}
+    for mode in ("async", "sync"):
+        run = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT, mode], env=env, capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+        assert run.returncode == 0, run.stderr[-2000:]
+        faults[mode] = int(run.stdout.split()[-1])
+    assert faults["async"] >= 8 * pages, faults
+    assert faults["sync"] <= 2 * pages + 100, faults
 
 
 def test_restart_with_host_huge_pages_runs_on_where_exec_fails(monkeypatch, caplog):
