@@ -153,10 +153,12 @@ CPU_MALLOC_REUSE = (1 << 31) - 1
 # each execution's buffers on a worker thread. The SmolLM2-135M train step (30 layers, 4 x 256
 # tokens, one 1.9 GiB temporary buffer) paid 495k page faults and 1.0 s of system time per ~5.7 s
 # step in 4 KiB pages; in transparent huge pages (`host_huge_pages`) 2k faults and 0.25 s; run on the
-# calling thread (`cpu_async_dispatch=False`) the buffer stays in the heap: ~300 faults, 0.02 s, and
-# the step 1.02-1.05x faster than with huge pages alone (three alternating runs of 8 steps each).
-# Huge pages still back the heap's memory (fewer TLB misses: 5.2 vs 5.5 s per step without them).
-# glibc reads the huge-page setting only at start: `restart_with_host_huge_pages`.
+# calling thread (`cpu_async_dispatch=False`) the buffer stays in the heap: 200-400 faults, 0.02 s,
+# the step 1.02x faster (median of eight alternating pairs of runs, 0.98-1.06), the process steady at
+# 4.8 GB over 30 steps, and no step pays for pages the VM handed back to its host while the program
+# waited (bench/train_vs_torch.py --block 1: 0.85x -> 1.08x torch eager). Huge pages still back the
+# heap (5.2 vs 5.5 s per step without them, one run each). glibc reads that setting only at start:
+# `restart_with_host_huge_pages`.
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(ici_data=-1, ici_fsdp=1, ici_tensor=1, per_device_batch=0,
