@@ -295,6 +295,17 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
+def thp_mode() -> str | None:
+    """The kernel's transparent huge page mode (always, madvise, never), or None without THP."""
+    try:
+        with open(THP_MODE_FILE) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
+
+
 def host_huge_pages_env(environ: Mapping[str, str]) -> dict[str, str] | None:
     """`environ` with glibc's tunable that backs malloc's large blocks with transparent huge pages
     (`madvise`), or None where it is set already or cannot help: not glibc, glibc older than 2.35
@@ -303,11 +314,7 @@ def host_huge_pages_env(environ: Mapping[str, str]) -> dict[str, str] | None:
     libc, version = platform.libc_ver()
     if libc != "glibc" or tuple(int(v) for v in version.split(".")[:2]) < (2, 35):
         return None
-    try:
-        with open(THP_MODE_FILE) as f:
-            if "[madvise]" not in f.read():
-                return None
-    except OSError:
+    if thp_mode() != "madvise":
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb=" in tunables:

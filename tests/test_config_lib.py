@@ -229,15 +229,7 @@ _HEAP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _thp_always() -> bool:
-    try:
-        with open(config_lib.THP_MODE_FILE) as f:
-            return "[always]" in f.read()
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or _thp_always(),
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or config_lib.thp_mode() == "always",
                     reason="counts glibc's 4 KiB page faults")
 def test_cpu_preset_keeps_xla_buffers_in_the_heap():
     """With the cpu preset's synchronous dispatch XLA:CPU's 256 MiB outputs come from the calling
