@@ -372,7 +372,7 @@ def run(kind: str, args) -> None:
           f"(turns of {args.block} steps, the last timed), interleaved")
     print(f"   load average before/after: {args.load0} / {os.getloadavg()[0]:.2f} (2 cores; >2 means contended)")
     setup_s = time.perf_counter() - t0
-    # The peak is the machine's: one measurement can catch a slow moment (a start-up reading 15%
+    # The peak is the machine's: one measurement can catch a slow moment (a start-up reading 13%
     # under the decoder's own GEMMs was seen), so it is measured again after each model's steps
     # and the best reading so far is the one every share and the roofline use.
     peak_j, peak_t = matmul_peak()
