@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from exo2ego_jax.models import lora
+from exo2ego_jax.models import rope as rope_lib
 from exo2ego_jax.models.llm import DecoderLM, LLMConfig, rms_norm, swiglu
 from exo2ego_jax.weights import llm_weights
 from exo2ego_jax.weights import safetensors_io as sio
@@ -152,3 +153,33 @@ def test_rms_norm_gradient_equals_autodiff_of_the_hf_expression(dtype):
     for got, want in zip(jax.grad(custom, (0, 1))(x, scale), jax.grad(plain, (0, 1))(x, scale)):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol)
+
+
+def test_rope_tables_read_by_position_equal_the_direct_ones():
+    """The bounded path (a [P, D] table read by position) gives the direct path's values exactly,
+    attention scaling (YaRN's) included; positions as DecoderLM makes them for left padding."""
+    inv, scaling = rope_lib.inv_frequencies(8, 10000.0, {"rope_type": "yarn", "factor": 4.0}, 64)
+    assert scaling != 1.0
+    mask = jnp.asarray([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)  # [[0, 0, 0, 1, 2, 3], [0, ..., 5]]
+    direct = rope_lib.rope_tables(positions, inv, scaling)
+    table = rope_lib.rope_tables(positions, inv, scaling, num_positions=6)
+    for got, want in zip(table, direct):
+        assert got.shape == (2, 6, 8)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_allclose(np.asarray(direct[0][1, 5, :4]), scaling * np.cos(5 * inv), rtol=1e-6)
+
+
+def test_train_step_computes_rope_tables_once(model):
+    """XLA:CPU fuses a cos/sin into every consumer it feeds; read from a position table, the decoder's
+    RoPE tables are computed once per step (one cosine, one sine in the whole compiled loss and
+    gradient), not per head, layer and pass (the direct expression compiled to 4 of each per layer here)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, CFG.vocab_size, (2, 16)))
+
+    def loss(p):
+        logits, _ = nnx.merge(graphdef, p, rest)(input_ids=ids)
+        return jnp.mean(logits ** 2)
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    assert (hlo.count(" cosine("), hlo.count(" sine(")) == (1, 1)

@@ -128,24 +128,20 @@ class Attention(nnx.Module):
         self.o_proj = Linear(cfg.num_heads * hd, d, ("heads", "embed"), use_bias=cfg.o_proj_bias, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
         self.impl = impl
-        inv, att_scale = rope_lib.inv_frequencies(hd, cfg.rope_theta, cfg.rope_dict,
-                                                  cfg.max_position_embeddings)
-        self.inv_freq = tuple(float(f) for f in inv)  # static metadata, not a param
-        self.rope_attention_scaling = att_scale
         # The fused kernels take a static window: one shared by every layer (DecoderLM sends mixed
         # windows down the XLA path, whose mask carries each layer's window).
         windows = set(cfg.layer_windows)
         self.fused_window = windows.pop() if len(windows) == 1 else 0
 
-    def __call__(self, x, positions, mask, cache_kv=None, cache_index=None, causal_lengths=None, rng=None):
+    def __call__(self, x, rope, mask, cache_kv=None, cache_index=None, causal_lengths=None, rng=None):
+        """x [B, T, D]; rope: ``rope_lib.rope_tables`` (cos, sin) [B, T, head_dim] of the T positions."""
         b, t, _ = x.shape
         r = _split(rng, 4)
         q = self.q_proj(x, r[0]).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x, r[1]).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x, r[2]).reshape(b, t, self.num_kv_heads, self.head_dim)
-        inv = jnp.asarray(self.inv_freq, jnp.float32)
-        q = rope_lib.apply_rope(q, positions, inv, self.rope_attention_scaling)
-        k = rope_lib.apply_rope(k, positions, inv, self.rope_attention_scaling)
+        q = rope_lib.apply_rope(q, *rope)
+        k = rope_lib.apply_rope(k, *rope)
         new_kv = None
         scale = self.head_dim ** -0.5
         if cache_kv is not None:
@@ -214,9 +210,9 @@ class Block(nnx.Module):
                                       param_dtype=param_dtype)
         self.mlp = MLP(cfg, stack=stack, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, positions, mask, cache_kv=None, cache_index=None, causal_lengths=None, rng=None):
+    def __call__(self, x, rope, mask, cache_kv=None, cache_index=None, causal_lengths=None, rng=None):
         r = _split(rng, 2)
-        h, new_kv = self.attn(self.input_norm(x), positions, mask, cache_kv, cache_index, causal_lengths, r[0])
+        h, new_kv = self.attn(self.input_norm(x), rope, mask, cache_kv, cache_index, causal_lengths, r[0])
         x = x + h
         return x + self.mlp(self.post_attn_norm(x), r[1]), new_kv
 
@@ -257,6 +253,9 @@ class DecoderLM(nnx.Module):
         # train step's op time (bench/train_vs_torch.py --profile). Unrolled, XLA folds the
         # stacking and slicing of activations away; the parameters keep their stacked layout.
         self.unroll_layers = unroll_layers
+        inv, self.rope_attention_scaling = rope_lib.inv_frequencies(
+            cfg.head_dim, cfg.rope_theta, cfg.rope_dict, cfg.max_position_embeddings)
+        self.rope_inv_freq = tuple(float(f) for f in inv)  # static metadata, not a param
         self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                embedding_init=nnx.with_partitioning(_init(cfg), ("vocab", "embed")),
                                rngs=rngs)
@@ -296,12 +295,12 @@ class DecoderLM(nnx.Module):
         return {"k": k, "v": v, "mask": jnp.zeros((batch, max_len), jnp.int32),
                 "index": jnp.zeros((), jnp.int32), "pos": jnp.zeros((batch,), jnp.int32)}
 
-    def _run_unstacked(self, x, positions, masks, cache, idx, causal_lengths, dropout_rng):
+    def _run_unstacked(self, x, rope, masks, cache, idx, causal_lengths, dropout_rng):
         rngs = _split(dropout_rng, len(self.layers))
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             kv = (cache["k"][i], cache["v"][i]) if cache is not None else None
-            x, new_kv = layer(x, positions, masks[i], kv, idx, causal_lengths, rngs[i])
+            x, new_kv = layer(x, rope, masks[i], kv, idx, causal_lengths, rngs[i])
             if new_kv is not None:
                 ks.append(new_kv[0])
                 vs.append(new_kv[1])
@@ -362,8 +361,12 @@ class DecoderLM(nnx.Module):
             attention_mask = jnp.ones((b, t), jnp.int32)
         attention_mask = attention_mask.astype(jnp.int32)
         start = cache["pos"][:, None] if cache is not None else 0
+        # Without a cache the default positions lie in [0, T): the RoPE tables come from a T-row table.
+        bounded = positions is None and cache is None
         if positions is None:
             positions = jnp.maximum(start + jnp.cumsum(attention_mask, axis=1) - 1, 0)
+        rope = rope_lib.rope_tables(positions, self.rope_inv_freq, self.rope_attention_scaling,
+                                    num_positions=t if bounded else None)  # each [B, T, head_dim]
         q_idx = jnp.arange(t)
         causal_lengths = None
         windows = self.cfg.layer_windows
@@ -396,7 +399,7 @@ class DecoderLM(nnx.Module):
         masks = {w: layer_mask(w) for w in sorted(set(windows))}
 
         if not isinstance(self.layers, Block):  # unstacked (see unstack_layers): plain loop
-            x, cache_kv = self._run_unstacked(x, positions, [masks[w] for w in windows], cache, idx,
+            x, cache_kv = self._run_unstacked(x, rope, [masks[w] for w in windows], cache, idx,
                                               causal_lengths, dropout_rng)
             if last_only:
                 x = x[:, -1:]
@@ -421,7 +424,7 @@ class DecoderLM(nnx.Module):
             state, kv, rng, use_window = xs
             layer = nnx.merge(graphdef, state, rest)
             m = mask if use_window is None else jnp.where(use_window, window_mask, mask)
-            h, new_kv = layer(h, positions, m, kv, idx, causal_lengths, rng)
+            h, new_kv = layer(h, rope, m, kv, idx, causal_lengths, rng)
             return h, new_kv
 
         policy = _REMAT[self.remat_policy]

@@ -103,14 +103,31 @@ def inv_frequencies(head_dim: int, theta: float, scaling: Mapping[str, Any] | No
                      "rope type or implement it in models/rope.py.")
 
 
-def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, inv_freq: np.ndarray,
-               attention_scaling: float = 1.0) -> jnp.ndarray:
-    """Rotates x [B, T, N, D] by positions [B, T] (float32 math, result in x's dtype)."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+def rope_tables(positions: jnp.ndarray, inv_freq: np.ndarray, attention_scaling: float = 1.0,
+                num_positions: int | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """cos and sin [B, T, D] (float32, times ``attention_scaling``) of positions [B, T].
+
+    ``num_positions``: a static bound, every position in [0, num_positions). The tables are then
+    read from a [num_positions, D] table by position: the same values, but computed once per
+    forward pass. Computed from the positions directly, XLA:CPU fuses the cos and sin into every
+    consumer and evaluates them per element there: per head, in every layer, again in the
+    backward (a SmolLM2-135M train step spent ~2% of its time on it).
+    """
+    inv = jnp.asarray(inv_freq, jnp.float32)
+    if num_positions is None:
+        freqs = positions.astype(jnp.float32)[..., None] * inv  # [B, T, D/2]
+    else:
+        freqs = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * inv  # [P, D/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    cos = (jnp.cos(emb) * attention_scaling)[:, :, None, :]
-    sin = (jnp.sin(emb) * attention_scaling)[:, :, None, :]
+    cos, sin = jnp.cos(emb) * attention_scaling, jnp.sin(emb) * attention_scaling
+    if num_positions is not None:
+        cos, sin = cos[positions], sin[positions]
+    return cos, sin
+
+
+def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
+    """Rotates x [B, T, N, D] by ``rope_tables`` cos/sin [B, T, D] (float32 math, result in x's dtype)."""
     xf = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    return (xf * cos + rotated * sin).astype(x.dtype)
+    return (xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
