@@ -25,8 +25,8 @@ rate of JAX or torch, measured at the start and again after each model's steps),
 each torch variant (median and min/max of the paired ratios), and for the LLM the roofline: the ratio
 a step would reach if it ran every model FLOP at the measured peak and nothing else (the ceiling of
 any implementation's ratio on this machine) and the matmul floor: the step's dense matmuls each timed
-alone at their shapes and layouts in JAX and in torch (``matmul_floor``; the model's shapes run below
-the 2048^3 peak, so this is the tighter bound). Losses of the first step must agree (same weights, same
+alone at their shapes and layouts in JAX and in torch (``matmul_floor``: the bound at the model's own
+shapes, with the attention's causal half at the peak). Losses of the first step must agree (same weights, same
 batch); the max difference over all steps is printed.
 ``--profile DIR`` writes a jax.profiler trace of three of our steps and prints the top XLA ops.
 
@@ -469,8 +469,8 @@ def run(kind: str, args) -> None:
         floor = flops / args.peak
         print(f"   roofline: {flops / 1e9:.1f} GFLOP at the measured peak take {1e3 * floor:.1f} ms; a step that "
               f"fast would be " + ", ".join(f"{statistics.median(times[n]) / floor:.2f}x {n}" for n in names[1:]))
-        # The roofline's peak is a 2048^3 GEMM; the model's own shapes run slower (e.g. the LM head's
-        # [1024, 49152] outputs): the floor times them, so it is the bound that counts on this machine.
+        # The roofline prices every FLOP at one 2048^3 GEMM's rate; the floor times the model's own
+        # shapes and layouts (a weight gradient's transposed operand runs up to 15% slower in XLA).
         floor_j, floor_t = matmul_floor(layers, args.peak)
         print(f"   matmul floor (each dense matmul of the step timed alone at its shape and layout, best of 3 x 5; "
               f"attention at the peak): jax {1e3 * floor_j:.1f} ms, torch {1e3 * floor_t:.1f} ms; a step of ours "
