@@ -1,6 +1,6 @@
 """Train-step speed: exo2ego_jax vs transformers + torch (eager and torch.compile), same model, same weights.
 
-    python bench/train_vs_torch.py            # VLM and LLM-only, 20 timed steps each (~15 min on 2 cores)
+    python bench/train_vs_torch.py            # VLM and LLM-only, 20 timed steps each (~20 min on 2 cores)
     python bench/train_vs_torch.py --quick    # VLM only, 20 steps, torch.compile skipped (< 3 min)
     python bench/train_vs_torch.py --models llm --steps 30 --loss plain
 
