@@ -28,7 +28,8 @@ any implementation's ratio on this machine) and the matmul floor: the step's den
 alone at their shapes and layouts in JAX and in torch (``matmul_floor``: the bound at the model's own
 shapes, with the attention's causal half at the peak). Losses of the first step must agree (same weights, same
 batch); the max difference over all steps is printed.
-``--profile DIR`` writes a jax.profiler trace of three of our steps and prints the top XLA ops.
+``--profile DIR`` writes a jax.profiler trace of three of our steps and prints the top XLA ops and the
+op time by kind (YNNPACK fusions, XLA loop fusions, Eigen dots: ``op_kind``).
 
 Our settings (each measured in this file's runs or with bench/loss_chunk.py): the decoder layers
 run unrolled on CPU (``--layer-loop``, DecoderLM's default there), the chunked LM-head loss skips
@@ -358,18 +359,36 @@ def torch_step_fn(forward, trainable, opt):
 
 
 # --- profile ----------------------------------------------------------------------------------
+def op_kind(hlo_line: str) -> str:
+    """What executes an XLA:CPU op, from its line in the compiled HLO text.
+
+    Eigen dots run on the intra-op thread pool, and the trace mostly shows their launch: their time
+    lands in the ops that run beside them, so their share reads low.
+    """
+    if '"__ynn_fusion"' in hlo_line:
+        return "YNNPACK fusions (dots, some reductions)"
+    if re.search(r"= \S+ dot\(", hlo_line):
+        return "Eigen dots (time mostly hidden)"
+    found = re.search(r"kind=k(\w+)", hlo_line)
+    if found:
+        return f"XLA {found.group(1).lower()} fusions"
+    opcode = re.search(r"= \S+ ([\w-]+)\(", hlo_line)
+    return opcode.group(1) if opcode else "other"
+
+
 def profile_ours(step, state, frozen, other, batches, out_dir: str, top: int = 15):
     """Traces three steps; prints the top XLA ops by time with the jax function that emitted them."""
     import jax
 
     compiled = step.lower(state, frozen, other, batches[0]).compile()
-    meta = {}
+    meta, kind = {}, {}
     for line in compiled.as_text().splitlines():
         m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"", line)
         if m:
             src = re.search(r'source_file="([^"]+)" source_line=(\d+)', line)
             where = f" @ {os.path.basename(src.group(1))}:{src.group(2)}" if src else ""
             meta[m.group(1)] = m.group(2) + where
+            kind[m.group(1)] = op_kind(line)
     with jax.profiler.trace(out_dir, create_perfetto_trace=True):
         for b in batches[:3]:
             state, m = step(state, frozen, other, b)
@@ -386,6 +405,11 @@ def profile_ours(step, state, frozen, other, batches, out_dir: str, top: int = 1
             per_op[name] = per_op.get(name, 0.0) + e.get("dur", 0.0)
     total = sum(per_op.values()) or 1.0
     print(f"profile: {len(per_op)} XLA ops, {total / 3e3:.0f} ms per step in ops (trace in {out_dir})")
+    per_kind: dict[str, float] = {}
+    for name, us in per_op.items():
+        per_kind[kind[name]] = per_kind.get(kind[name], 0.0) + us
+    print("  by kind: " + ", ".join(f"{k} {100 * us / total:.1f}%" for k, us in
+                                    sorted(per_kind.items(), key=lambda kv: -kv[1])))
     for name, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]:
         src = re.sub(r"^jit\(step\)/", "", meta[name])
         print(f"  {100 * us / total:5.1f}%  {us / 3e3:8.1f} ms  {name:28s} {src[-110:]}")

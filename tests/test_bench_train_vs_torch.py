@@ -23,3 +23,16 @@ def test_step_gemms_are_the_step_flops_without_attention():
     assert dense == 3 * 1024 * (30 * 7_077_888 + 56_623_104)
     attention = 3 * 1024 * 30 * 2 * 2 * 256 * 9 * 64  # the full T x T square, as llm_step_flops
     assert dense + attention == bench.llm_step_flops(30)
+
+
+def test_op_kind_reads_the_executor_from_compiled_hlo():
+    ynn = ('%ynn_fusion.1117 = f32[1024,576]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.1117, '
+           'backend_config={"fusion_config":{"kind":"__ynn_fusion"},"outer_dimension_partitions":[]}')
+    eigen = ('%dot.3 = f32[576,576]{1,0} dot(%x, %dy), lhs_contracting_dims={0}, rhs_contracting_dims={0}, '
+             'metadata={op_name="jit(step)/transpose(jvp())/dot_general"}')
+    loop = '%add_select_fusion.271 = f32[49152,576]{1,0} fusion(%p, %m, %v), kind=kLoop, calls=%fused_computation.9'
+    copy = '%copy.2 = f32[49152,576]{1,0} copy(%transpose.0), metadata={op_name="jit(f)/transpose"}'
+    assert bench.op_kind(ynn).startswith("YNNPACK")
+    assert bench.op_kind(eigen).startswith("Eigen dots")
+    assert bench.op_kind(loop) == "XLA loop fusions"
+    assert bench.op_kind(copy) == "copy"
