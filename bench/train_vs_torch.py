@@ -145,12 +145,11 @@ def best_call(fn, reps: int) -> float:
     return best
 
 
-def matmul_floor(layers: int, peak: float, reps: int = 5, passes: int = 3, verbose: bool = False
-                 ) -> tuple[float, float]:
+def matmul_floor(layers: int, peak: float, reps: int = 5, passes: int = 3) -> tuple[float, float]:
     """Seconds per LLM train step in its matmuls alone, (jax, torch): each dense matmul of
     ``llm_step_gemms`` timed by itself at its shape and operand layout (best of ``reps`` calls in
     each of ``passes`` passes over the list: a slow spell of this shared VM lasts seconds), plus the
-    attention products' causal-half FLOPs at ``peak``.
+    attention products' causal-half FLOPs at ``peak``. Prints each shape's rate in both libraries.
 
     No implementation's step on this machine can take less than its library's floor (softmax, norms,
     the optimizer and every other op come on top), so this bounds the ratio ours can reach.
@@ -166,7 +165,7 @@ def matmul_floor(layers: int, peak: float, reps: int = 5, passes: int = 3, verbo
     for m, k, n, layout, _ in gemms:
         a = rng.standard_normal((k, m) if layout == "tn" else (m, k), np.float32)
         b = rng.standard_normal((n, k) if layout == "nt" else (k, n), np.float32)
-        f = jax.jit(lambda x, y, c=dims[layout]: jax.lax.dot_general(x, y, (c, ((), ()))))
+        f = jax.jit(lambda x, y, dn=dims[layout]: jax.lax.dot_general(x, y, (dn, ((), ()))))
         aj, bj = jnp.asarray(a), jnp.asarray(b)
         at, bt = torch.from_numpy(a), torch.from_numpy(b)
         at, bt = (at.T, bt) if layout == "tn" else (at, bt.T) if layout == "nt" else (at, bt)
@@ -177,10 +176,9 @@ def matmul_floor(layers: int, peak: float, reps: int = 5, passes: int = 3, verbo
         for i, fns in enumerate(calls):
             best[i] = np.minimum(best[i], [best_call(fn, reps) for fn in fns])
     counts = np.array([g[-1] for g in gemms], np.float64)
-    if verbose:
-        for (m, k, n, layout, count), (tj, tt) in zip(gemms, best):
-            print(f"     {m}x{k}x{n} {layout} x{count}: jax {2 * m * k * n / tj / 1e9:.0f}, "
-                  f"torch {2 * m * k * n / tt / 1e9:.0f} GFLOP/s")
+    for (m, k, n, layout, count), (time_j, time_t) in zip(gemms, best):
+        print(f"     matmul [{m} x {k}] @ [{k} x {n}] ({layout}, {count} per step): jax "
+              f"{2 * m * k * n / time_j / 1e9:.0f}, torch {2 * m * k * n / time_t / 1e9:.0f} GFLOP/s")
     # Scores and probabilities x values, forward and backward (3x), over the causal half of T x T.
     c = SMOLLM2_135M
     attn = 3 * 2 * 2 * BATCH * c["num_heads"] * c["head_dim"] * LLM_LEN * LLM_LEN / 2 * layers / peak
