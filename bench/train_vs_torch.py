@@ -25,7 +25,7 @@ rate of JAX or torch, measured at the start and again after each model's steps),
 each torch variant (median and min/max of the paired ratios), and for the LLM the roofline: the ratio
 a step would reach if it ran every model FLOP at the measured peak and nothing else (the ceiling of
 any implementation's ratio on this machine) and the matmul floor: the step's dense matmuls each timed
-alone at their shapes and layouts in JAX and in torch (``matmul_floor``: the bound at the model's own
+alone at their shapes and layouts in JAX and in torch (``matmul_bounds.matmul_floor``: the bound at the model's own
 shapes, with the attention's causal half at the peak). Losses of the first step must agree (same weights, same
 batch); the max difference over all steps is printed.
 ``--profile DIR`` writes a jax.profiler trace of three of our steps and prints the top XLA ops and the
@@ -50,9 +50,11 @@ import time
 import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/matmul_bounds.py
 
 import numpy as np  # noqa: E402
 
+import matmul_bounds as bounds  # noqa: E402
 from exo2ego_jax import config_lib  # noqa: E402
 
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
@@ -63,15 +65,7 @@ FRAMES, BATCH, VLM_TEXT, VLM_ANSWER, LLM_LEN = 8, 4, 64, 32, 256
 LR, B1, B2, EPS, WD, CLIP = 1e-4, 0.9, 0.999, 1e-8, 0.01, 1.0
 
 
-# --- FLOPs and peak ---------------------------------------------------------------------------
-def llm_forward_flops(c: dict, layers: int, tokens: int, seq: int) -> float:
-    """Matmul FLOPs of one decoder forward: projections, attention (full T x T square), LM head."""
-    d, hd = c["hidden_size"], c["head_dim"]
-    proj = 2 * d * hd * (2 * c["num_heads"] + 2 * c["num_kv_heads"]) + 3 * 2 * d * c["intermediate_size"]
-    attn = 2 * 2 * seq * c["num_heads"] * hd
-    return tokens * (layers * (proj + attn) + 2 * d * c["vocab_size"])
-
-
+# --- FLOPs ------------------------------------------------------------------------------------
 def vlm_step_flops() -> float:
     """Frozen ViT forward (1x) + trained connector and LLM (3x: forward, input and weight grads)."""
     w, i, p = VIT["hidden_size"], VIT["intermediate_size"], (VIT["image_size"] // VIT["patch_size"]) ** 2
@@ -82,108 +76,11 @@ def vlm_step_flops() -> float:
     d = SMOLLM2_135M["hidden_size"]
     conn = frames * p * (2 * w * d + 2 * d * d)
     seq = VLM_TEXT + FRAMES * p
-    return vit + 3 * (conn + llm_forward_flops(SMOLLM2_135M, 6, BATCH * seq, seq))
+    return vit + 3 * (conn + bounds.llm_forward_flops(SMOLLM2_135M, 6, BATCH * seq, seq))
 
 
 def llm_step_flops(layers: int) -> float:
-    return 3 * llm_forward_flops(SMOLLM2_135M, layers, BATCH * LLM_LEN, LLM_LEN)
-
-
-def matmul_peak(n: int = 2048, reps: int = 10) -> tuple[float, float]:
-    """Best f32 GEMM FLOP/s of an n^3 matmul in JAX and in torch (interleaved); the max is the peak."""
-    import jax
-    import jax.numpy as jnp
-    import torch
-
-    a = np.random.default_rng(0).standard_normal((n, n), np.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    xj = jnp.asarray(a)
-    xt = torch.from_numpy(a)
-    f(xj, xj).block_until_ready()
-    torch.mm(xt, xt)
-    best_j = best_t = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f(xj, xj).block_until_ready()
-        best_j = min(best_j, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        torch.mm(xt, xt)
-        best_t = min(best_t, time.perf_counter() - t0)
-    return 2 * n ** 3 / best_j, 2 * n ** 3 / best_t
-
-
-def llm_step_gemms(c: dict, layers: int, tokens: int) -> list[tuple[int, int, int, str, int]]:
-    """(m, k, n, layout, count) of every dense matmul of one LLM train step, ``count`` times.
-
-    Each projection [in, out] runs three: forward x[T, in] @ W ("nn"), input gradient dY @ W^T
-    ("nt") and weight gradient x^T @ dY ("tn"); the tied LM head (E [V, D]) runs h @ E^T, dlogits @ E
-    and dlogits^T @ h. The attention's batched products are not in the list (matmul_floor).
-    """
-    d, f, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-    q, kv = c["num_heads"] * c["head_dim"], c["num_kv_heads"] * c["head_dim"]
-    shapes: dict[tuple[int, int, int, str], int] = {}
-    for d_in, d_out in ((d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)):
-        for gemm in ((tokens, d_in, d_out, "nn"), (tokens, d_out, d_in, "nt"), (d_in, tokens, d_out, "tn")):
-            shapes[gemm] = shapes.get(gemm, 0) + layers
-    for gemm in ((tokens, d, v, "nt"), (tokens, v, d, "nn"), (v, tokens, d, "tn")):
-        shapes[gemm] = shapes.get(gemm, 0) + 1
-    return [(*gemm, count) for gemm, count in shapes.items()]
-
-
-def best_call(fn, reps: int) -> float:
-    """Best wall time of ``reps`` back-to-back calls after one warm-up call (compile, first touch).
-
-    One library's calls run back to back: right after a torch call its OpenMP workers still spin
-    for a while, and a JAX call started then shares the cores with them.
-    """
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def matmul_floor(layers: int, peak: float, reps: int = 5, passes: int = 3) -> tuple[float, float]:
-    """Seconds per LLM train step in its matmuls alone, (jax, torch): each dense matmul of
-    ``llm_step_gemms`` timed by itself at its shape and operand layout (best of ``reps`` calls in
-    each of ``passes`` passes over the list: a slow spell of this shared VM lasts seconds), plus the
-    attention products' causal-half FLOPs at ``peak``. Prints each shape's rate in both libraries.
-
-    No implementation's step on this machine can take less than its library's floor (softmax, norms,
-    the optimizer and every other op come on top), so this bounds the ratio ours can reach.
-    """
-    import jax
-    import jax.numpy as jnp
-    import torch
-
-    dims = {"nn": ((1,), (0,)), "nt": ((1,), (1,)), "tn": ((0,), (0,))}
-    rng = np.random.default_rng(0)
-    gemms = llm_step_gemms(SMOLLM2_135M, layers, BATCH * LLM_LEN)
-    calls = []
-    for m, k, n, layout, _ in gemms:
-        a = rng.standard_normal((k, m) if layout == "tn" else (m, k), np.float32)
-        b = rng.standard_normal((n, k) if layout == "nt" else (k, n), np.float32)
-        f = jax.jit(lambda x, y, dn=dims[layout]: jax.lax.dot_general(x, y, (dn, ((), ()))))
-        aj, bj = jnp.asarray(a), jnp.asarray(b)
-        at, bt = torch.from_numpy(a), torch.from_numpy(b)
-        at, bt = (at.T, bt) if layout == "tn" else (at, bt.T) if layout == "nt" else (at, bt)
-        calls.append((lambda f=f, aj=aj, bj=bj: f(aj, bj).block_until_ready(),
-                      lambda at=at, bt=bt: torch.mm(at, bt)))
-    best = np.full((len(gemms), 2), np.inf)
-    for _ in range(passes):
-        for i, fns in enumerate(calls):
-            best[i] = np.minimum(best[i], [best_call(fn, reps) for fn in fns])
-    counts = np.array([g[-1] for g in gemms], np.float64)
-    for (m, k, n, layout, count), (time_j, time_t) in zip(gemms, best):
-        print(f"     matmul [{m} x {k}] @ [{k} x {n}] ({layout}, {count} per step): jax "
-              f"{2 * m * k * n / time_j / 1e9:.0f}, torch {2 * m * k * n / time_t / 1e9:.0f} GFLOP/s")
-    # Scores and probabilities x values, forward and backward (3x), over the causal half of T x T.
-    c = SMOLLM2_135M
-    attn = 3 * 2 * 2 * BATCH * c["num_heads"] * c["head_dim"] * LLM_LEN * LLM_LEN / 2 * layers / peak
-    floor_j, floor_t = counts @ best + attn
-    return float(floor_j), float(floor_t)
+    return 3 * bounds.llm_forward_flops(SMOLLM2_135M, layers, BATCH * LLM_LEN, LLM_LEN)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -475,7 +372,7 @@ def run(kind: str, args) -> None:
     # The peak is the machine's: one measurement can catch a slow moment (a start-up reading 13%
     # under the decoder's own GEMMs was seen), so it is measured again after each model's steps
     # and the best reading so far is the one every share and the roofline use.
-    peak_j, peak_t = matmul_peak()
+    peak_j, peak_t = bounds.matmul_peak()
     args.peak = max(args.peak, peak_j, peak_t)
     print(f"   model matmul FLOPs per step {flops / 1e9:.1f} GFLOP; measured f32 matmul peak {args.peak / 1e9:.0f} GFLOP/s "
           f"(best so far; after these steps jax {peak_j / 1e9:.0f}, torch {peak_t / 1e9:.0f}); setup + first steps {setup_s:.0f} s")
@@ -493,7 +390,7 @@ def run(kind: str, args) -> None:
               f"fast would be " + ", ".join(f"{statistics.median(times[n]) / floor:.2f}x {n}" for n in names[1:]))
         # The roofline prices every FLOP at one 2048^3 GEMM's rate; the floor times the model's own
         # shapes and layouts (a weight gradient's transposed operand runs up to 15% slower in XLA).
-        floor_j, floor_t = matmul_floor(layers, args.peak)
+        floor_j, floor_t = bounds.matmul_floor(SMOLLM2_135M, layers, BATCH, LLM_LEN, args.peak)
         print(f"   matmul floor (each dense matmul of the step timed alone at its shape and layout, best of 3 x 5; "
               f"attention at the peak): jax {1e3 * floor_j:.1f} ms, torch {1e3 * floor_t:.1f} ms; a step of ours "
               f"with nothing but its matmuls would be " + ", ".join(
@@ -544,7 +441,7 @@ def main():
     import torch
 
     args.load0 = f"{os.getloadavg()[0]:.2f}"
-    peak_j, peak_t = matmul_peak()
+    peak_j, peak_t = bounds.matmul_peak()
     args.peak = max(peak_j, peak_t)
     print(f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); malloc reuse {args.malloc_reuse >> 20} MiB; "

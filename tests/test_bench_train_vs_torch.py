@@ -1,4 +1,4 @@
-"""bench/train_vs_torch.py's matmul list: the dense matmuls it times are the step's FLOP count."""
+"""bench/train_vs_torch.py and bench/matmul_bounds.py: the matmul list is the step's FLOP count; op kinds."""
 import importlib.util
 import pathlib
 
@@ -10,7 +10,7 @@ _spec.loader.exec_module(bench)
 
 def test_step_gemms_are_the_step_flops_without_attention():
     c = bench.SMOLLM2_135M
-    gemms = bench.llm_step_gemms(c, layers=30, tokens=1024)
+    gemms = bench.bounds.llm_step_gemms(c, layers=30, tokens=1024)
     # q/o share [1024, 576, 576] (and its three layouts), k/v [576 -> 192], gate/up [576 -> 1536],
     # down [1536 -> 576]: 4 shapes x 3 layouts, plus the LM head's 3.
     assert len(gemms) == 15
