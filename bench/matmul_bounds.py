@@ -1,8 +1,9 @@
 """Matmul bounds of a train step on this machine: FLOP counts, the f32 GEMM peak, and the floor.
 
-The roofline prices every FLOP at one 2048^3 GEMM's rate (``matmul_peak``); the floor
-(``matmul_floor``) times each of the step's own dense matmuls alone at its shape and operand layout,
-in JAX and in torch. Used by bench/train_vs_torch.py.
+The roofline prices every FLOP at one 2048^3 GEMM's rate (``matmul_peak``); the matmul floor
+(``dense_matmul_times``) times each of the step's own dense matmuls alone at its shape and operand
+layout, in JAX and in torch, and the kernel floor (``kernel_floor``) adds the attention and the
+optimizer update as each library runs them. Used by bench/train_vs_torch.py.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def llm_step_gemms(c: dict, layers: int, tokens: int) -> list[tuple[int, int, in
 
     Each projection [in, out] runs three: forward x[T, in] @ W ("nn"), input gradient dY @ W^T
     ("nt") and weight gradient x^T @ dY ("tn"); the tied LM head (E [V, D]) runs h @ E^T, dlogits @ E
-    and dlogits^T @ h. The attention's batched products are not in the list (matmul_floor).
+    and dlogits^T @ h. The attention's batched products are not in the list (``causal_attention_flops``).
     """
     d, f, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
     q, kv = c["num_heads"] * c["head_dim"], c["num_kv_heads"] * c["head_dim"]
@@ -67,15 +68,19 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> tuple[float, float]:
     return 2 * n ** 3 / best_j, 2 * n ** 3 / best_t
 
 
-def matmul_floor(c: dict, layers: int, batch: int, seq: int, peak: float, reps: int = 5, passes: int = 3
-                 ) -> tuple[float, float]:
-    """Seconds per LLM train step in its matmuls alone, (jax, torch): each dense matmul of
-    ``llm_step_gemms`` timed by itself at its shape and operand layout (best of ``reps`` calls in
-    each of ``passes`` passes over the list: a slow spell of this shared VM lasts seconds), plus the
-    attention products' causal-half FLOPs at ``peak``. Prints each shape's rate in both libraries.
+def causal_attention_flops(c: dict, layers: int, batch: int, seq: int) -> float:
+    """Scores and probabilities x values, forward and backward (3x), over the causal half of T x T."""
+    return 3 * 2 * 2 * batch * c["num_heads"] * c["head_dim"] * seq * seq / 2 * layers
 
-    No implementation's step on this machine can take less than its library's floor (softmax, norms,
-    the optimizer and every other op come on top), so this bounds the ratio ours can reach.
+
+def dense_matmul_times(c: dict, layers: int, batch: int, seq: int, reps: int = 5, passes: int = 3
+                       ) -> tuple[float, float]:
+    """Seconds per LLM train step in its dense matmuls alone, (jax, torch): each matmul of
+    ``llm_step_gemms`` timed by itself at its shape and operand layout (best of ``reps`` calls in
+    each of ``passes`` passes over the list: a slow spell of this shared VM lasts seconds). Prints
+    each shape's rate in both libraries. With the attention's FLOPs at the peak this is the matmul
+    floor: no step of that library on this machine can take less (``kernel_floor`` adds the attention
+    and the optimizer as run).
     """
     import jax
     import jax.numpy as jnp
@@ -94,15 +99,131 @@ def matmul_floor(c: dict, layers: int, batch: int, seq: int, peak: float, reps: 
         at, bt = (at.T, bt) if layout == "tn" else (at, bt.T) if layout == "nt" else (at, bt)
         calls.append((lambda f=f, aj=aj, bj=bj: f(aj, bj).block_until_ready(),
                       lambda at=at, bt=bt: torch.mm(at, bt)))
-    best = np.full((len(gemms), 2), np.inf)
-    for _ in range(passes):
-        for i, fns in enumerate(calls):
-            best[i] = np.minimum(best[i], [best_call(fn, reps) for fn in fns])
+    best = _best_of_passes(calls, reps, passes)
     counts = np.array([g[-1] for g in gemms], np.float64)
     for (m, k, n, layout, count), (time_j, time_t) in zip(gemms, best):
         print(f"     matmul [{m} x {k}] @ [{k} x {n}] ({layout}, {count} per step): jax "
               f"{2 * m * k * n / time_j / 1e9:.0f}, torch {2 * m * k * n / time_t / 1e9:.0f} GFLOP/s")
-    # Scores and probabilities x values, forward and backward (3x), over the causal half of T x T.
-    attn = 3 * 2 * 2 * batch * c["num_heads"] * c["head_dim"] * seq * seq / 2 * layers / peak
-    floor_j, floor_t = counts @ best + attn
-    return float(floor_j), float(floor_t)
+    dense_j, dense_t = counts @ best
+    return float(dense_j), float(dense_t)
+
+
+def _best_of_passes(calls, reps: int, passes: int) -> np.ndarray:
+    """[len(calls), 2] best seconds of each (jax, torch) pair of calls: ``passes`` passes over the
+    list, ``best_call(fn, reps)`` per call and pass."""
+    best = np.full((len(calls), 2), np.inf)
+    for _ in range(passes):
+        for i, fns in enumerate(calls):
+            best[i] = np.minimum(best[i], [best_call(fn, reps) for fn in fns])
+    return best
+
+
+def llm_param_shapes(c: dict, layers: int) -> list[tuple[int, ...]]:
+    """Shapes of every trained parameter of a Llama-style decoder with a tied LM head."""
+    d, f = c["hidden_size"], c["intermediate_size"]
+    q, kv = c["num_heads"] * c["head_dim"], c["num_kv_heads"] * c["head_dim"]
+    layer = [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d), (d,), (d,)]
+    return [(c["vocab_size"], d)] + layer * layers + [(d,)]
+
+
+def kernel_floor(c: dict, layers: int, batch: int, seq: int, dense: tuple[float, float], adamw: dict,
+                 reps: int = 5, passes: int = 3) -> dict:
+    """The step's dense matmuls (``dense``: ``dense_matmul_times``), its attention and its optimizer
+    update, each timed alone in each library as that library's step runs it: {part: (jax, torch)}
+    seconds per step, with "step" their sum. ``adamw``: lr, betas, eps, weight_decay, clip.
+
+    The step's other work (norms, RoPE, SwiGLU, residual adds, the loss, the embedding lookup's
+    gradient) comes on top, so no step of that library on this machine takes less than "step".
+    """
+    calls = [attention_calls(c, batch, seq), optimizer_calls(llm_param_shapes(c, layers), **adamw)[:2]]
+    best = _best_of_passes(calls, reps, passes)
+    parts = {"dense matmuls": dense, "attention": tuple(float(t) * layers for t in best[0]),
+             "optimizer": tuple(float(t) for t in best[1])}
+    parts["step"] = tuple(sum(part[i] for part in parts.values()) for i in range(2))
+    return parts
+
+
+def attention_calls(c: dict, batch: int, seq: int):
+    """(jax, torch) calls running forward and backward of one layer's causal grouped-query attention
+    on [B, T, H, D] activations: ours through models/attention.attention (the decoder's call and its
+    causal XLA path, with the q/k/v layout transposes that the step partly fuses into RoPE), torch's
+    scaled_dot_product_attention (is_causal, grouped keys: transformers' sdpa path without a padding
+    mask) on its [B, H, T, D] layout. Each returns the q, k, v gradients in its layout."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    import torch.nn.functional as F
+
+    from exo2ego_jax.models import attention as attention_lib
+
+    rng = np.random.default_rng(0)
+    h, kv, hd = c["num_heads"], c["num_kv_heads"], c["head_dim"]
+    q, k, v, d_out = (rng.standard_normal((batch, seq, heads, hd), np.float32) for heads in (h, kv, kv, h))
+    mask = np.broadcast_to(np.tril(np.ones((seq, seq), bool)), (batch, seq, seq))
+
+    def attention_grads(q, k, v, mask, d_out):  # [B,T,H,D], [B,T,K,D] x2, [B,T,T], [B,T,H,D]
+        _, vjp = jax.vjp(lambda q, k, v: attention_lib.attention(q, k, v, mask, hd ** -0.5, "xla", causal=True),
+                         q, k, v)
+        return vjp(d_out)
+    attention_jax = jax.jit(attention_grads)
+    jax_args = [jnp.asarray(x) for x in (q, k, v, mask, d_out)]
+    qt, kt, vt = (torch.from_numpy(x).transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+    d_out_t = torch.from_numpy(d_out).transpose(1, 2).contiguous()
+
+    def attention_torch():
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)
+        out.backward(d_out_t)
+        grads = qt.grad, kt.grad, vt.grad
+        qt.grad = kt.grad = vt.grad = None
+        return grads
+    return lambda: jax.block_until_ready(attention_jax(*jax_args)), attention_torch
+
+
+def optimizer_calls(shapes, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, clip: float):
+    """(jax, torch, read) for one AdamW update with global-norm clipping of parameters of ``shapes``
+    (the same random gradients every call); ``read()`` gives both libraries' parameters as numpy.
+
+    Ours: train/optim's fused update (one elementwise pass per output; the gradient norm given: the
+    step's norm reductions fuse into the passes that produce the gradients, 0.4 ms per 30-layer step
+    in its profile, where a pass of their own here would take ~45 ms); torch: ``clip_grad_norm_`` and
+    ``torch.optim.AdamW`` as the bench's torch step runs them.
+    """
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(s, np.float32) * 0.02 for s in shapes]
+    grads = [rng.standard_normal(s, np.float32) * 1e-3 for s in shapes]
+    grad_norm = np.float32(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads)))
+    b1, b2 = betas
+
+    def adamw(params, mu, nu, count, grads, grad_norm):
+        scale = jnp.where(grad_norm < clip, 1.0, clip / grad_norm)
+        bc1, bc2 = 1 - b1 ** count, 1 - b2 ** count
+        mu = [(1 - b1) * g * scale + b1 * m for m, g in zip(mu, grads)]
+        nu = [(1 - b2) * (g * scale) ** 2 + b2 * n for n, g in zip(nu, grads)]
+        params = [p - lr * ((m / bc1) / (jnp.sqrt(n / bc2) + eps) + weight_decay * p)
+                  for p, m, n in zip(params, mu, nu)]
+        return params, mu, nu, count + 1
+    adamw_jax = jax.jit(adamw, donate_argnums=(0, 1, 2))
+    state = [[jnp.asarray(p) for p in params], [jnp.zeros(s, jnp.float32) for s in shapes],
+             [jnp.zeros(s, jnp.float32) for s in shapes], jnp.float32(1.0)]
+    grads_jax = [jnp.asarray(g) for g in grads]
+
+    def optimizer_jax():
+        state[:] = adamw_jax(*state, grads_jax, grad_norm)
+        jax.block_until_ready(state[0])
+
+    trainable = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
+    for p, g in zip(trainable, grads):
+        p.grad = torch.from_numpy(g)
+    opt = torch.optim.AdamW(trainable, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def optimizer_torch():
+        torch.nn.utils.clip_grad_norm_(trainable, clip)
+        opt.step()
+
+    def read():
+        return [np.asarray(p) for p in state[0]], [p.detach().numpy().copy() for p in trainable]
+    return optimizer_jax, optimizer_torch, read

@@ -24,10 +24,13 @@ measured f32 matmul peak (model matmul FLOPs / step time / peak; the peak is the
 rate of JAX or torch, measured at the start and again after each model's steps), and the per-step speed ratio ours vs
 each torch variant (median and min/max of the paired ratios), and for the LLM the roofline: the ratio
 a step would reach if it ran every model FLOP at the measured peak and nothing else (the ceiling of
-any implementation's ratio on this machine) and the matmul floor: the step's dense matmuls each timed
-alone at their shapes and layouts in JAX and in torch (``matmul_bounds.matmul_floor``: the bound at the model's own
-shapes, with the attention's causal half at the peak). Losses of the first step must agree (same weights, same
-batch); the max difference over all steps is printed.
+any implementation's ratio on this machine), the matmul floor: the step's dense matmuls each timed
+alone at their shapes and layouts in JAX and in torch (``matmul_bounds.dense_matmul_times``: the bound at
+the model's own shapes, with the attention's causal half at the peak), and the kernel floor: those matmuls
+plus the attention (forward and backward) and the clipped AdamW update as each library runs them, each
+timed alone (``matmul_bounds.kernel_floor``), with the time 1.2x torch eager leaves above ours for the
+rest of the step. Losses of the first step must agree (same weights, same batch); the max difference over
+all steps is printed.
 ``--profile DIR`` writes a jax.profiler trace of three of our steps and prints the top XLA ops and the
 op time by kind (YNNPACK fusions, XLA loop fusions, Eigen dots: ``op_kind``).
 
@@ -390,11 +393,25 @@ def run(kind: str, args) -> None:
               f"fast would be " + ", ".join(f"{statistics.median(times[n]) / floor:.2f}x {n}" for n in names[1:]))
         # The roofline prices every FLOP at one 2048^3 GEMM's rate; the floor times the model's own
         # shapes and layouts (a weight gradient's transposed operand runs up to 15% slower in XLA).
-        floor_j, floor_t = bounds.matmul_floor(SMOLLM2_135M, layers, BATCH, LLM_LEN, args.peak)
+        dense = bounds.dense_matmul_times(SMOLLM2_135M, layers, BATCH, LLM_LEN)
+        attn_at_peak = bounds.causal_attention_flops(SMOLLM2_135M, layers, BATCH, LLM_LEN) / args.peak
+        floor_j, floor_t = (t + attn_at_peak for t in dense)
         print(f"   matmul floor (each dense matmul of the step timed alone at its shape and layout, best of 3 x 5; "
               f"attention at the peak): jax {1e3 * floor_j:.1f} ms, torch {1e3 * floor_t:.1f} ms; a step of ours "
               f"with nothing but its matmuls would be " + ", ".join(
                   f"{statistics.median(times[n]) / floor_j:.2f}x {n}" for n in names[1:]))
+        # The attention and the optimizer as each library runs them, each timed alone: what every
+        # step of that library pays on top of its dense matmuls before its norms, SwiGLU and loss.
+        parts = bounds.kernel_floor(SMOLLM2_135M, layers, BATCH, LLM_LEN, dense, dict(
+            lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD, clip=CLIP))
+        for i, lib in enumerate(("jax", "torch")):
+            print(f"   kernel floor {lib}: " + ", ".join(f"{part} {1e3 * t[i]:.1f} ms" for part, t in parts.items()))
+        eager = statistics.median(times["torch eager"])
+        print(f"   a step of ours at its kernel floor would be {eager / parts['step'][0]:.2f}x torch eager; "
+              f"1.2x torch eager needs {1e3 * eager / 1.2:.1f} ms, {1e3 * (eager / 1.2 - parts['step'][0]):.1f} ms "
+              f"above the kernel floor for the norms, RoPE, SwiGLU, residual adds and the loss "
+              f"(ours spends {1e3 * (statistics.median(ref) - parts['step'][0]):.1f} ms, torch eager "
+              f"{1e3 * (eager - parts['step'][1]):.1f} ms above its own)")
     for n in names[1:]:
         ratio = [b / a for a, b in zip(ref, times[n])]
         med, lo, hi = stats(ratio)
