@@ -183,36 +183,40 @@ def optimizer_calls(shapes, lr: float, betas: tuple[float, float], eps: float, w
     """(jax, torch, read) for one AdamW update with global-norm clipping of parameters of ``shapes``
     (the same random gradients every call); ``read()`` gives both libraries' parameters as numpy.
 
-    Ours: train/optim's fused update (one elementwise pass per output; the gradient norm given: the
-    step's norm reductions fuse into the passes that produce the gradients, 0.4 ms per 30-layer step
-    in its profile, where a pass of their own here would take ~45 ms); torch: ``clip_grad_norm_`` and
+    Ours: train/optim's optimizer as the train step applies it (``apply_guarded``: one elementwise
+    pass per output, the NaN guard's selects included; the gradient norm given: the step's norm
+    reductions fuse into the passes that produce the gradients, 0.4 ms per 30-layer step in its
+    profile, where a pass of their own here would take ~45 ms); torch: ``clip_grad_norm_`` and
     ``torch.optim.AdamW`` as the bench's torch step runs them.
     """
+    import types
+
     import jax
     import jax.numpy as jnp
     import torch
+
+    from exo2ego_jax.train import optim
 
     rng = np.random.default_rng(0)
     params = [rng.standard_normal(s, np.float32) * 0.02 for s in shapes]
     grads = [rng.standard_normal(s, np.float32) * 1e-3 for s in shapes]
     grad_norm = np.float32(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads)))
-    b1, b2 = betas
+    names = [f"p{i}" for i in range(len(shapes))]
+    tc = types.SimpleNamespace(groups=((".*", lr),), warmup_steps=0, warmup_ratio=0.0, end_lr_ratio=1.0,
+                               schedule="constant", b1=betas[0], b2=betas[1], eps=eps,
+                               weight_decay=weight_decay, clip=clip)
+    tx, _ = optim.make_optimizer(tc, dict.fromkeys(names, 0), 1000)
 
-    def adamw(params, mu, nu, count, grads, grad_norm):
-        scale = jnp.where(grad_norm < clip, 1.0, clip / grad_norm)
-        bc1, bc2 = 1 - b1 ** count, 1 - b2 ** count
-        mu = [(1 - b1) * g * scale + b1 * m for m, g in zip(mu, grads)]
-        nu = [(1 - b2) * (g * scale) ** 2 + b2 * n for n, g in zip(nu, grads)]
-        params = [p - lr * ((m / bc1) / (jnp.sqrt(n / bc2) + eps) + weight_decay * p)
-                  for p, m, n in zip(params, mu, nu)]
-        return params, mu, nu, count + 1
-    adamw_jax = jax.jit(adamw, donate_argnums=(0, 1, 2))
-    state = [[jnp.asarray(p) for p in params], [jnp.zeros(s, jnp.float32) for s in shapes],
-             [jnp.zeros(s, jnp.float32) for s in shapes], jnp.float32(1.0)]
-    grads_jax = [jnp.asarray(g) for g in grads]
+    def update(params, opt_state, grads, grad_norm):
+        new_params, opt_state, _ = tx.apply_guarded(grads, opt_state, params, grad_norm, jnp.bool_(True))
+        return new_params, opt_state
+    update_jax = jax.jit(update, donate_argnums=(0, 1))
+    params_jax = {n: jnp.asarray(p) for n, p in zip(names, params)}
+    state = [params_jax, tx.init(params_jax)]
+    grads_jax = {n: jnp.asarray(g) for n, g in zip(names, grads)}
 
     def optimizer_jax():
-        state[:] = adamw_jax(*state, grads_jax, grad_norm)
+        state[:] = update_jax(*state, grads_jax, grad_norm)
         jax.block_until_ready(state[0])
 
     trainable = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
@@ -225,5 +229,5 @@ def optimizer_calls(shapes, lr: float, betas: tuple[float, float], eps: float, w
         opt.step()
 
     def read():
-        return [np.asarray(p) for p in state[0]], [p.detach().numpy().copy() for p in trainable]
+        return [np.asarray(state[0][n]) for n in names], [p.detach().numpy().copy() for p in trainable]
     return optimizer_jax, optimizer_torch, read
