@@ -8,6 +8,7 @@ optimizer update as each library runs them. Used by bench/train_vs_torch.py.
 from __future__ import annotations
 
 import time
+import types
 
 import numpy as np
 
@@ -179,6 +180,15 @@ def attention_calls(c: dict, batch: int, seq: int):
     return lambda: jax.block_until_ready(attention_jax(*jax_args)), attention_torch
 
 
+def constant_lr_train_config(groups, betas: tuple[float, float], eps: float, weight_decay: float,
+                             clip: float) -> types.SimpleNamespace:
+    """The train config fields train/optim.make_optimizer reads: AdamW per (regex, lr) group at a
+    constant learning rate, no warmup, global-norm clipping at ``clip``."""
+    return types.SimpleNamespace(groups=groups, warmup_steps=0, warmup_ratio=0.0, end_lr_ratio=1.0,
+                                 schedule="constant", b1=betas[0], b2=betas[1], eps=eps,
+                                 weight_decay=weight_decay, clip=clip)
+
+
 def optimizer_calls(shapes, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, clip: float):
     """(jax, torch, read) for one AdamW update with global-norm clipping of parameters of ``shapes``
     (the same random gradients every call); ``read()`` gives both libraries' parameters as numpy.
@@ -189,8 +199,6 @@ def optimizer_calls(shapes, lr: float, betas: tuple[float, float], eps: float, w
     profile, where a pass of their own here would take ~45 ms); torch: ``clip_grad_norm_`` and
     ``torch.optim.AdamW`` as the bench's torch step runs them.
     """
-    import types
-
     import jax
     import jax.numpy as jnp
     import torch
@@ -202,9 +210,7 @@ def optimizer_calls(shapes, lr: float, betas: tuple[float, float], eps: float, w
     grads = [rng.standard_normal(s, np.float32) * 1e-3 for s in shapes]
     grad_norm = np.float32(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads)))
     names = [f"p{i}" for i in range(len(shapes))]
-    tc = types.SimpleNamespace(groups=((".*", lr),), warmup_steps=0, warmup_ratio=0.0, end_lr_ratio=1.0,
-                               schedule="constant", b1=betas[0], b2=betas[1], eps=eps,
-                               weight_decay=weight_decay, clip=clip)
+    tc = constant_lr_train_config(((".*", lr),), betas, eps, weight_decay, clip)
     tx, _ = optim.make_optimizer(tc, dict.fromkeys(names, 0), 1000)
 
     def update(params, opt_state, grads, grad_norm):

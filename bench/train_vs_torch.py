@@ -50,7 +50,6 @@ import re
 import statistics
 import sys
 import time
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/matmul_bounds.py
@@ -177,8 +176,7 @@ def build_ours(kind: str, layers: int, loss: str, chunk: int, remat: str, unroll
     model = build()
     params, frozen, other = parts.split(model)
     params, frozen = parts.to_step(params), parts.to_step(frozen)
-    tc = types.SimpleNamespace(groups=groups, warmup_steps=0, warmup_ratio=0.0, end_lr_ratio=1.0,
-                               schedule="constant", b1=B1, b2=B2, eps=EPS, weight_decay=WD, clip=CLIP)
+    tc = bounds.constant_lr_train_config(groups, (B1, B2), EPS, WD, CLIP)
     tx, _ = optim.make_optimizer(tc, parts.labels, 1000)
     step = make_train_step(parts, loss_fn, tx, micro_batches=1, mesh=mesh)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params)}
